@@ -1,0 +1,24 @@
+// attnlens: check attnlens against PyTorch on your own weights, from the command line.
+// Each subcommand lives in a header of its own next to this file.
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+
+#include "cli/command_info.hpp"
+#include "cli/command_mha.hpp"
+#include "cli/errors.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"attnlens: self-attention as kernel smoothing, on Eigen"};
+  app.require_subcommand(1);
+  attnlens::cli::add_info_command(app);
+  attnlens::cli::add_mha_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // CLI11 exits 0 for --help; usage errors exit 2 like every other bad input.
+    const int code = app.exit(e);
+    return code == 0 ? 0 : attnlens::cli::k_exit_bad_input;
+  }
+  return 0;
+}

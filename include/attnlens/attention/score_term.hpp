@@ -1,0 +1,52 @@
+// Score terms: the domain kernels of attention in log space (DESIGN.md section 1). A term adds
+// b_h(i, j) to a tile of scores before the softmax; any engine, materialized or tiled, calls
+// it tile by tile, so no term ever needs the whole L x S matrix.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "attnlens/core/types.hpp"
+
+namespace attnlens {
+
+// The extents of one attention problem: B sequences, H heads, L queries, S keys.
+struct ScoreShape {
+  Index batch = 1;
+  Index heads = 1;
+  Index queries = 0;
+  Index keys = 0;
+};
+
+// Where a tile of scores sits: tile entry (r, c) is query i = query_begin + r and key
+// j = key_begin + c of head `head` of sequence `batch`.
+struct TileCoords {
+  Index batch = 0;
+  Index head = 0;
+  Index query_begin = 0;
+  Index key_begin = 0;
+};
+
+// A tile with the head's projected queries and keys for its rows and columns, for terms that
+// depend on content as well as position (Shaw, Transformer-XL).
+template <class T>
+struct ScoreTile {
+  TileCoords at;
+  ConstMatrixRef<T> queries;  // tile rows x d
+  ConstMatrixRef<T> keys;     // tile cols x d
+};
+
+template <class T>
+class ScoreTerm {
+ public:
+  virtual ~ScoreTerm() = default;
+  // Throws ShapeError / ArgumentError when the term cannot serve a problem of this shape.
+  virtual void check(const ScoreShape& shape) const = 0;
+  // scores(r, c) += b(batch, head, query_begin + r, key_begin + c).
+  virtual void add(const ScoreTile<T>& tile, MatrixRef<T> scores) const = 0;
+};
+
+template <class T>
+using ScoreTerms = std::vector<std::shared_ptr<const ScoreTerm<T>>>;
+
+}  // namespace attnlens

@@ -1,0 +1,55 @@
+// parallel_for: runs body(i) for i in [0, n) on OpenMP threads when attnlens::openmp is
+// linked, serially otherwise. Exceptions thrown by the body are rethrown on the caller.
+#pragma once
+
+#include <exception>
+#include <mutex>
+
+#include "attnlens/core/types.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace attnlens {
+
+struct ParallelOptions {
+  int threads = 0;  // 0: OpenMP's default (OMP_NUM_THREADS or the core count)
+};
+
+// The number of threads parallel_for uses with these options: 1 without OpenMP.
+inline int thread_count(const ParallelOptions& options = {}) {
+#ifdef _OPENMP
+  return options.threads > 0 ? options.threads : omp_get_max_threads();
+#else
+  (void)options;
+  return 1;
+#endif
+}
+
+template <class Body>
+void parallel_for(Index n, Body&& body, const ParallelOptions& options = {}) {
+#ifdef _OPENMP
+  const int threads = thread_count(options);
+  if (threads > 1 && n > 1) {
+    std::exception_ptr failure;
+    std::mutex failure_mutex;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (Index i = 0; i < n; ++i) {
+      try {
+        body(i);
+      } catch (...) {
+        const std::lock_guard<std::mutex> lock(failure_mutex);
+        if (!failure) failure = std::current_exception();
+      }
+    }
+    if (failure) std::rethrow_exception(failure);
+    return;
+  }
+#else
+  (void)options;
+#endif
+  for (Index i = 0; i < n; ++i) body(i);
+}
+
+}  // namespace attnlens

@@ -1,0 +1,78 @@
+// Linear<T>: y = x W^T + b, torch.nn.Linear with its parameter names and layout
+// (weight is out_features x in_features, bias has out_features entries or none).
+#pragma once
+
+#include <string>
+
+#include "attnlens/core/errors.hpp"
+#include "attnlens/core/init.hpp"
+#include "attnlens/core/types.hpp"
+
+namespace attnlens {
+
+struct LinearOptions {
+  Index in_features = 0;
+  Index out_features = 0;
+  bool bias = true;
+};
+
+template <class T>
+class Linear {
+ public:
+  Linear() = default;
+
+  // Zero weights and bias of the given sizes; load or initialise them afterwards.
+  explicit Linear(const LinearOptions& options)
+      : weight(Matrix<T>::Zero(options.out_features, options.in_features)),
+        bias(options.bias ? Vector<T>::Zero(options.out_features) : Vector<T>()) {
+    detail::require_argument(options.in_features > 0, "LinearOptions::in_features", "> 0",
+                             options.in_features);
+    detail::require_argument(options.out_features > 0, "LinearOptions::out_features", "> 0",
+                             options.out_features);
+  }
+
+  // nn.Linear's default initialisation.
+  Linear(const LinearOptions& options, Rng& rng) : Linear(options) { reset_parameters(rng); }
+
+  void reset_parameters(Rng& rng) {
+    init::linear_uniform(weight, in_features(), rng);
+    init::linear_uniform(bias, in_features(), rng);
+  }
+
+  Index in_features() const { return weight.cols(); }
+  Index out_features() const { return weight.rows(); }
+  bool has_bias() const { return bias.size() != 0; }
+
+  // y (n x out) = x (n x in) W^T + b.
+  void forward(ConstMatrixRef<T> x, MatrixRef<T> y) const {
+    check(x.cols(), "Linear input", "columns");
+    detail::require_matrix(y, x.rows(), out_features(), "Linear output");
+    y.noalias() = x * weight.transpose();
+    if (has_bias()) y.rowwise() += bias.transpose();
+  }
+
+  Matrix<T> forward(ConstMatrixRef<T> x) const {
+    Matrix<T> y(x.rows(), out_features());
+    forward(x, y);
+    return y;
+  }
+
+  // Checks the parameter shapes (after loading them from a file, say).
+  void check_parameters(const std::string& name) const {
+    if (has_bias())
+      detail::require_shape(bias.size() == out_features(), name + ".bias",
+                            detail::concat("[", out_features(), "]"),
+                            detail::concat("[", bias.size(), "]"));
+  }
+
+  Matrix<T> weight;  // out_features x in_features
+  Vector<T> bias;    // out_features, or empty for no bias
+
+ private:
+  void check(Index in, const char* what, const char* axis) const {
+    if (in != in_features())
+      throw ShapeError(detail::concat(what, ": expected ", in_features(), " ", axis, ", got ", in));
+  }
+};
+
+}  // namespace attnlens

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs what is missing, then: the Release build and every test (ctest); the whole suite
+# again under AddressSanitizer + UndefinedBehaviorSanitizer; the safetensors fuzzer for
+# ATTNLENS_FUZZ_SECONDS (default 60) seconds.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+ensure_packages "${build_packages[@]}" clang libclang-rt-14-dev
+fuzz_seconds=${ATTNLENS_FUZZ_SECONDS:-60}
+started=$SECONDS
+step() { printf '\n== %s (%ds)\n' "$1" $((SECONDS - started)); }
+
+step "Release build"
+configure_and_build "$repo_root/build/release"
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+# run_ctest BUILD_DIR LOG [CTEST_ARGS...]: ctest with its output kept for the summary.
+run_ctest() {
+  local dir=$1 log=$2
+  shift 2
+  (cd "$dir" && ctest --output-on-failure --parallel "$jobs" "$@") 2>&1 | tee "$log"
+}
+# tests_run LOG: the "out of N" count of a ctest summary.
+tests_run() { sed -n 's/.*tests failed out of \([0-9]*\).*/\1/p' "$1"; }
+
+step "Release tests"
+run_ctest "$repo_root/build/release" "$logs/release.log"
+
+step "Sanitizer build (address, undefined)"
+sanitize="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+configure_and_build "$repo_root/build/sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_FLAGS="$sanitize" -DCMAKE_EXE_LINKER_FLAGS="$sanitize" \
+  -DATTNLENS_BUILD_BENCHMARKS=OFF
+step "Sanitizer tests"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  run_ctest "$repo_root/build/sanitize" "$logs/sanitize.log" --label-exclude package
+
+step "Fuzzer build (clang, libFuzzer)"
+configure_and_build "$repo_root/build/fuzz" -DCMAKE_CXX_COMPILER=clang++ \
+  -DATTNLENS_BUILD_FUZZERS=ON -DATTNLENS_BUILD_TESTS=OFF -DATTNLENS_BUILD_BENCHMARKS=OFF \
+  -DATTNLENS_BUILD_EXAMPLES=OFF
+step "Fuzzing safetensors for ${fuzz_seconds}s"
+mkdir "$logs/corpus"
+fuzz_status=0
+"$repo_root/build/fuzz/fuzz/fuzz_safetensors" -max_total_time="$fuzz_seconds" \
+  -dict="$repo_root/fuzz/safetensors.dict" -print_final_stats=1 \
+  "$logs/corpus" "$repo_root/fuzz/corpus" >"$logs/fuzz.log" 2>&1 || fuzz_status=$?
+grep -E "^(stat::number_of_executed_units|Done [0-9]+ runs)" "$logs/fuzz.log" || true
+if ((fuzz_status != 0)); then
+  tail -n 40 "$logs/fuzz.log"
+  echo "fuzz_safetensors failed (exit $fuzz_status)"
+  exit 1
+fi
+
+step "All done"
+# Both ctest runs passed (set -e and pipefail stop on a failure), so every test counted passed.
+total=$(($(tests_run "$logs/release.log") + $(tests_run "$logs/sanitize.log")))
+echo "run-tests: $total passed, 0 failed"
