@@ -34,7 +34,7 @@ bool same_bytes(const attnlens::Tensor<T>& a, const attnlens::Tensor<T>& b) {
 
 template <class T>
 void add_copy(attnlens::io::SafeTensorsWriter& writer, const SafeTensors& st,
-                   const std::string& name) {
+              const std::string& name) {
   writer.add(name, st.get<T>(name));
 }
 
@@ -69,12 +69,23 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (const auto& [key, value] : st.metadata()) writer.set_metadata(key, value);
   for (const std::string& name : st.names()) {
     switch (st.info(name).dtype) {
-      case DType::F64: add_copy<double>(writer, st, name); break;
-      case DType::F32: add_copy<float>(writer, st, name); break;
-      case DType::I64: add_copy<std::int64_t>(writer, st, name); break;
-      case DType::I32: add_copy<std::int32_t>(writer, st, name); break;
-      case DType::U8: add_copy<std::uint8_t>(writer, st, name); break;
-      default: break;  // F16/BF16 are not written; BOOL may hold bytes other than 0/1
+      case DType::F64:
+        add_copy<double>(writer, st, name);
+        break;
+      case DType::F32:
+        add_copy<float>(writer, st, name);
+        break;
+      case DType::I64:
+        add_copy<std::int64_t>(writer, st, name);
+        break;
+      case DType::I32:
+        add_copy<std::int32_t>(writer, st, name);
+        break;
+      case DType::U8:
+        add_copy<std::uint8_t>(writer, st, name);
+        break;
+      default:
+        break;  // F16/BF16 are not written; BOOL may hold bytes other than 0/1
     }
   }
   const SafeTensors again = SafeTensors::parse(writer.bytes());
@@ -82,12 +93,23 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (const std::string& name : again.names()) {
     if (again.info(name).dtype != st.info(name).dtype) __builtin_trap();
     switch (st.info(name).dtype) {
-      case DType::F64: check_same<double>(st, again, name); break;
-      case DType::F32: check_same<float>(st, again, name); break;
-      case DType::I64: check_same<std::int64_t>(st, again, name); break;
-      case DType::I32: check_same<std::int32_t>(st, again, name); break;
-      case DType::U8: check_same<std::uint8_t>(st, again, name); break;
-      default: __builtin_trap();
+      case DType::F64:
+        check_same<double>(st, again, name);
+        break;
+      case DType::F32:
+        check_same<float>(st, again, name);
+        break;
+      case DType::I64:
+        check_same<std::int64_t>(st, again, name);
+        break;
+      case DType::I32:
+        check_same<std::int32_t>(st, again, name);
+        break;
+      case DType::U8:
+        check_same<std::uint8_t>(st, again, name);
+        break;
+      default:
+        __builtin_trap();
     }
   }
   return 0;

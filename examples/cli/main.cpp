@@ -16,9 +16,10 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    // CLI11 exits 0 for --help; usage errors exit 2 like every other bad input.
-    const int code = app.exit(e);
-    return code == 0 ? 0 : attnlens::cli::k_exit_bad_input;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    // Usage errors are one line and exit 2, like every other bad input.
+    std::cerr << "attnlens: error: " << e.what() << " (see --help)\n";
+    return attnlens::cli::k_exit_bad_input;
   }
   return 0;
 }

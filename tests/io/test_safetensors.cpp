@@ -2,8 +2,6 @@
 // decoding from hand-built bytes, byte-exact agreement with the reference writer's output, a
 // file laid out as Python's json.dumps writes it, and one test per malformation the reader
 // must reject.
-#include "attnlens/io/safetensors.hpp"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -14,6 +12,8 @@
 #include <limits>
 #include <string>
 #include <vector>
+
+#include "attnlens/io/safetensors.hpp"
 
 namespace {
 
@@ -28,7 +28,8 @@ using attnlens::io::SafeTensorsWriter;
 
 std::string u64_le(std::uint64_t v) {
   std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[static_cast<std::size_t>(i)] = static_cast<char>((v >> (8 * i)) & 0xFF);
+  for (int i = 0; i < 8; ++i)
+    out[static_cast<std::size_t>(i)] = static_cast<char>((v >> (8 * i)) & 0xFF);
   return out;
 }
 
@@ -140,8 +141,7 @@ TEST(SafeTensorsRoundTrip, Int64ReadsAsInt64AndCheckedInt32) {
   EXPECT_EQ(st.get<std::int64_t>("small"), small);
   EXPECT_EQ(st.get<std::int32_t>("small"), small.cast<std::int32_t>());
   EXPECT_EQ(st.get<std::int64_t>("big"), big);
-  expect_error<IoError>([&] { st.get<std::int32_t>("big"); },
-                        {"'big'", "1099511627776", "int32"});
+  expect_error<IoError>([&] { st.get<std::int32_t>("big"); }, {"'big'", "1099511627776", "int32"});
 }
 
 TEST(SafeTensorsRoundTrip, Int32ReadsAsInt32AndInt64) {
@@ -218,9 +218,17 @@ TEST(SafeTensorsConversion, F16IsDecodedExactly) {
   const std::vector<std::uint16_t> bits = {0x0000, 0x8000, 0x0001, 0x03FF, 0x0400, 0x3C00,
                                            0xC000, 0x7BFF, 0x3555, 0x7C00, 0xFC00, 0x8001};
   const float inf = std::numeric_limits<float>::infinity();
-  const std::vector<float> expected = {0.0f, -0.0f, std::ldexp(1.0f, -24),
-                                       1023.0f * std::ldexp(1.0f, -24), std::ldexp(1.0f, -14),
-                                       1.0f, -2.0f, 65504.0f, 0.333251953125f, inf, -inf,
+  const std::vector<float> expected = {0.0f,
+                                       -0.0f,
+                                       std::ldexp(1.0f, -24),
+                                       1023.0f * std::ldexp(1.0f, -24),
+                                       std::ldexp(1.0f, -14),
+                                       1.0f,
+                                       -2.0f,
+                                       65504.0f,
+                                       0.333251953125f,
+                                       inf,
+                                       -inf,
                                        -std::ldexp(1.0f, -24)};
   const std::vector<std::uint16_t> nans = {0x7E00, 0xFE00, 0x7C01};
   std::vector<std::uint16_t> all = bits;
@@ -230,7 +238,8 @@ TEST(SafeTensorsConversion, F16IsDecodedExactly) {
   const Tensor<float> f = st.get<float>("h");
   const Tensor<double> d = st.get<double>("h");
   for (std::size_t i = 0; i < bits.size(); ++i) {
-    EXPECT_EQ(float_bits(f.data()[i]), float_bits(expected[i])) << "F16 bits 0x" << std::hex << bits[i];
+    EXPECT_EQ(float_bits(f.data()[i]), float_bits(expected[i]))
+        << "F16 bits 0x" << std::hex << bits[i];
     EXPECT_EQ(d.data()[i], static_cast<double>(expected[i]));
     EXPECT_EQ(std::signbit(d.data()[i]), std::signbit(expected[i]));
   }
@@ -245,8 +254,15 @@ TEST(SafeTensorsConversion, BF16IsDecodedExactly) {
   const std::vector<std::uint16_t> bits = {0x3F80, 0x8000, 0x0001, 0x0080, 0x4049,
                                            0x7F7F, 0x7F80, 0xFF80, 0xC2F7};
   const float inf = std::numeric_limits<float>::infinity();
-  const std::vector<float> expected = {1.0f, -0.0f, std::ldexp(1.0f, -133), std::ldexp(1.0f, -126),
-                                       3.140625f, 3.3895313892515355e38f, inf, -inf, -123.5f};
+  const std::vector<float> expected = {1.0f,
+                                       -0.0f,
+                                       std::ldexp(1.0f, -133),
+                                       std::ldexp(1.0f, -126),
+                                       3.140625f,
+                                       3.3895313892515355e38f,
+                                       inf,
+                                       -inf,
+                                       -123.5f};
   std::vector<std::uint16_t> all = bits;
   all.push_back(0x7FC0);  // NaN
   const std::string header = "{\"b\":{\"dtype\":\"BF16\",\"shape\":[2,5],\"data_offsets\":[0,20]}}";
@@ -255,7 +271,8 @@ TEST(SafeTensorsConversion, BF16IsDecodedExactly) {
   const Tensor<double> d = st.get<double>("b");
   ASSERT_EQ(f.shape(), (Shape{2, 5}));
   for (std::size_t i = 0; i < bits.size(); ++i) {
-    EXPECT_EQ(float_bits(f.data()[i]), float_bits(expected[i])) << "BF16 bits 0x" << std::hex << bits[i];
+    EXPECT_EQ(float_bits(f.data()[i]), float_bits(expected[i]))
+        << "BF16 bits 0x" << std::hex << bits[i];
     EXPECT_EQ(float_bits(f.data()[i]), static_cast<std::uint32_t>(bits[i]) << 16);
     EXPECT_EQ(d.data()[i], static_cast<double>(expected[i]));
   }
@@ -265,13 +282,14 @@ TEST(SafeTensorsConversion, BF16IsDecodedExactly) {
 
 TEST(SafeTensorsConversion, F64ToFloatRoundsToNearestAndOverflowsToInf) {
   const double flt_max = std::numeric_limits<float>::max();
-  const std::vector<double> values = {flt_max, 0x1.fffffefffffffp127, 0x1.ffffffp127,
-                                      -0x1.ffffffp127, 1e300, -flt_max * 1.0000000001,
-                                      1.0 + 0x1p-24, 1.0 + 0x1.8p-24, 1e-46};
+  const std::vector<double> values = {
+      flt_max, 0x1.fffffefffffffp127,   0x1.ffffffp127, -0x1.ffffffp127,
+      1e300,   -flt_max * 1.0000000001, 1.0 + 0x1p-24,  1.0 + 0x1.8p-24,
+      1e-46};
   const float inf = std::numeric_limits<float>::infinity();
   const float fmax = std::numeric_limits<float>::max();
-  const std::vector<float> expected = {fmax, fmax, inf, -inf, inf, -fmax, 1.0f,
-                                       1.0f + 0x1p-23f, 0.0f};
+  const std::vector<float> expected = {fmax, fmax, inf, -inf, inf, -fmax, 1.0f, 1.0f + 0x1p-23f,
+                                       0.0f};
   const std::string header = "{\"d\":{\"dtype\":\"F64\",\"shape\":[9],\"data_offsets\":[0,72]}}";
   const SafeTensors st = SafeTensors::parse(file_bytes(header, le_bytes(values)));
   const Tensor<float> f = st.get<float>("d");
@@ -432,8 +450,11 @@ TEST(SafeTensorsWriter, DuplicateNameIsRejected) {
 
 TEST(SafeTensorsWriter, BoolValuesMustBeZeroOrOne) {
   SafeTensorsWriter w;
-  expect_error<ArgumentError>([&] { w.add_bool("m", Tensor<std::uint8_t>({3}, {0, 1, 7})); },
-                              {"'m'", "0 or 1", "got 7"});
+  expect_error<ArgumentError>(
+      [&] {
+        w.add_bool("m", Tensor<std::uint8_t>({3}, {0, 1, 7}));
+      },
+      {"'m'", "0 or 1", "got 7"});
   EXPECT_EQ(w.bytes(), file_bytes("{}      "));  // nothing was added
 }
 
@@ -503,7 +524,8 @@ TEST(SafeTensorsMalformed, EntryNotObject) {
 }
 
 TEST(SafeTensorsMalformed, DtypeMissingOrIllTyped) {
-  expect_header_error("{\"w\":{\"shape\":[2],\"data_offsets\":[0,8]}}", {"'w'", "dtype", "missing"});
+  expect_header_error("{\"w\":{\"shape\":[2],\"data_offsets\":[0,8]}}",
+                      {"'w'", "dtype", "missing"});
   expect_header_error("{\"w\":{\"dtype\":4,\"shape\":[2],\"data_offsets\":[0,8]}}",
                       {"'w'", "dtype", "string"});
 }
@@ -519,7 +541,8 @@ TEST(SafeTensorsMalformed, UnknownDtype) {
 }
 
 TEST(SafeTensorsMalformed, ShapeMissingOrIllTyped) {
-  expect_header_error("{\"w\":{\"dtype\":\"F32\",\"data_offsets\":[0,8]}}", {"'w'", "shape", "missing"});
+  expect_header_error("{\"w\":{\"dtype\":\"F32\",\"data_offsets\":[0,8]}}",
+                      {"'w'", "shape", "missing"});
   expect_header_error("{\"w\":{\"dtype\":\"F32\",\"shape\":2,\"data_offsets\":[0,8]}}",
                       {"'w'", "shape", "array"});
 }
@@ -553,7 +576,8 @@ TEST(SafeTensorsMalformed, ShapeElementCountOverflows) {
 }
 
 TEST(SafeTensorsMalformed, DataOffsetsMissingOrIllTyped) {
-  expect_header_error("{\"w\":{\"dtype\":\"F32\",\"shape\":[2]}}", {"'w'", "data_offsets", "missing"});
+  expect_header_error("{\"w\":{\"dtype\":\"F32\",\"shape\":[2]}}",
+                      {"'w'", "data_offsets", "missing"});
   expect_header_error("{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":8}}",
                       {"'w'", "data_offsets", "two integers"});
   expect_header_error("{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4,8]}}",
@@ -628,8 +652,9 @@ TEST(SafeTensorsMalformed, DuplicateKeys) {
       "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
       "\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
       {"duplicate", "'w'"});
-  expect_header_error("{\"w\":{\"dtype\":\"F32\",\"dtype\":\"F64\",\"shape\":[2],\"data_offsets\":[0,8]}}",
-                      {"duplicate", "'dtype'"});
+  expect_header_error(
+      "{\"w\":{\"dtype\":\"F32\",\"dtype\":\"F64\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+      {"duplicate", "'dtype'"});
 }
 
 TEST(SafeTensorsMalformed, NestingDeeperThanFormat) {

@@ -49,6 +49,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <string_view>
@@ -56,8 +57,6 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/tensor.hpp"
@@ -73,24 +72,40 @@ enum class DType { F64, F32, F16, BF16, I64, I32, U8, BOOL };
 
 inline std::string_view dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::F64: return "F64";
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::I64: return "I64";
-    case DType::I32: return "I32";
-    case DType::U8: return "U8";
-    case DType::BOOL: return "BOOL";
+    case DType::F64:
+      return "F64";
+    case DType::F32:
+      return "F32";
+    case DType::F16:
+      return "F16";
+    case DType::BF16:
+      return "BF16";
+    case DType::I64:
+      return "I64";
+    case DType::I32:
+      return "I32";
+    case DType::U8:
+      return "U8";
+    case DType::BOOL:
+      return "BOOL";
   }
   return "?";
 }
 
 inline std::size_t dtype_size(DType dtype) {
   switch (dtype) {
-    case DType::F64: case DType::I64: return 8;
-    case DType::F32: case DType::I32: return 4;
-    case DType::F16: case DType::BF16: return 2;
-    case DType::U8: case DType::BOOL: return 1;
+    case DType::F64:
+    case DType::I64:
+      return 8;
+    case DType::F32:
+    case DType::I32:
+      return 4;
+    case DType::F16:
+    case DType::BF16:
+      return 2;
+    case DType::U8:
+    case DType::BOOL:
+      return 1;
   }
   return 1;
 }
@@ -176,11 +191,16 @@ T from_double(double v) {
 
 template <class T>
 constexpr const char* scalar_name() {
-  if constexpr (std::is_same_v<T, double>) return "double";
-  else if constexpr (std::is_same_v<T, float>) return "float";
-  else if constexpr (std::is_same_v<T, std::int64_t>) return "int64";
-  else if constexpr (std::is_same_v<T, std::int32_t>) return "int32";
-  else return "uint8";
+  if constexpr (std::is_same_v<T, double>)
+    return "double";
+  else if constexpr (std::is_same_v<T, float>)
+    return "float";
+  else if constexpr (std::is_same_v<T, std::int64_t>)
+    return "int64";
+  else if constexpr (std::is_same_v<T, std::int32_t>)
+    return "int32";
+  else
+    return "uint8";
 }
 
 template <class T>
@@ -190,11 +210,16 @@ constexpr bool is_safetensors_scalar =
 
 template <class T>
 constexpr DType natural_dtype() {
-  if constexpr (std::is_same_v<T, double>) return DType::F64;
-  else if constexpr (std::is_same_v<T, float>) return DType::F32;
-  else if constexpr (std::is_same_v<T, std::int64_t>) return DType::I64;
-  else if constexpr (std::is_same_v<T, std::int32_t>) return DType::I32;
-  else return DType::U8;
+  if constexpr (std::is_same_v<T, double>)
+    return DType::F64;
+  else if constexpr (std::is_same_v<T, float>)
+    return DType::F32;
+  else if constexpr (std::is_same_v<T, std::int64_t>)
+    return DType::I64;
+  else if constexpr (std::is_same_v<T, std::int32_t>)
+    return DType::I32;
+  else
+    return DType::U8;
 }
 
 inline std::string errno_message(int error) {
@@ -333,7 +358,8 @@ class SafeTensors {
 
     const std::size_t width = dtype_size(ti.dtype);
     const std::size_t n = (ti.end - ti.begin) / width;
-    const auto* src = reinterpret_cast<const unsigned char*>(bytes_.data()) + data_start_ + ti.begin;
+    const auto* src =
+        reinterpret_cast<const unsigned char*>(bytes_.data()) + data_start_ + ti.begin;
     std::vector<T> out(n);
     if (dtype_size(ti.dtype) == sizeof(T) && detail::natural_dtype<T>() == ti.dtype) {
       if (n > 0) std::memcpy(out.data(), src, n * sizeof(T));
@@ -363,12 +389,14 @@ class SafeTensors {
       case DType::F16:
         if constexpr (std::is_floating_point_v<T>)
           for (std::size_t i = 0; i < n; ++i)
-            out[i] = static_cast<T>(detail::half_to_float(detail::load_le<std::uint16_t>(src + 2 * i)));
+            out[i] =
+                static_cast<T>(detail::half_to_float(detail::load_le<std::uint16_t>(src + 2 * i)));
         break;
       case DType::BF16:
         if constexpr (std::is_floating_point_v<T>)
           for (std::size_t i = 0; i < n; ++i)
-            out[i] = static_cast<T>(detail::bf16_to_float(detail::load_le<std::uint16_t>(src + 2 * i)));
+            out[i] =
+                static_cast<T>(detail::bf16_to_float(detail::load_le<std::uint16_t>(src + 2 * i)));
         break;
       case DType::I64:
         if constexpr (std::is_integral_v<T> && std::is_signed_v<T>) {
@@ -393,8 +421,8 @@ class SafeTensors {
           for (std::size_t i = 0; i < n; ++i) {
             if (ti.dtype == DType::BOOL && src[i] > 1)
               throw IoError(detail::concat("safetensors tensor '", ti.name,
-                                           "': BOOL byte at element ", i,
-                                           " must be 0 or 1, got ", static_cast<int>(src[i])));
+                                           "': BOOL byte at element ", i, " must be 0 or 1, got ",
+                                           static_cast<int>(src[i])));
             out[i] = src[i];
           }
         }
@@ -407,17 +435,17 @@ class SafeTensors {
     using nlohmann::json;
     const std::size_t total = bytes_.size();
     if (total < detail::k_length_bytes)
-      throw IoError(concat("safetensors: file is ", total,
-                           " bytes, shorter than the 8-byte header length"));
+      throw IoError(
+          concat("safetensors: file is ", total, " bytes, shorter than the 8-byte header length"));
     const auto header_length =
         detail::load_le<std::uint64_t>(reinterpret_cast<const unsigned char*>(bytes_.data()));
     if (header_length > detail::k_max_header_bytes)
-      throw IoError(concat("safetensors: header length ", header_length,
-                           " exceeds the limit of ", detail::k_max_header_bytes, " bytes"));
+      throw IoError(concat("safetensors: header length ", header_length, " exceeds the limit of ",
+                           detail::k_max_header_bytes, " bytes"));
     const std::size_t available = total - detail::k_length_bytes;
     if (header_length > available)
-      throw IoError(concat("safetensors: header length ", header_length, " exceeds the ",
-                           available, " bytes after the length field"));
+      throw IoError(concat("safetensors: header length ", header_length, " exceeds the ", available,
+                           " bytes after the length field"));
     const auto header_size = static_cast<std::size_t>(header_length);
     data_start_ = detail::k_length_bytes + header_size;
     const std::size_t data_size = total - data_start_;
@@ -489,15 +517,16 @@ class SafeTensors {
       std::uint64_t extent = 0;
       const char* why = "";
       if (!detail::read_unsigned((*shape_it)[axis], extent, why))
-        throw IoError(concat(who, ": shape entry ", axis, " is ", why, ": ",
-                             (*shape_it)[axis].dump()));
+        throw IoError(
+            concat(who, ": shape entry ", axis, " is ", why, ": ", (*shape_it)[axis].dump()));
       if (extent > max_extent)
-        throw IoError(concat(who, ": shape entry ", axis, " (", extent, ") overflows the index type"));
+        throw IoError(
+            concat(who, ": shape entry ", axis, " (", extent, ") overflows the index type"));
       // Like the reference, a running product that overflows is an error even if a later
       // extent is 0 (Tensor's shape check agrees).
       if (extent != 0 && count > max_extent / extent)
-        throw IoError(concat(who, ": shape element count overflows at entry ", axis, " (",
-                             extent, ")"));
+        throw IoError(
+            concat(who, ": shape element count overflows at entry ", axis, " (", extent, ")"));
       count *= extent;
       ti.shape.push_back(static_cast<Index>(extent));
     }
@@ -512,27 +541,26 @@ class SafeTensors {
     for (std::size_t k = 0; k < 2; ++k) {
       const char* why = "";
       if (!detail::read_unsigned((*offsets_it)[k], offsets[k], why))
-        throw IoError(concat(who, ": data_offsets entry ", k, " is ", why, ": ",
-                             (*offsets_it)[k].dump()));
+        throw IoError(
+            concat(who, ": data_offsets entry ", k, " is ", why, ": ", (*offsets_it)[k].dump()));
     }
     if (offsets[0] > offsets[1])
-      throw IoError(concat(who, ": data_offsets begin ", offsets[0], " is after end ",
-                           offsets[1]));
+      throw IoError(concat(who, ": data_offsets begin ", offsets[0], " is after end ", offsets[1]));
     if (offsets[1] > data_size)
-      throw IoError(concat(who, ": data_offsets end ", offsets[1],
-                           " is beyond the data buffer of ", data_size, " bytes"));
+      throw IoError(concat(who, ": data_offsets end ", offsets[1], " is beyond the data buffer of ",
+                           data_size, " bytes"));
     ti.begin = static_cast<std::size_t>(offsets[0]);
     ti.end = static_cast<std::size_t>(offsets[1]);
 
     const std::uint64_t width = dtype_size(ti.dtype);
     if (count > std::numeric_limits<std::uint64_t>::max() / width)
-      throw IoError(concat(who, ": shape ", detail::shape_string(ti.shape),
-                           " byte size overflows"));
+      throw IoError(
+          concat(who, ": shape ", detail::shape_string(ti.shape), " byte size overflows"));
     if (offsets[1] - offsets[0] != count * width)
       throw IoError(concat(who, ": data_offsets [", offsets[0], ", ", offsets[1], "] span ",
                            offsets[1] - offsets[0], " bytes, but shape ",
-                           detail::shape_string(ti.shape), " of ", dtype_name(ti.dtype),
-                           " needs ", count, " x ", width, " bytes"));
+                           detail::shape_string(ti.shape), " of ", dtype_name(ti.dtype), " needs ",
+                           count, " x ", width, " bytes"));
     return ti;
   }
 
@@ -554,8 +582,8 @@ class SafeTensors {
           throw IoError(concat("safetensors tensor '", ti->name, "': data_offsets [", ti->begin,
                                ", ", ti->end, "] overlap tensor '", previous->name, "' [",
                                previous->begin, ", ", previous->end, "]"));
-        throw IoError(concat("safetensors tensor '", ti->name, "': data_offsets [", ti->begin,
-                             ", ", ti->end, "] leave a gap: the previous tensor ends at offset ",
+        throw IoError(concat("safetensors tensor '", ti->name, "': data_offsets [", ti->begin, ", ",
+                             ti->end, "] leave a gap: the previous tensor ends at offset ",
                              expected));
       }
       expected = ti->end;
@@ -669,17 +697,20 @@ class SafeTensorsWriter {
   void add_raw(const std::string& name, DType dtype, const Shape& shape, const void* data,
                std::size_t count, std::size_t width) {
     if (name == "__metadata__")
-      throw ArgumentError("SafeTensorsWriter::add name: expected a tensor name, got the "
-                          "reserved key '__metadata__'");
+      throw ArgumentError(
+          "SafeTensorsWriter::add name: expected a tensor name, got the "
+          "reserved key '__metadata__'");
     require_utf8(name, "SafeTensorsWriter::add name");
     if (entries_.count(name))
-      throw ArgumentError(detail::concat("SafeTensorsWriter::add name: expected a new name, got "
-                                         "duplicate '", name, "'"));
+      throw ArgumentError(
+          detail::concat("SafeTensorsWriter::add name: expected a new name, got "
+                         "duplicate '",
+                         name, "'"));
     const Index expected = attnlens::detail::shape_size(shape, "SafeTensorsWriter::add shape");
     if (static_cast<std::size_t>(expected) != count)
       throw ShapeError(detail::concat("SafeTensorsWriter::add '", name, "': expected ", expected,
-                                      " elements for shape ", detail::shape_string(shape),
-                                      ", got ", count));
+                                      " elements for shape ", detail::shape_string(shape), ", got ",
+                                      count));
     Entry entry{dtype, shape, std::string()};
     if (count > 0) entry.data.assign(static_cast<const char*>(data), count * width);
     entries_.emplace(name, std::move(entry));
