@@ -1,0 +1,1 @@
+"""One module per family of fixtures; generate.py imports every module here."""
