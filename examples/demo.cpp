@@ -1,5 +1,5 @@
 // The attnlens tour (scripts/run-demo.sh): multi-head attention on random data, its error
-// against PyTorch on the committed fixtures, and its speed.
+// against PyTorch on the committed fixtures, its speed, and PNG pictures of 2-D domain kernels.
 #include <CLI/CLI.hpp>
 
 #include <chrono>
@@ -13,6 +13,7 @@
 #include "attnlens/io/safetensors.hpp"
 #include "attnlens/io/state_dict.hpp"
 #include "attnlens/io/torch_masks.hpp"
+#include "position_pictures.hpp"
 
 namespace {
 
@@ -102,11 +103,14 @@ int main(int argc, char** argv) {
   CLI::App app{"attnlens demo: multi-head attention, its agreement with PyTorch, its speed"};
   std::string fixtures = ATTNLENS_FIXTURE_DIR;
   app.add_option("--fixtures", fixtures, "Directory of the PyTorch fixtures")->capture_default_str();
+  std::string pictures = "attnlens-pictures";
+  app.add_option("--pictures", pictures, "Directory for the PNG pictures")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
     random_attention();
     pytorch_agreement(fixtures);
     speed(1, 512, 512, 8);
+    attnlens::demo::draw_domain_kernels(pictures);
   } catch (const std::exception& e) {
     std::cerr << "attnlens demo: error: " << e.what() << '\n';
     return 1;

@@ -1,5 +1,6 @@
 // attnlens mha: torch.nn.MultiheadAttention (batch_first) on a state_dict and inputs saved
-// from PyTorch, with PyTorch's mask conventions (bool True = not allowed, float = added).
+// from PyTorch, with PyTorch's mask conventions (bool True = not allowed, float = added), and
+// optionally a position encoding applied inside each head (ALiBi, T5 buckets, RoPE).
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -11,6 +12,9 @@
 #include "attnlens/io/safetensors.hpp"
 #include "attnlens/io/state_dict.hpp"
 #include "attnlens/io/torch_masks.hpp"
+#include "attnlens/position/alibi.hpp"
+#include "attnlens/position/rope.hpp"
+#include "attnlens/position/t5.hpp"
 #include "cli/errors.hpp"
 
 namespace attnlens::cli {
@@ -19,15 +23,41 @@ struct MhaArguments {
   std::string weights, prefix, input, output;
   Index num_heads = 0;
   bool causal = false, need_weights = false, use_double = false;
+  std::string position = "none";
+  Index num_buckets = 32, max_distance = 128;  // T5 (HF's defaults)
+  double rope_base = 10000.0;
 };
 
 namespace detail_mha {
+
+// Adds the --position encoding to every head: a score term on q.k / sqrt(d), or RoPE on the
+// projected q and k; positions count from 0 for queries and keys.
+template <class T>
+void attach_position(const MhaArguments& args, const io::SafeTensors& weights,
+                     MultiHeadAttention<T>& mha) {
+  const std::string& p = args.position;
+  if (p == "alibi" || p == "alibi-causal") {
+    mha.score_terms.push_back(
+        std::make_shared<Alibi<T>>(AlibiOptions{args.num_heads, p != "alibi"}));
+  } else if (p == "t5" || p == "t5-causal") {
+    auto t5 = std::make_shared<T5RelativeBias<T>>(
+        T5BiasOptions{args.num_heads, args.num_buckets, args.max_distance, p == "t5"});
+    t5->relative_attention_bias = io::read_matrix<T>(
+        weights, args.prefix + "relative_attention_bias.weight", args.num_buckets, args.num_heads);
+    mha.score_terms.push_back(t5);
+  } else if (p == "rope" || p == "rope-half") {
+    const RopePairing pairing = p == "rope" ? RopePairing::interleaved : RopePairing::half;
+    mha.query_key_transforms.push_back(
+        std::make_shared<RotaryEmbedding<T>>(RopeOptions{mha.head_dim(), args.rope_base, pairing}));
+  }
+}
 
 template <class T>
 void run(const MhaArguments& args) {
   const auto weights = io::SafeTensors::load(args.weights);
   const auto input = io::SafeTensors::load(args.input);
-  const auto mha = io::load_multi_head_attention<T>(weights, args.prefix, args.num_heads);
+  auto mha = io::load_multi_head_attention<T>(weights, args.prefix, args.num_heads);
+  attach_position(args, weights, mha);
 
   const Tensor<T> query = input.get<T>("query");
   detail::require_shape(query.rank() == 3, "tensor 'query'", "[B, L, E]",
@@ -81,6 +111,15 @@ inline void add_mha_command(CLI::App& app) {
   cmd->add_flag("--causal", args->causal, "Mask keys after the query (j > i)");
   cmd->add_flag("--need-weights", args->need_weights, "Also write per-head weights [B,H,L,S]");
   cmd->add_flag("--double", args->use_double, "Compute and write in float64 (default float32)");
+  cmd->add_option("--position", args->position,
+                  "Position encoding inside each head: alibi, alibi-causal (m_h (j - i)), t5, "
+                  "t5-causal (reads relative_attention_bias.weight [num_buckets, H]), rope "
+                  "(interleaved pairs), rope-half (GPT-NeoX pairs), or none")
+      ->check(CLI::IsMember({"none", "alibi", "alibi-causal", "t5", "t5-causal", "rope",
+                             "rope-half"}));
+  cmd->add_option("--num-buckets", args->num_buckets, "T5 buckets (default 32)");
+  cmd->add_option("--max-distance", args->max_distance, "T5 max_distance (default 128)");
+  cmd->add_option("--rope-base", args->rope_base, "RoPE base (default 10000)");
   cmd->callback([args] {
     run_reporting_errors("mha", [&] {
       if (args->use_double)

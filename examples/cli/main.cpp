@@ -4,6 +4,8 @@
 
 #include <iostream>
 
+#include "cli/command_conv.hpp"
+#include "cli/command_encode.hpp"
 #include "cli/command_info.hpp"
 #include "cli/command_mha.hpp"
 #include "cli/errors.hpp"
@@ -11,6 +13,8 @@
 int main(int argc, char** argv) {
   CLI::App app{"attnlens: self-attention as kernel smoothing, on Eigen"};
   app.require_subcommand(1);
+  attnlens::cli::add_conv_command(app);
+  attnlens::cli::add_encode_command(app);
   attnlens::cli::add_info_command(app);
   attnlens::cli::add_mha_command(app);
   try {

@@ -13,7 +13,32 @@
 
 #include "attnlens/attention/mask.hpp"
 #include "attnlens/attention/multi_head.hpp"
+#include "attnlens/attention/query_key_transform.hpp"
 #include "attnlens/attention/reference_engine.hpp"
 #include "attnlens/attention/score_term.hpp"
+#include "attnlens/attention/value_term.hpp"
 
+#include "attnlens/position/absolute.hpp"
+#include "attnlens/position/alibi.hpp"
+#include "attnlens/position/grid2d.hpp"
+#include "attnlens/position/learned.hpp"
+#include "attnlens/position/learned_2d.hpp"
+#include "attnlens/position/quadratic.hpp"
+#include "attnlens/position/rope.hpp"
+#include "attnlens/position/shaw.hpp"
+#include "attnlens/position/sinusoidal.hpp"
+#include "attnlens/position/t5.hpp"
+#include "attnlens/position/transformer_xl.hpp"
+
+#include "attnlens/layers/activations.hpp"
+#include "attnlens/layers/feed_forward.hpp"
+#include "attnlens/layers/layer_norm.hpp"
 #include "attnlens/layers/linear.hpp"
+#include "attnlens/layers/patch_embedding.hpp"
+
+#include "attnlens/blocks/encoder.hpp"
+#include "attnlens/blocks/encoder_layer.hpp"
+#include "attnlens/blocks/residual.hpp"
+#include "attnlens/blocks/vision_transformer.hpp"
+
+#include "attnlens/interpret/conv_as_attention.hpp"

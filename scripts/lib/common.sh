@@ -23,7 +23,7 @@ ensure_packages() {
 
 # The packages every build needs (DESIGN.md section 7).
 build_packages=(g++ cmake make libeigen3-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev
-                libcli11-dev)
+                libcli11-dev libstb-dev)
 
 # configure_and_build BUILD_DIR [CMAKE_ARGS...]
 configure_and_build() {

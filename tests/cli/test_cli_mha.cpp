@@ -3,102 +3,56 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <filesystem>
 #include <string>
-#include <sys/wait.h>
 
-#include "support/fixtures.hpp"
+#include "support/cli_test.hpp"
 
 namespace attnlens {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct CliRun {
-  int exit_code;
-  std::string output;  // stdout and stderr
-};
+using testing::CliRun;
+using testing::run_cli;
 
-CliRun run_cli(const std::string& arguments) {
-#ifndef ATTNLENS_CLI
-  (void)arguments;
-  return {-1, "the attnlens command-line tool was not built"};
-#else
-  const std::string command = std::string(ATTNLENS_CLI) + " " + arguments + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  if (!pipe) return {-1, "popen failed"};
-  std::string output;
-  char buffer[4096];
-  while (std::fgets(buffer, sizeof buffer, pipe)) output += buffer;
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
-#endif
-}
-
-class CliMha : public ::testing::Test {
+class CliMha : public testing::CliTest {
  protected:
-  void SetUp() override {
-#ifndef ATTNLENS_CLI
-    GTEST_SKIP() << "examples (the attnlens tool) are not built";
-#endif
-    dir_ = fs::temp_directory_path() /
-           ("attnlens_cli_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  static std::string cli_fixture(const std::string& name) {
-    return testing::fixture_path("cli/" + name + ".safetensors");
-  }
-  std::string out_path() const { return (dir_ / "out.safetensors").string(); }
-
   // Runs `attnlens mha` on a fixture case as its metadata says and compares with PyTorch.
   template <class T>
   void check_case(const std::string& name) {
     SCOPED_TRACE(name);
     const auto expected = testing::load_fixture("cli/mha_" + name + "_expected.safetensors");
     const auto& meta = expected.metadata();
-    std::string args = "mha --weights " + cli_fixture("mha_" + name + "_weights") +
-                       " --input " + cli_fixture("mha_" + name + "_input") + " --output " +
-                       out_path() + " --num-heads " + meta.at("num_heads") + " --need-weights";
+    std::string args = "mha --weights " + cli_fixture("mha_" + name + "_weights") + " --input " +
+                       cli_fixture("mha_" + name + "_input") + " --output " + out_path() +
+                       " --num-heads " + meta.at("num_heads") + " --need-weights";
     if (!meta.at("prefix").empty()) args += " --prefix " + meta.at("prefix");
     if (meta.at("causal") == "true") args += " --causal";
     if (meta.at("double") == "true") args += " --double";
     const CliRun run = run_cli(args);
     ASSERT_EQ(run.exit_code, 0) << run.output;
     const auto actual = io::SafeTensors::load(out_path());
-    EXPECT_EQ(actual.info("output").dtype, (std::is_same_v<T, double> ? io::DType::F64 : io::DType::F32));
+    EXPECT_EQ(actual.info("output").dtype,
+              (std::is_same_v<T, double> ? io::DType::F64 : io::DType::F32));
     const double tol = testing::default_tolerance<T>();
     ATTNLENS_EXPECT_CLOSE(actual.get<T>("output"), expected.get<T>("output"), tol);
     ATTNLENS_EXPECT_CLOSE(actual.get<T>("weights"), expected.get<T>("weights"), tol);
   }
-
-  // Expects exit code 2, a one-line message containing `word`, and no output file.
-  void expect_bad_input(const std::string& args, const std::string& word) {
-    SCOPED_TRACE(args);
-    const CliRun run = run_cli(args);
-    EXPECT_EQ(run.exit_code, 2) << run.output;
-    EXPECT_NE(run.output.find(word), std::string::npos) << run.output;
-    EXPECT_EQ(std::count(run.output.begin(), run.output.end(), '\n'), 1) << run.output;
-    EXPECT_FALSE(fs::exists(out_path()));
-  }
-
-  fs::path dir_;
 };
 
 TEST_F(CliMha, ReproducesPyTorchForEveryMaskType) {
-  for (const char* name : {"plain", "causal", "key_padding_bool", "key_padding_u8", "attn_mask_bool",
-                           "attn_mask_float", "attn_mask_3d", "cross_kdim_prefix"})
+  for (const char* name :
+       {"plain", "causal", "key_padding_bool", "key_padding_u8", "attn_mask_bool",
+        "attn_mask_float", "attn_mask_3d", "cross_kdim_prefix"})
     check_case<float>(name);
   check_case<double>("double");
 }
 
 TEST_F(CliMha, WeightsOnlyWhenAskedFor) {
-  const CliRun run = run_cli("mha --weights " + cli_fixture("mha_plain_weights") + " --input " +
-                          cli_fixture("mha_plain_input") + " --output " + out_path() +
-                          " --num-heads 2");
+  const CliRun run =
+      run_cli("mha --weights " + cli_fixture("mha_plain_weights") + " --input " +
+              cli_fixture("mha_plain_input") + " --output " + out_path() + " --num-heads 2");
   ASSERT_EQ(run.exit_code, 0) << run.output;
   const auto actual = io::SafeTensors::load(out_path());
   EXPECT_TRUE(actual.contains("output"));
@@ -120,9 +74,9 @@ TEST_F(CliMha, BadInputIsOneLineAndExitCodeTwo) {
   expect_bad_input("mha" + weights + input + output + " --num-heads 2 --prefix self_attn.",
                    "self_attn.in_proj_weight");
   // A weights file given as input: it has no query.
-  expect_bad_input("mha" + weights + " --input " + cli_fixture("mha_plain_weights") + output +
-                       " --num-heads 2",
-                   "query");
+  expect_bad_input(
+      "mha" + weights + " --input " + cli_fixture("mha_plain_weights") + output + " --num-heads 2",
+      "query");
   // Masks of the wrong shape or dtype, and a key without its value.
   const auto write_input = [&](const std::string& file, auto&& add_extra) {
     io::SafeTensorsWriter writer;
@@ -135,9 +89,10 @@ TEST_F(CliMha, BadInputIsOneLineAndExitCodeTwo) {
     w.add_bool("attn_mask", Tensor<std::uint8_t>({7, 6}));
   });
   expect_bad_input("mha" + weights + bad_mask + output + " --num-heads 2", "attn_mask");
-  const std::string float_padding = write_input("float_padding.safetensors", [](io::SafeTensorsWriter& w) {
-    w.add("key_padding_mask", Tensor<float>({2, 7}));
-  });
+  const std::string float_padding =
+      write_input("float_padding.safetensors", [](io::SafeTensorsWriter& w) {
+        w.add("key_padding_mask", Tensor<float>({2, 7}));
+      });
   expect_bad_input("mha" + weights + float_padding + output + " --num-heads 2", "key_padding_mask");
   const std::string key_only = write_input("key_only.safetensors", [](io::SafeTensorsWriter& w) {
     w.add("key", Tensor<float>({2, 7, 16}));

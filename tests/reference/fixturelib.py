@@ -10,7 +10,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ GENERATOR = "tests/reference/generate.py"
 
 Tensors = Dict[str, torch.Tensor]
 Metadata = Dict[str, str]
-FixtureFiles = Dict[str, Tuple[Tensors, Optional[Metadata]]]
+# relative path -> (tensors, metadata) for a safetensors file, or the bytes of any other file
+FixtureFiles = Dict[str, Union[Tuple[Tensors, Optional[Metadata]], bytes]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,11 +94,24 @@ def write_safetensors(path: Path, tensors: Tensors, metadata: Optional[Metadata]
     assert back_meta == (metadata or {}) and sorted(back) == sorted(tensors)
     for name, t in tensors.items():
         assert back[name].dtype == t.dtype and torch.equal(back[name], t.detach().cpu()), name
+    return write_bytes(path, blob)
+
+
+def write_bytes(path: Path, blob: bytes) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(blob)
     os.replace(tmp, path)
     return len(blob)
+
+
+def write_fixture(path: Path, content) -> int:
+    """A (tensors, metadata) pair as a checked safetensors file, or bytes as they are (files
+    made by another writer, e.g. a model directory from examples/export_pytorch.py)."""
+    if isinstance(content, bytes):
+        return write_bytes(path, content)
+    tensors, metadata = content
+    return write_safetensors(path, tensors, metadata)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ Layout, meant to be extended by each module that needs fixtures:
   - fixturelib.py: a minimal safetensors writer (no safetensors package needed), with a reader
     used only to check every written file, and the fixture registry;
   - oracles/*.py: one module per family of fixtures, each builder registered with
-    @fixture(NAME) and returning {relative path: (tensors, metadata)}; every module there is
-    imported, so a new family needs no edit of this file;
+    @fixture(NAME) and returning {relative path: (tensors, metadata) or bytes}; every module
+    there is imported, so a new family needs no edit of this file;
   - main(): `--out DIR` (default: data/ next to this script), `--only NAME` (repeatable) to
     rebuild some fixtures, `--list` to print the names.
 
@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import oracles  # noqa: E402
-from fixturelib import FIXTURES, write_safetensors  # noqa: E402
+from fixturelib import FIXTURES, write_fixture  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "data"
 
@@ -55,9 +55,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     torch.set_num_threads(1)  # reductions in a fixed order: identical bytes on every run
     for name in args.only or FIXTURES:
-        for rel, (tensors, metadata) in FIXTURES[name]().items():
+        for rel, content in FIXTURES[name]().items():
             path = args.out / rel
-            size = write_safetensors(path, tensors, metadata)
+            size = write_fixture(path, content)
             print(f"{size:9d}  {path}")
     return 0
 

@@ -1,6 +1,7 @@
 // MultiHeadAttention<T>: torch.nn.MultiheadAttention (batch_first) with its parameter names,
 // layouts and semantics (MATH.md section 1): packed or separate q/k/v projections, kdim/vdim,
 // bias on or off, self- and cross-attention, typed masks, per-head or averaged weights.
+// Position encodings plug in as score terms, query/key transforms and value terms.
 // Heads run in parallel across batch x heads.
 #pragma once
 
@@ -9,8 +10,10 @@
 #include <string>
 
 #include "attnlens/attention/mask.hpp"
+#include "attnlens/attention/query_key_transform.hpp"
 #include "attnlens/attention/reference_engine.hpp"
 #include "attnlens/attention/score_term.hpp"
+#include "attnlens/attention/value_term.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/init.hpp"
 #include "attnlens/core/parallel.hpp"
@@ -26,6 +29,9 @@ struct MultiHeadAttentionOptions {
   bool bias = true;  // in_proj_bias and out_proj.bias
   Index kdim = 0;    // key feature size; 0 means embed_dim
   Index vdim = 0;    // value feature size; 0 means embed_dim
+  // false: no q.k range kernel, the scores are the score terms alone (positional-only
+  // attention, Cordonnier et al.); the query projection is then unused.
+  bool content = true;
 };
 
 enum class AttentionWeights {
@@ -48,8 +54,8 @@ struct MultiHeadOutput {
 // What a backward pass needs from a forward pass; filled when passed to forward().
 template <class T>
 struct MultiHeadCache {
-  Matrix<T> queries;  // B*L x E, projected
-  Matrix<T> keys;     // B*S x E, projected
+  Matrix<T> queries;  // B*L x E, projected, after the query/key transforms
+  Matrix<T> keys;     // B*S x E, projected, after the query/key transforms
   Matrix<T> values;   // B*S x E, projected
   Tensor<T> weights;  // B x H x L x S
   Matrix<T> context;  // B*L x E, concat_h(A_h V_h), before out_proj
@@ -157,6 +163,10 @@ class MultiHeadAttention {
 
   // Domain kernels added to every head's scores after q.k / sqrt(d) (positional terms).
   ScoreTerms<T> score_terms;
+  // Applied to every head's projected queries and keys before the scores (RoPE).
+  QueryKeyTransforms<T> query_key_transforms;
+  // Added to every head's A V (Shaw et al.'s relative values).
+  ValueTerms<T> value_terms;
 
  private:
   struct Dims {
@@ -239,10 +249,13 @@ class MultiHeadAttention {
                             MultiHeadCache<T>& state) const {
     const Index B = dims.batch, H = num_heads(), L = dims.tgt_len, S = dims.src_len;
     const Index d = head_dim(), E = embed_dim();
-    const ScoreShape shape{B, H, L, S};
+    const ScoreShape shape{B, H, L, S, d};
     for (const auto& term : score_terms) term->check(shape);
+    for (const auto& transform : query_key_transforms) transform->check(shape);
+    for (const auto& term : value_terms) term->check(shape, d);
     const BoundMask<T> bound(mask, shape);
-    const AttentionKernel<T> kernel{T(1) / std::sqrt(static_cast<T>(d)), &score_terms, &bound};
+    const AttentionKernel<T> kernel{T(1) / std::sqrt(static_cast<T>(d)), &score_terms, &bound,
+                                    &value_terms, options_.content};
 
     state.weights = Tensor<T>({B, H, L, S});
     state.context.resize(B * L, E);
@@ -250,6 +263,10 @@ class MultiHeadAttention {
         B * H,
         [&](Index task) {
           const Index b = task / H, h = task % H;
+          // Each task owns its head's column block of q and k: transforming in place is safe.
+          apply_query_key_transforms<T>(query_key_transforms, b, h,
+                                        state.queries.block(b * L, h * d, L, d),
+                                        state.keys.block(b * S, h * d, S, d));
           const HeadInputs<T> head{b, h, state.queries.block(b * L, h * d, L, d),
                                    state.keys.block(b * S, h * d, S, d),
                                    state.values.block(b * S, h * d, S, d)};

@@ -16,6 +16,7 @@ struct ScoreShape {
   Index heads = 1;
   Index queries = 0;
   Index keys = 0;
+  Index head_dim = 0;  // width d of a query/key head; 0 where the caller has no heads
 };
 
 // Where a tile of scores sits: tile entry (r, c) is query i = query_begin + r and key

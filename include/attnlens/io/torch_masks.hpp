@@ -14,14 +14,21 @@ namespace attnlens::io {
 
 inline bool is_boolean_dtype(DType dtype) { return dtype == DType::BOOL || dtype == DType::U8; }
 
-// Reads `<prefix>key_padding_mask` and `<prefix>attn_mask` when present, for a problem of
-// the given shape; causal stays false (PyTorch passes it as a flag, not a tensor).
+// The tensor names of the two masks: nn.MultiheadAttention's argument names by default;
+// nn.TransformerEncoder calls them src_key_padding_mask and mask.
+struct TorchMaskNames {
+  std::string key_padding_mask = "key_padding_mask";
+  std::string attn_mask = "attn_mask";
+};
+
+// Reads the masks named `names` when present, for a problem of the given shape; causal stays
+// false (PyTorch passes it as a flag, not a tensor).
 template <class T>
-AttentionMask<T> read_torch_masks(const SafeTensors& file, const std::string& prefix,
+AttentionMask<T> read_torch_masks(const SafeTensors& file, const TorchMaskNames& names,
                                   const ScoreShape& shape) {
   const Index B = shape.batch, H = shape.heads, L = shape.queries, S = shape.keys;
   AttentionMask<T> mask;
-  const std::string padding = prefix + "key_padding_mask";
+  const std::string& padding = names.key_padding_mask;
   if (file.contains(padding)) {
     attnlens::detail::require_argument(is_boolean_dtype(file.info(padding).dtype), "tensor '" + padding + "'",
                              "dtype BOOL or U8", dtype_name(file.info(padding).dtype));
@@ -30,7 +37,7 @@ AttentionMask<T> read_torch_masks(const SafeTensors& file, const std::string& pr
                           attnlens::detail::shape_string(Shape{B, S}), attnlens::detail::shape_string(ignore.shape()));
     mask.key_keep = keep_from_torch_mask(ignore);
   }
-  const std::string attn = prefix + "attn_mask";
+  const std::string& attn = names.attn_mask;
   if (file.contains(attn)) {
     const Shape& stored = file.info(attn).shape;
     attnlens::detail::require_shape(stored == Shape{L, S} || stored == Shape{B * H, L, S}, "tensor '" + attn + "'",
@@ -45,6 +52,14 @@ AttentionMask<T> read_torch_masks(const SafeTensors& file, const std::string& pr
       mask.bias = file.get<T>(attn).reshaped(shape4);
   }
   return mask;
+}
+
+// Reads `<prefix>key_padding_mask` and `<prefix>attn_mask` when present.
+template <class T>
+AttentionMask<T> read_torch_masks(const SafeTensors& file, const std::string& prefix,
+                                  const ScoreShape& shape) {
+  const TorchMaskNames names{prefix + "key_padding_mask", prefix + "attn_mask"};
+  return read_torch_masks<T>(file, names, shape);
 }
 
 }  // namespace attnlens::io

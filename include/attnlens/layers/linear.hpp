@@ -75,4 +75,12 @@ class Linear {
   }
 };
 
+// Calls f(name, parameter) for each parameter (a Matrix<T>& or Vector<T>&) under its PyTorch
+// state_dict name after `prefix`; loaders and exporters walk a model through these overloads.
+template <class T, class F>
+void for_each_parameter(Linear<T>& linear, const std::string& prefix, F&& f) {
+  f(prefix + "weight", linear.weight);
+  if (linear.has_bias()) f(prefix + "bias", linear.bias);
+}
+
 }  // namespace attnlens

@@ -1,0 +1,83 @@
+// attnlens encode: a torch.nn.TransformerEncoder exported with examples/export_pytorch.py
+// (a model directory, docs/model-format.md) run on inputs saved from PyTorch, with PyTorch's
+// mask conventions, optionally writing every layer's per-head attention maps.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+
+#include "attnlens/blocks/encoder.hpp"
+#include "attnlens/io/model.hpp"
+#include "attnlens/io/safetensors.hpp"
+#include "attnlens/io/torch_masks.hpp"
+#include "cli/errors.hpp"
+
+namespace attnlens::cli {
+
+struct EncodeArguments {
+  std::string model, input, output, maps;
+  bool use_double = false;
+};
+
+namespace detail_encode {
+
+template <class T>
+void run(const EncodeArguments& args) {
+  const auto encoder = io::load_encoder_model<T>(args.model);
+  const auto input = io::SafeTensors::load(args.input);
+  for (const auto& name : input.names())
+    if (name != "src" && name != "src_key_padding_mask" && name != "mask")
+      throw IoError("unexpected tensor '" + name + "' in '" + args.input +
+                    "': expected src, src_key_padding_mask, mask");
+  const Tensor<T> src = input.get<T>("src");
+  detail::require_shape(src.rank() == 3 && src.dim(2) == encoder.d_model(), "tensor 'src'",
+                        detail::concat("[B, L, ", encoder.d_model(), "]"),
+                        detail::shape_string(src.shape()));
+  const Index L = src.dim(1);
+  const AttentionMask<T> mask =
+      io::read_torch_masks<T>(input, io::TorchMaskNames{"src_key_padding_mask", "mask"},
+                              {src.dim(0), encoder.nhead(), L, L});
+
+  EncoderForwardOptions options;
+  if (!args.maps.empty()) options.weights = AttentionWeights::per_head;
+  const auto result = encoder.forward(src, mask, options);
+
+  io::SafeTensorsWriter output;
+  output.add("output", result.output);
+  output.save(args.output);
+  if (args.maps.empty()) return;
+  io::SafeTensorsWriter maps;
+  for (std::size_t l = 0; l < result.weights.size(); ++l)
+    maps.add(detail::concat("layers.", l, ".weights"), result.weights[l]);
+  maps.save(args.maps);
+}
+
+}  // namespace detail_encode
+
+inline void add_encode_command(CLI::App& app) {
+  auto args = std::make_shared<EncodeArguments>();
+  CLI::App* cmd = app.add_subcommand(
+      "encode", "Run a torch.nn.TransformerEncoder exported with examples/export_pytorch.py");
+  cmd->add_option("--model", args->model,
+                  "Model directory: config.json and model.safetensors (docs/model-format.md)")
+      ->required();
+  cmd->add_option("--input", args->input,
+                  "src [B,L,E]; optional src_key_padding_mask [B,L] (True = ignore), mask "
+                  "[L,L] or [B*H,L,L] (bool True = not allowed, or float added)")
+      ->required();
+  cmd->add_option("--output", args->output, "Output file: output [B,L,E]")->required();
+  cmd->add_option("--maps", args->maps,
+                  "Also write each layer's attention maps: layers.{i}.weights [B,H,L,L]");
+  cmd->add_flag("--double", args->use_double, "Compute and write in float64 (default float32)");
+  cmd->callback([args] {
+    run_reporting_errors("encode", [&] {
+      if (args->use_double)
+        detail_encode::run<double>(*args);
+      else
+        detail_encode::run<float>(*args);
+    });
+  });
+}
+
+}  // namespace attnlens::cli

@@ -1,0 +1,181 @@
+// TransformerEncoderLayer<T>: torch.nn.TransformerEncoderLayer (batch_first, inference: dropout
+// off) with its parameter names. Post-norm: x = norm1(x + sa(x)); x = norm2(x + ff(x)).
+// Pre-norm (norm_first): x = x + sa(norm1(x)); x = x + ff(norm2(x)). sa is MATH.md section 1.
+#pragma once
+
+#include <string>
+#include <utility>
+
+#include "attnlens/attention/mask.hpp"
+#include "attnlens/attention/multi_head.hpp"
+#include "attnlens/core/errors.hpp"
+#include "attnlens/core/init.hpp"
+#include "attnlens/core/parallel.hpp"
+#include "attnlens/core/tensor.hpp"
+#include "attnlens/core/types.hpp"
+#include "attnlens/layers/activations.hpp"
+#include "attnlens/layers/feed_forward.hpp"
+#include "attnlens/layers/layer_norm.hpp"
+#include "attnlens/layers/linear.hpp"
+
+namespace attnlens {
+
+// The constructor arguments of nn.TransformerEncoderLayer (dropout aside), same defaults.
+struct EncoderLayerOptions {
+  Index d_model = 0;
+  Index nhead = 1;
+  Index dim_feedforward = 2048;
+  Activation activation = Activation::relu;
+  double layer_norm_eps = 1e-5;
+  bool norm_first = false;
+  bool bias = true;  // every Linear's bias and self_attn's in_proj_bias
+};
+
+struct EncoderForwardOptions {
+  AttentionWeights weights = AttentionWeights::none;  // the attention maps to return
+  ParallelOptions parallel;
+};
+
+template <class T>
+struct EncoderLayerOutput {
+  Tensor<T> output;   // shaped like src
+  Tensor<T> weights;  // B x H x L x L, B x L x L or empty, as EncoderForwardOptions::weights
+};
+
+// What a backward pass needs from a forward pass; filled when passed to forward().
+template <class T>
+struct EncoderLayerCache {
+  Matrix<T> input;   // B*L x E, the layer's input
+  Matrix<T> hidden;  // B*L x E, the state between the attention and feed-forward blocks
+  MultiHeadCache<T> self_attn;
+  LayerNormCache<T> norm1, norm2;
+  FeedForwardCache<T> feed_forward;
+};
+
+template <class T>
+class TransformerEncoderLayer {
+  EncoderLayerOptions options_;  // first: checked before any member is sized from it
+
+ public:
+  // Parameters of the right shapes (norms at weight 1, bias 0, the rest zero): load them or
+  // call reset_parameters().
+  explicit TransformerEncoderLayer(const EncoderLayerOptions& options)
+      : options_(checked(options)),
+        self_attn(MultiHeadAttentionOptions{options.d_model, options.nhead, options.bias}),
+        linear1(LinearOptions{options.d_model, options.dim_feedforward, options.bias}),
+        linear2(LinearOptions{options.dim_feedforward, options.d_model, options.bias}),
+        norm1(LayerNormOptions{options.d_model, options.layer_norm_eps}),
+        norm2(LayerNormOptions{options.d_model, options.layer_norm_eps}) {}
+
+  TransformerEncoderLayer(const EncoderLayerOptions& options, Rng& rng)
+      : TransformerEncoderLayer(options) {
+    reset_parameters(rng);
+  }
+
+  // PyTorch's initialisation of each submodule.
+  void reset_parameters(Rng& rng) {
+    self_attn.reset_parameters(rng);
+    linear1.reset_parameters(rng);
+    linear2.reset_parameters(rng);
+    norm1 = LayerNorm<T>(LayerNormOptions{d_model(), options_.layer_norm_eps});
+    norm2 = LayerNorm<T>(LayerNormOptions{d_model(), options_.layer_norm_eps});
+  }
+
+  const EncoderLayerOptions& options() const { return options_; }
+  Index d_model() const { return options_.d_model; }
+  Index nhead() const { return options_.nhead; }
+
+  // src: B x L x d_model (or unbatched L x d_model). mask: attnlens's typed mask; PyTorch's
+  // src_mask and src_key_padding_mask convert with keep_from_torch_mask / read_torch_masks.
+  EncoderLayerOutput<T> forward(const Tensor<T>& src, const AttentionMask<T>& mask = {},
+                                const EncoderForwardOptions& options = {},
+                                EncoderLayerCache<T>* cache = nullptr) const {
+    check_src(src, "src");
+    const Index n = src.size() / d_model();
+    const ConstMatrixMap<T> x(src.data(), n, d_model());
+    const MultiHeadForwardOptions attention_options{options.weights, options.parallel};
+    MultiHeadCache<T>* attention_cache = cache ? &cache->self_attn : nullptr;
+    if (cache) cache->input = x;
+
+    EncoderLayerOutput<T> result;
+    result.output = Tensor<T>(src.shape());
+    MatrixMap<T> y(result.output.data(), n, d_model());
+    Matrix<T> hidden;
+    if (options_.norm_first) {
+      Tensor<T> normed(src.shape());
+      norm1.forward(x, MatrixMap<T>(normed.data(), n, d_model()), cache ? &cache->norm1 : nullptr);
+      auto attention = self_attn.forward(normed, mask, attention_options, attention_cache);
+      result.weights = std::move(attention.weights);
+      hidden = x + ConstMatrixMap<T>(attention.output.data(), n, d_model());
+      const Matrix<T> normed2 = norm2.forward(hidden, cache ? &cache->norm2 : nullptr);
+      feed_forward<T>(linear1, options_.activation, linear2, normed2, y,
+                      cache ? &cache->feed_forward : nullptr);
+      y += hidden;
+    } else {
+      auto attention = self_attn.forward(src, mask, attention_options, attention_cache);
+      result.weights = std::move(attention.weights);
+      hidden = x + ConstMatrixMap<T>(attention.output.data(), n, d_model());
+      norm1.forward(hidden, hidden, cache ? &cache->norm1 : nullptr);
+      feed_forward<T>(linear1, options_.activation, linear2, hidden, y,
+                      cache ? &cache->feed_forward : nullptr);
+      y += hidden;
+      norm2.forward(y, y, cache ? &cache->norm2 : nullptr);
+    }
+    if (cache) cache->hidden = std::move(hidden);
+    return result;
+  }
+
+  // Parameters, named as in PyTorch's state_dict.
+  MultiHeadAttention<T> self_attn;
+  Linear<T> linear1;  // d_model -> dim_feedforward
+  Linear<T> linear2;  // dim_feedforward -> d_model
+  LayerNorm<T> norm1;
+  LayerNorm<T> norm2;
+
+ private:
+  static EncoderLayerOptions checked(const EncoderLayerOptions& o) {
+    detail::require_argument(o.d_model > 0, "EncoderLayerOptions::d_model", "> 0", o.d_model);
+    detail::require_argument(o.nhead > 0 && o.d_model % o.nhead == 0, "EncoderLayerOptions::nhead",
+                             detail::concat("a positive divisor of d_model ", o.d_model), o.nhead);
+    detail::require_argument(o.dim_feedforward > 0, "EncoderLayerOptions::dim_feedforward", "> 0",
+                             o.dim_feedforward);
+    detail::require_argument(o.layer_norm_eps > 0, "EncoderLayerOptions::layer_norm_eps", "> 0",
+                             o.layer_norm_eps);
+    return o;
+  }
+
+  // Checks that src is B x L x d_model or L x d_model with B, L >= 1; `what` names it.
+  void check_src(const Tensor<T>& src, const std::string& what) const {
+    const Index rank = src.rank();
+    const bool ok = (rank == 2 || rank == 3) && src.dim(rank - 1) == d_model() && src.size() > 0;
+    detail::require_shape(
+        ok, what, detail::concat("[B, L, ", d_model(), "] or [L, ", d_model(), "] with B, L >= 1"),
+        detail::shape_string(src.shape()));
+  }
+};
+
+// nn.MultiheadAttention's state_dict names (packed or separate projections).
+template <class T, class F>
+void for_each_parameter(MultiHeadAttention<T>& mha, const std::string& prefix, F&& f) {
+  if (mha.packed()) {
+    f(prefix + "in_proj_weight", mha.in_proj_weight);
+  } else {
+    f(prefix + "q_proj_weight", mha.q_proj_weight);
+    f(prefix + "k_proj_weight", mha.k_proj_weight);
+    f(prefix + "v_proj_weight", mha.v_proj_weight);
+  }
+  if (mha.has_bias()) f(prefix + "in_proj_bias", mha.in_proj_bias);
+  for_each_parameter(mha.out_proj, prefix + "out_proj.", f);
+}
+
+// In nn.TransformerEncoderLayer's state_dict order.
+template <class T, class F>
+void for_each_parameter(TransformerEncoderLayer<T>& layer, const std::string& prefix, F&& f) {
+  for_each_parameter(layer.self_attn, prefix + "self_attn.", f);
+  for_each_parameter(layer.linear1, prefix + "linear1.", f);
+  for_each_parameter(layer.linear2, prefix + "linear2.", f);
+  for_each_parameter(layer.norm1, prefix + "norm1.", f);
+  for_each_parameter(layer.norm2, prefix + "norm2.", f);
+}
+
+}  // namespace attnlens

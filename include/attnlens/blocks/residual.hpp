@@ -1,0 +1,77 @@
+// Residual connections between the layers of an encoder (MATH.md section 2, residual part):
+// standard x_{l+1} = x_l + f_l(x_l), and fidelity x_{l+1} = x_l + f_l(x_l) + lambda_l (x_0 - x_l),
+// which pulls every layer's state back towards the stack's input x_0 (NeuTRENO-style).
+#pragma once
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "attnlens/core/errors.hpp"
+#include "attnlens/core/types.hpp"
+
+namespace attnlens {
+
+enum class ResidualType { standard, fidelity };
+
+inline const char* residual_type_name(ResidualType type) {
+  return type == ResidualType::standard ? "standard" : "fidelity";
+}
+
+inline ResidualType residual_type_from_name(const std::string& name,
+                                            const std::string& what = "residual.type") {
+  for (ResidualType t : {ResidualType::standard, ResidualType::fidelity})
+    if (name == residual_type_name(t)) return t;
+  throw ArgumentError(
+      detail::concat(what, ": expected \"standard\" or \"fidelity\", got \"", name, "\""));
+}
+
+struct ResidualOptions {
+  ResidualType type = ResidualType::standard;
+  // Fidelity only: lambda_l for every layer, or a single value shared by all layers.
+  // MATH.md suggests 0.0-0.6 (NeuTRENO: 0.6 vision, 0.4 language).
+  std::vector<double> lambda;
+};
+
+// The residual variant of a stack of `num_layers` layers. Every layer already adds its own
+// standard residual x_l + f_l(x_l) (inside TransformerEncoderLayer, as PyTorch does); the
+// fidelity term is added to the layer's output: x_{l+1} = layer_l(x_l) + lambda_l (x_0 - x_l).
+// For norm_first layers that is exactly MATH.md's formula; after a post-norm layer the term
+// is added after norm2. lambda = 0 is the standard residual.
+template <class T>
+struct Residual {
+  Residual() = default;
+
+  Residual(const ResidualOptions& options, Index num_layers) : type(options.type) {
+    if (type == ResidualType::standard) {
+      detail::require_argument(options.lambda.empty(), "ResidualOptions::lambda",
+                               "no values for a standard residual",
+                               detail::concat(options.lambda.size(), " values"));
+      return;
+    }
+    const auto count = static_cast<Index>(options.lambda.size());
+    detail::require_argument(count == 1 || count == num_layers, "ResidualOptions::lambda",
+                             detail::concat("1 or ", num_layers, " (num_layers) values"),
+                             detail::concat(count, " values"));
+    lambda.resize(num_layers);
+    for (Index l = 0; l < num_layers; ++l) {
+      const double value = options.lambda[static_cast<std::size_t>(count == 1 ? 0 : l)];
+      detail::require_argument(std::isfinite(value),
+                               detail::concat("ResidualOptions::lambda[", l, "]"), "a finite value",
+                               value);
+      lambda[l] = static_cast<T>(value);
+    }
+  }
+
+  // next += lambda_layer (x0 - x) for a fidelity residual; nothing for a standard one.
+  void add_fidelity_term(Index layer, ConstMatrixRef<T> x0, ConstMatrixRef<T> x,
+                         MatrixRef<T> next) const {
+    if (type != ResidualType::fidelity || lambda[layer] == T(0)) return;
+    next += lambda[layer] * (x0 - x);
+  }
+
+  ResidualType type = ResidualType::standard;
+  Vector<T> lambda;  // fidelity: one value per layer; empty for standard
+};
+
+}  // namespace attnlens

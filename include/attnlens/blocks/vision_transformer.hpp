@@ -1,0 +1,185 @@
+// VisionTransformer<T>: ViT (Dosovitskiy et al. 2021) as timm builds it: patch embedding
+// (a stride = kernel conv as one GEMM), optional CLS token, learned absolute positions,
+// a stack of TransformerEncoderLayer, final norm, pooling (CLS token or mean) and a linear head.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "attnlens/attention/mask.hpp"
+#include "attnlens/blocks/encoder.hpp"
+#include "attnlens/blocks/encoder_layer.hpp"
+#include "attnlens/blocks/residual.hpp"
+#include "attnlens/core/errors.hpp"
+#include "attnlens/core/init.hpp"
+#include "attnlens/core/tensor.hpp"
+#include "attnlens/layers/layer_norm.hpp"
+#include "attnlens/layers/linear.hpp"
+#include "attnlens/layers/patch_embedding.hpp"
+
+namespace attnlens {
+
+enum class VitPosition {
+  none,     // no absolute positions (add relative ones as score terms of blocks[i].self_attn)
+  learned,  // pos_embed [1, prefix + N, E] added after the CLS token is prepended (timm)
+};
+
+enum class VitPooling {
+  token,  // the CLS token's output (timm global_pool="token"); needs class_token
+  mean,   // the mean over the patch tokens, CLS excluded (timm global_pool="avg")
+};
+
+struct VisionTransformerOptions {
+  Index image_height = 224;
+  Index image_width = 224;
+  Index patch_size = 16;
+  Index in_chans = 3;
+  Index num_classes = 1000;  // 0: no head, the pooled features are the output
+  // encoder.layer.d_model is the embedding width. timm's blocks are norm_first with GELU and
+  // a final norm: set those here for timm-like models.
+  EncoderOptions encoder;
+  bool class_token = true;
+  VitPosition position = VitPosition::learned;
+  VitPooling pooling = VitPooling::token;
+};
+
+template <class T>
+struct VitOutput {
+  Tensor<T> logits;                // B x num_classes (B x E pooled features without a head)
+  Tensor<T> tokens;                // B x (prefix + N) x E, after the final norm
+  std::vector<Tensor<T>> weights;  // per block, as EncoderForwardOptions::weights asks
+};
+
+template <class T>
+class VisionTransformer {
+  VisionTransformerOptions options_;  // first: checked before any member is sized from it
+
+ public:
+  // Parameters of the right shapes (zero, norms at identity): load them or call
+  // reset_parameters().
+  explicit VisionTransformer(const VisionTransformerOptions& options)
+      : options_(checked(options)),
+        patch_embed(PatchEmbeddingOptions{options.in_chans, options.encoder.layer.d_model,
+                                          options.patch_size, true}),
+        blocks(options.encoder.num_layers, TransformerEncoderLayer<T>(options.encoder.layer)),
+        residual(options.encoder.residual, options.encoder.num_layers) {
+    const Index E = embed_dim();
+    if (options.class_token) cls_token = Matrix<T>::Zero(1, E);
+    if (options.position == VitPosition::learned) pos_embed = Matrix<T>::Zero(num_tokens(), E);
+    if (options.encoder.final_norm)
+      norm.emplace(LayerNormOptions{E, options.encoder.layer.layer_norm_eps});
+    if (options.num_classes > 0) head = Linear<T>(LinearOptions{E, options.num_classes, true});
+  }
+
+  // Each part with its PyTorch default; cls_token and pos_embed with N(0, 0.02^2) (timm
+  // draws a truncated normal; the truncation at 2 sigma is omitted).
+  VisionTransformer(const VisionTransformerOptions& options, Rng& rng)
+      : VisionTransformer(options) {
+    patch_embed.reset_parameters(rng);
+    for (auto& block : blocks) block.reset_parameters(rng);
+    for (Matrix<T>* m : {&cls_token, &pos_embed})
+      for (Index i = 0; i < m->size(); ++i) m->data()[i] = rng.normal<T>(T(0), T(0.02));
+    if (options.num_classes > 0) head.reset_parameters(rng);
+  }
+
+  const VisionTransformerOptions& options() const { return options_; }
+  Index embed_dim() const { return options_.encoder.layer.d_model; }
+  Index num_patches() const {
+    return (options_.image_height / options_.patch_size) *
+           (options_.image_width / options_.patch_size);
+  }
+  Index num_prefix_tokens() const { return options_.class_token ? 1 : 0; }
+  Index num_tokens() const { return num_prefix_tokens() + num_patches(); }
+
+  // images: B x in_chans x image_height x image_width. options.weights asks for each block's
+  // attention maps over the tokens (CLS first).
+  VitOutput<T> forward(const Tensor<T>& images, const EncoderForwardOptions& options = {},
+                       EncoderCache<T>* cache = nullptr) const {
+    const Shape expected{images.rank() == 4 ? images.dim(0) : 0, options_.in_chans,
+                         options_.image_height, options_.image_width};
+    detail::require_shape(images.rank() == 4 && images.shape() == expected && expected[0] > 0,
+                          "images",
+                          detail::concat("[B, ", options_.in_chans, ", ", options_.image_height,
+                                         ", ", options_.image_width, "] with B >= 1"),
+                          detail::shape_string(images.shape()));
+    const Index B = images.dim(0), N = num_patches(), prefix = num_prefix_tokens();
+    const Index E = embed_dim(), L = num_tokens();
+    const Tensor<T> patches = patch_embed.forward(images);
+    Tensor<T> tokens({B, L, E});
+    for (Index b = 0; b < B; ++b) {
+      auto x = tokens.matrix({b});
+      if (prefix) x.row(0) = cls_token.row(0);
+      x.bottomRows(N) = patches.matrix({b});
+      if (options_.position == VitPosition::learned) x += pos_embed;
+    }
+    auto stack = run_encoder_stack(blocks, residual, norm, tokens, {}, options, cache);
+
+    VitOutput<T> out;
+    Tensor<T> pooled({B, E});
+    for (Index b = 0; b < B; ++b) {
+      const auto x = stack.output.matrix({b});
+      pooled.matrix().row(b) = options_.pooling == VitPooling::token
+                                   ? RowVector<T>(x.row(0))
+                                   : RowVector<T>(x.bottomRows(N).colwise().mean());
+    }
+    if (options_.num_classes > 0) {
+      out.logits = Tensor<T>({B, options_.num_classes});
+      head.forward(pooled.matrix(), out.logits.matrix());
+    } else {
+      out.logits = std::move(pooled);
+    }
+    out.tokens = std::move(stack.output);
+    out.weights = std::move(stack.weights);
+    return out;
+  }
+
+  // Parameters, named as in timm's VisionTransformer where it has them (see for_each_parameter).
+  PatchEmbedding<T> patch_embed;
+  Matrix<T> cls_token;  // 1 x E (stored [1, 1, E]), or empty without a class token
+  Matrix<T> pos_embed;  // (prefix + N) x E (stored [1, prefix + N, E]), or empty
+  std::vector<TransformerEncoderLayer<T>> blocks;
+  std::optional<LayerNorm<T>> norm;
+  Linear<T> head;  // E -> num_classes, or empty without a head
+  Residual<T> residual;
+
+ private:
+  static VisionTransformerOptions checked(const VisionTransformerOptions& o) {
+    for (const auto& [value, name] :
+         {std::pair{o.patch_size, "patch_size"}, std::pair{o.in_chans, "in_chans"},
+          std::pair{o.image_height, "image_height"}, std::pair{o.image_width, "image_width"}})
+      detail::require_argument(value > 0, detail::concat("VisionTransformerOptions::", name), "> 0",
+                               value);
+    for (const auto& [value, name] :
+         {std::pair{o.image_height, "image_height"}, std::pair{o.image_width, "image_width"}})
+      detail::require_argument(value % o.patch_size == 0,
+                               detail::concat("VisionTransformerOptions::", name),
+                               detail::concat("a multiple of patch_size ", o.patch_size), value);
+    detail::require_argument(o.num_classes >= 0, "VisionTransformerOptions::num_classes", ">= 0",
+                             o.num_classes);
+    detail::checked(o.encoder);
+    detail::require_argument(o.class_token || o.pooling != VitPooling::token,
+                             "VisionTransformerOptions::pooling",
+                             "mean pooling without a class token", "token");
+    return o;
+  }
+};
+
+// timm's names for the parts timm has (patch_embed.proj, cls_token, pos_embed, norm, head);
+// the blocks keep nn.TransformerEncoderLayer's names under blocks.{i} (timm's attn.qkv is
+// self_attn.in_proj_*, attn.proj is self_attn.out_proj, mlp.fc1 / fc2 are linear1 / linear2).
+template <class T, class F>
+void for_each_parameter(VisionTransformer<T>& vit, const std::string& prefix, F&& f) {
+  const Index E = vit.embed_dim();
+  for_each_parameter(vit.patch_embed, prefix + "patch_embed.", f);
+  if (vit.cls_token.size()) f(prefix + "cls_token", vit.cls_token, Shape{1, 1, E});
+  if (vit.pos_embed.size())
+    f(prefix + "pos_embed", vit.pos_embed, Shape{1, vit.pos_embed.rows(), E});
+  for (std::size_t i = 0; i < vit.blocks.size(); ++i)
+    for_each_parameter(vit.blocks[i], detail::concat(prefix, "blocks.", i, "."), f);
+  if (vit.norm) for_each_parameter(*vit.norm, prefix + "norm.", f);
+  if (vit.head.weight.size()) for_each_parameter(vit.head, prefix + "head.", f);
+}
+
+}  // namespace attnlens

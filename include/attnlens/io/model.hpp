@@ -1,0 +1,282 @@
+// The attnlens model format (docs/model-format.md): a directory with config.json (the
+// constructor arguments of torch.nn.TransformerEncoder plus attnlens's position, attention and
+// residual choices) and model.safetensors (the encoder's state_dict, PyTorch names).
+#pragma once
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "attnlens/blocks/encoder.hpp"
+#include "attnlens/core/errors.hpp"
+#include "attnlens/io/encoder_state_dict.hpp"
+#include "attnlens/io/safetensors.hpp"
+
+namespace attnlens::io {
+
+inline constexpr const char* k_config_file = "config.json";
+inline constexpr const char* k_weights_file = "model.safetensors";
+inline constexpr const char* k_model_type = "transformer_encoder";
+
+namespace detail {
+
+using attnlens::detail::concat;
+
+// Reads config.json's keys with their types checked; every error names the key and the file.
+class ConfigReader {
+ public:
+  ConfigReader(nlohmann::json object, std::string where)
+      : object_(std::move(object)), where_(std::move(where)) {
+    if (!object_.is_object()) fail("", "a JSON object", object_.type_name());
+  }
+
+  bool has(const std::string& key) const { return object_.contains(key); }
+
+  template <class V>
+  V get(const std::string& key, const V& fallback) const {
+    return has(key) ? get<V>(key) : fallback;
+  }
+
+  template <class V>
+  V get(const std::string& key) const {
+    if (!has(key)) throw IoError(concat(where_, ": missing key '", key, "'"));
+    const nlohmann::json& value = object_.at(key);
+    used_.insert(key);
+    if constexpr (std::is_same_v<V, bool>) {
+      if (!value.is_boolean()) fail(key, "true or false", value.dump());
+      return value.get<bool>();
+    } else if constexpr (std::is_integral_v<V>) {
+      if (!value.is_number_integer()) fail(key, "an integer", value.dump());
+      return value.get<V>();
+    } else if constexpr (std::is_floating_point_v<V>) {
+      if (!value.is_number()) fail(key, "a number", value.dump());
+      return value.get<V>();
+    } else if constexpr (std::is_same_v<V, std::string>) {
+      if (!value.is_string()) fail(key, "a string", value.dump());
+      return value.get<std::string>();
+    } else {
+      static_assert(std::is_same_v<V, nlohmann::json>);
+      return value;
+    }
+  }
+
+  // A nested object ("position", "attention", "residual"), or {"type": fallback_type}.
+  ConfigReader object(const std::string& key, const std::string& fallback_type) const {
+    if (!has(key)) return ConfigReader({{"type", fallback_type}}, where_ + ": " + key);
+    const nlohmann::json& value = get<nlohmann::json>(key);
+    if (!value.is_object()) fail(key, "an object such as {\"type\": ...}", value.dump());
+    return ConfigReader(value, where_ + ": " + key);
+  }
+
+  // Throws naming every key that no get() asked for.
+  void reject_unknown_keys() const {
+    std::vector<std::string> unknown;
+    for (const auto& item : object_.items())
+      if (!used_.count(item.key())) unknown.push_back("'" + item.key() + "'");
+    if (unknown.empty()) return;
+    std::string list;
+    for (const auto& name : unknown) list += (list.empty() ? "" : ", ") + name;
+    throw IoError(concat(where_, ": unknown key", unknown.size() > 1 ? "s " : " ", list));
+  }
+
+  [[noreturn]] void fail(const std::string& key, const std::string& expected,
+                         const std::string& actual) const {
+    throw IoError(
+        concat(where_, key.empty() ? "" : ": ", key, ": expected ", expected, ", got ", actual));
+  }
+
+ private:
+  nlohmann::json object_;
+  std::string where_;
+  mutable std::set<std::string> used_;
+};
+
+inline std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw IoError(concat("cannot open '", path, "'"));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw IoError(concat("cannot read '", path, "'"));
+  return text.str();
+}
+
+inline std::string quoted_list(const std::vector<std::string>& names, std::size_t shown = 5) {
+  std::string list;
+  for (std::size_t i = 0; i < names.size() && i < shown; ++i)
+    list += (i ? ", '" : "'") + names[i] + "'";
+  if (names.size() > shown) list += concat(" and ", names.size() - shown, " more");
+  return list;
+}
+
+}  // namespace detail
+
+// The options an encoder model's config.json describes. Today's attnlens supports position
+// "none" and attention "softmax"; other types are rejected by name.
+struct EncoderModelConfig {
+  EncoderOptions encoder;
+  std::string position = "none";
+  std::string attention = "softmax";
+};
+
+// Parses config.json's text; `where` prefixes every error message (the file's path).
+inline EncoderModelConfig parse_encoder_config(const std::string& text,
+                                               const std::string& where = k_config_file) {
+  nlohmann::json json;
+  try {
+    json = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw IoError(detail::concat(where, ": not valid JSON: ", e.what()));
+  }
+  const detail::ConfigReader config(json, where);
+  const auto model_type = config.get<std::string>("model_type");
+  if (model_type != k_model_type)
+    config.fail("model_type", detail::concat("\"", k_model_type, "\""), "\"" + model_type + "\"");
+
+  EncoderModelConfig out;
+  EncoderLayerOptions& layer = out.encoder.layer;
+  layer.d_model = config.get<Index>("d_model");
+  layer.nhead = config.get<Index>("nhead");
+  out.encoder.num_layers = config.get<Index>("num_layers");
+  layer.dim_feedforward = config.get<Index>("dim_feedforward", layer.dim_feedforward);
+  const auto activation = config.get<std::string>("activation", "relu");
+  try {
+    layer.activation = activation_from_name(activation, "activation");
+  } catch (const ArgumentError& e) {
+    throw IoError(detail::concat(where, ": ", e.what()));
+  }
+  layer.layer_norm_eps = config.get<double>("layer_norm_eps", layer.layer_norm_eps);
+  layer.norm_first = config.get<bool>("norm_first", false);
+  layer.bias = config.get<bool>("bias", true);
+  out.encoder.final_norm = config.get<bool>("final_norm", false);
+
+  const auto position = config.object("position", "none");
+  out.position = position.get<std::string>("type");
+  if (out.position != "none")
+    position.fail("type", "\"none\" (positions are not yet supported in this format)",
+                  "\"" + out.position + "\"");
+  position.reject_unknown_keys();
+
+  const auto attention = config.object("attention", "softmax");
+  out.attention = attention.get<std::string>("type");
+  if (out.attention != "softmax")
+    attention.fail("type", "\"softmax\"", "\"" + out.attention + "\"");
+  attention.reject_unknown_keys();
+
+  const auto residual = config.object("residual", "standard");
+  const auto residual_type = residual.get<std::string>("type");
+  try {
+    out.encoder.residual.type = residual_type_from_name(residual_type, "type");
+  } catch (const ArgumentError& e) {
+    throw IoError(detail::concat(where, ": residual: ", e.what()));
+  }
+  if (out.encoder.residual.type == ResidualType::fidelity) {
+    const auto lambda = residual.get<nlohmann::json>("lambda");
+    if (lambda.is_number()) {
+      out.encoder.residual.lambda = {lambda.get<double>()};
+    } else if (lambda.is_array() && std::all_of(lambda.begin(), lambda.end(),
+                                                [](const auto& v) { return v.is_number(); })) {
+      out.encoder.residual.lambda = lambda.get<std::vector<double>>();
+    } else {
+      residual.fail("lambda", "a number or an array of numbers (one per layer)", lambda.dump());
+    }
+  }
+  residual.reject_unknown_keys();
+  config.reject_unknown_keys();
+  return out;
+}
+
+// config.json's text for an encoder (what examples/export_pytorch.py writes).
+inline std::string encoder_config_json(const EncoderModelConfig& config) {
+  const EncoderOptions& o = config.encoder;
+  nlohmann::ordered_json json;
+  json["model_type"] = k_model_type;
+  json["d_model"] = o.layer.d_model;
+  json["nhead"] = o.layer.nhead;
+  json["num_layers"] = o.num_layers;
+  json["dim_feedforward"] = o.layer.dim_feedforward;
+  json["activation"] = activation_name(o.layer.activation);
+  json["layer_norm_eps"] = o.layer.layer_norm_eps;
+  json["norm_first"] = o.layer.norm_first;
+  json["bias"] = o.layer.bias;
+  json["final_norm"] = o.final_norm;
+  json["position"] = {{"type", config.position}};
+  json["attention"] = {{"type", config.attention}};
+  json["residual"] = {{"type", residual_type_name(o.residual.type)}};
+  if (o.residual.type == ResidualType::fidelity) json["residual"]["lambda"] = o.residual.lambda;
+  return json.dump(2) + "\n";
+}
+
+// Reads the encoder's parameters from `weights`: every tensor the encoder has must be there
+// with its shape, and no other tensor may be. `where` names the file in errors.
+template <class T>
+void load_encoder_weights(const SafeTensors& weights, TransformerEncoder<T>& encoder,
+                          const std::string& where = k_weights_file) {
+  std::vector<std::string> expected, missing, extra;
+  for_each_parameter(encoder, "", [&](const std::string& name, auto&, const Shape& = {}) {
+    expected.push_back(name);
+    if (!weights.contains(name)) missing.push_back(name);
+  });
+  const std::set<std::string> known(expected.begin(), expected.end());
+  for (const auto& name : weights.names())
+    if (!known.count(name)) extra.push_back(name);
+  if (!missing.empty() || !extra.empty())
+    throw IoError(detail::concat(
+        where, ": ", missing.empty() ? "" : "missing tensors " + detail::quoted_list(missing),
+        missing.empty() || extra.empty() ? "" : "; ",
+        extra.empty() ? "" : "unexpected tensors " + detail::quoted_list(extra)));
+  try {
+    load_parameters(weights, "", encoder);
+  } catch (const std::exception& e) {  // a shape or dtype that does not fit
+    throw IoError(detail::concat(where, ": ", e.what()));
+  }
+}
+
+// Writes an encoder model directory (created if needed) that load_encoder_model reads back.
+// Takes the encoder by value: for_each_parameter walks a mutable module.
+template <class T>
+void save_encoder_model(const EncoderModelConfig& config, TransformerEncoder<T> encoder,
+                        const std::string& directory) {
+  std::error_code error;
+  std::filesystem::create_directories(directory, error);
+  if (error) throw IoError(detail::concat("cannot create '", directory, "': ", error.message()));
+  const std::string config_path = directory + "/" + k_config_file;
+  std::ofstream out(config_path, std::ios::binary);
+  out << encoder_config_json(config);
+  if (!out.flush()) throw IoError(detail::concat("cannot write '", config_path, "'"));
+  SafeTensorsWriter writer;
+  for_each_parameter(encoder, "", [&](const std::string& name, auto& p, const Shape& = {}) {
+    if constexpr (std::decay_t<decltype(p)>::ColsAtCompileTime == 1)
+      writer.add(name, Tensor<T>({p.size()}, std::vector<T>(p.data(), p.data() + p.size())));
+    else
+      writer.add(name, Tensor<T>::from_matrix(p));
+  });
+  writer.save(directory + "/" + k_weights_file);
+}
+
+// Loads an encoder model directory (config.json and model.safetensors). Every problem is an
+// IoError naming the file and the key or tensor.
+template <class T>
+TransformerEncoder<T> load_encoder_model(const std::string& directory) {
+  const std::string config_path = directory + "/" + k_config_file;
+  const std::string weights_path = directory + "/" + k_weights_file;
+  const EncoderModelConfig config =
+      parse_encoder_config(detail::read_text_file(config_path), config_path);
+  std::optional<TransformerEncoder<T>> encoder;
+  try {
+    encoder.emplace(config.encoder);
+  } catch (const ArgumentError& e) {  // d_model, nhead, ... out of their domain
+    throw IoError(detail::concat(config_path, ": ", e.what()));
+  }
+  load_encoder_weights(SafeTensors::load(weights_path), *encoder, weights_path);
+  return std::move(*encoder);
+}
+
+}  // namespace attnlens::io

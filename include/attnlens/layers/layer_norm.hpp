@@ -1,0 +1,106 @@
+// LayerNorm<T>: torch.nn.LayerNorm over the last axis (one token per row):
+// y = (x - mean) / sqrt(var + eps) * weight + bias, var the biased variance of the row,
+// with PyTorch's parameter names (weight, bias) and its eps / elementwise_affine options.
+#pragma once
+
+#include <cmath>
+#include <string>
+#include <utility>
+
+#include "attnlens/core/errors.hpp"
+#include "attnlens/core/types.hpp"
+
+namespace attnlens {
+
+struct LayerNormOptions {
+  Index normalized_shape = 0;  // features per row (PyTorch's last-axis normalized_shape)
+  double eps = 1e-5;
+  bool elementwise_affine = true;  // weight and bias; without them y is the normalized x
+};
+
+// What a backward pass needs: the normalized rows and 1 / sqrt(var + eps) per row.
+template <class T>
+struct LayerNormCache {
+  Matrix<T> normalized;  // n x features, before weight and bias
+  Vector<T> inv_std;     // n
+};
+
+template <class T>
+class LayerNorm {
+ public:
+  LayerNorm() = default;
+
+  // PyTorch's initial values: weight 1, bias 0.
+  explicit LayerNorm(const LayerNormOptions& options)
+      : eps_(options.eps), features_(options.normalized_shape) {
+    detail::require_argument(options.normalized_shape > 0, "LayerNormOptions::normalized_shape",
+                             "> 0", options.normalized_shape);
+    detail::require_argument(options.eps > 0 && std::isfinite(options.eps), "LayerNormOptions::eps",
+                             "a finite value > 0", options.eps);
+    if (options.elementwise_affine) {
+      weight = Vector<T>::Ones(features_);
+      bias = Vector<T>::Zero(features_);
+    }
+  }
+
+  Index normalized_shape() const { return features_; }
+  double eps() const { return eps_; }
+  bool elementwise_affine() const { return weight.size() != 0; }
+
+  // y = LayerNorm(x) row by row; y may be x itself (in place).
+  void forward(ConstMatrixRef<T> x, MatrixRef<T> y, LayerNormCache<T>* cache = nullptr) const {
+    if (x.cols() != features_)
+      throw ShapeError(
+          detail::concat("LayerNorm input: expected ", features_, " columns, got ", x.cols()));
+    detail::require_matrix(y, x.rows(), features_, "LayerNorm output");
+    if (cache) {
+      cache->normalized.resize(x.rows(), features_);
+      cache->inv_std.resize(x.rows());
+    }
+    for (Index i = 0; i < x.rows(); ++i) {
+      // In double: a float row with a large common offset (|mean| >> std) would otherwise
+      // lose most of the digits of x - mean. The cost is O(features) per row, beside GEMMs.
+      const Eigen::ArrayXd row = x.row(i).transpose().template cast<double>().array();
+      const double mean = row.mean();
+      const double inv_std = 1.0 / std::sqrt((row - mean).square().mean() + eps_);
+      y.row(i) = ((row - mean) * inv_std).template cast<T>().matrix().transpose();
+      if (cache) {
+        cache->normalized.row(i) = y.row(i);
+        cache->inv_std[i] = static_cast<T>(inv_std);
+      }
+      if (elementwise_affine())
+        y.row(i) = y.row(i).cwiseProduct(weight.transpose()) + bias.transpose();
+    }
+  }
+
+  Matrix<T> forward(ConstMatrixRef<T> x, LayerNormCache<T>* cache = nullptr) const {
+    Matrix<T> y(x.rows(), x.cols());
+    forward(x, y, cache);
+    return y;
+  }
+
+  // Throws ShapeError naming `name`.weight or `name`.bias when a loaded parameter does not fit.
+  void check_parameters(const std::string& name) const {
+    if (!elementwise_affine()) return;
+    for (const auto& [p, suffix] : {std::pair{&weight, ".weight"}, std::pair{&bias, ".bias"}})
+      detail::require_shape(p->size() == features_, name + suffix,
+                            detail::concat("[", features_, "]"),
+                            detail::concat("[", p->size(), "]"));
+  }
+
+  Vector<T> weight;  // normalized_shape, or empty without elementwise_affine
+  Vector<T> bias;    // normalized_shape, or empty without elementwise_affine
+
+ private:
+  double eps_ = 1e-5;
+  Index features_ = 0;
+};
+
+template <class T, class F>
+void for_each_parameter(LayerNorm<T>& norm, const std::string& prefix, F&& f) {
+  if (!norm.elementwise_affine()) return;
+  f(prefix + "weight", norm.weight);
+  f(prefix + "bias", norm.bias);
+}
+
+}  // namespace attnlens

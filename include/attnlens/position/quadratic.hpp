@@ -1,0 +1,79 @@
+// The quadratic 2-D encoding of Cordonnier et al. (MATH.md section 3): each head attends
+// around a center shift Delta_h with width alpha_h, S_h(i,j) += -alpha_h (|delta - Delta_h|^2
+// - |Delta_h|^2); generalized: -1/2 (delta - mu_h)^T Sigma_h^-1 (delta - mu_h).
+#pragma once
+
+#include <optional>
+
+#include "attnlens/core/errors.hpp"
+#include "attnlens/core/types.hpp"
+#include "attnlens/position/grid2d.hpp"
+
+namespace attnlens {
+
+struct QuadraticEncodingOptions {
+  Index num_heads = 1;
+  Grid2d queries;
+  std::optional<Grid2d> keys = std::nullopt;  // default: the query grid (self-attention)
+};
+
+// Isotropic: parameters alpha_h and Delta_h.
+template <class T>
+class QuadraticEncoding final : public RelativeGridTerm<T> {
+ public:
+  // Zero parameters of the right shapes: set or load them.
+  explicit QuadraticEncoding(const QuadraticEncodingOptions& options)
+      : RelativeGridTerm<T>(options.queries, options.keys.value_or(options.queries)),
+        alpha(Vector<T>::Zero(options.num_heads)),
+        center_shift(Matrix<T>::Zero(options.num_heads, 2)) {
+    detail::require_argument(options.num_heads > 0, "QuadraticEncodingOptions::num_heads", "> 0",
+                             options.num_heads);
+  }
+
+  Vector<T> alpha;         // H: width (inverse), alpha_h > 0 concentrates the head
+  Matrix<T> center_shift;  // H x 2: Delta_h = (row, col) offset the head attends to
+
+ protected:
+  void check_parameters(Index heads) const override {
+    detail::require_shape(alpha.size() == heads, "QuadraticEncoding alpha",
+                          detail::concat(heads, " (one per head)"), detail::concat(alpha.size()));
+    detail::require_matrix(center_shift, heads, 2, "QuadraticEncoding center_shift");
+  }
+  // -alpha (|delta|^2 - 2 Delta.delta), the same as -alpha (|delta - Delta|^2 - |Delta|^2).
+  T bias(Index head, Index delta_row, Index delta_col) const override {
+    const T dr = static_cast<T>(delta_row), dc = static_cast<T>(delta_col);
+    return -alpha[head] *
+           (dr * dr + dc * dc - T(2) * (center_shift(head, 0) * dr + center_shift(head, 1) * dc));
+  }
+};
+
+// Generalized: parameters mu_h and Sigma_h^-1 (a 2 x 2 matrix stored as a row of 4, row-major).
+template <class T>
+class GeneralizedQuadraticEncoding final : public RelativeGridTerm<T> {
+ public:
+  explicit GeneralizedQuadraticEncoding(const QuadraticEncodingOptions& options)
+      : RelativeGridTerm<T>(options.queries, options.keys.value_or(options.queries)),
+        center_shift(Matrix<T>::Zero(options.num_heads, 2)),
+        inverse_covariance(Matrix<T>::Zero(options.num_heads, 4)) {
+    detail::require_argument(options.num_heads > 0, "QuadraticEncodingOptions::num_heads", "> 0",
+                             options.num_heads);
+  }
+
+  Matrix<T> center_shift;        // H x 2: mu_h
+  Matrix<T> inverse_covariance;  // H x 4: Sigma_h^-1 as [s00, s01, s10, s11]
+
+ protected:
+  void check_parameters(Index heads) const override {
+    detail::require_matrix(center_shift, heads, 2, "GeneralizedQuadraticEncoding center_shift");
+    detail::require_matrix(inverse_covariance, heads, 4,
+                           "GeneralizedQuadraticEncoding inverse_covariance");
+  }
+  T bias(Index head, Index delta_row, Index delta_col) const override {
+    const T u = static_cast<T>(delta_row) - center_shift(head, 0);
+    const T v = static_cast<T>(delta_col) - center_shift(head, 1);
+    const auto s = inverse_covariance.row(head);
+    return T(-0.5) * (u * (s[0] * u + s[1] * v) + v * (s[2] * u + s[3] * v));
+  }
+};
+
+}  // namespace attnlens

@@ -1,0 +1,103 @@
+// T5 relative position bias (Raffel et al. 2020, MATH.md section 3): S_h(i,j) += b_h[bucket(j-i)]
+// with HF transformers' _relative_position_bucket (bidirectional or causal; exact buckets near
+// 0, logarithmic ones up to max_distance) and a learned num_buckets x H table.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <vector>
+
+#include "attnlens/attention/score_term.hpp"
+#include "attnlens/core/errors.hpp"
+#include "attnlens/core/types.hpp"
+
+namespace attnlens {
+
+struct T5BiasOptions {
+  Index num_heads = 1;
+  Index num_buckets = 32;
+  Index max_distance = 128;
+  bool bidirectional = true;  // false: the causal (decoder) buckets, one per distance back
+};
+
+namespace detail {
+
+inline void check_t5_options(const T5BiasOptions& o) {
+  require_argument(o.num_heads > 0, "T5BiasOptions::num_heads", "> 0", o.num_heads);
+  // Half the buckets of each sign are exact: at least one must be, or the log divides by 0.
+  const Index exact = (o.bidirectional ? o.num_buckets / 2 : o.num_buckets) / 2;
+  require_argument(exact >= 1, "T5BiasOptions::num_buckets",
+                   o.bidirectional ? ">= 4 (bidirectional)" : ">= 2 (causal)", o.num_buckets);
+  require_argument(o.max_distance > exact, "T5BiasOptions::max_distance",
+                   concat("> ", exact, " (the exact buckets)"), o.max_distance);
+}
+
+}  // namespace detail
+
+// HF's _relative_position_bucket for relative_position = j - i (key minus query), in
+// float32 arithmetic as HF computes it, so that bucket edges fall where they fall there.
+inline Index t5_relative_position_bucket(Index relative_position, const T5BiasOptions& options) {
+  detail::check_t5_options(options);
+  Index buckets = options.num_buckets;
+  Index bucket = 0;
+  Index distance = 0;
+  if (options.bidirectional) {
+    buckets /= 2;
+    if (relative_position > 0) bucket += buckets;
+    distance = std::abs(relative_position);
+  } else {
+    distance = -std::min<Index>(relative_position, 0);
+  }
+  const Index max_exact = buckets / 2;
+  if (distance < max_exact) return bucket + distance;
+  const float log_ratio = std::log(static_cast<float>(distance) / static_cast<float>(max_exact));
+  const float log_range = static_cast<float>(
+      std::log(static_cast<double>(options.max_distance) / static_cast<double>(max_exact)));
+  const auto large = max_exact + static_cast<Index>(log_ratio / log_range *
+                                                    static_cast<float>(buckets - max_exact));
+  return bucket + std::min(large, buckets - 1);
+}
+
+template <class T>
+class T5RelativeBias final : public ScoreTerm<T> {
+ public:
+  // A zero table of the right shape: load relative_attention_bias.weight into it.
+  explicit T5RelativeBias(const T5BiasOptions& options)
+      : relative_attention_bias(Matrix<T>::Zero(options.num_buckets, options.num_heads)),
+        options_(options) {
+    detail::check_t5_options(options);
+    // Beyond max_distance every offset of a sign shares the last bucket of that sign.
+    for (Index offset = -options.max_distance; offset <= options.max_distance; ++offset)
+      buckets_.push_back(t5_relative_position_bucket(offset, options));
+  }
+
+  const T5BiasOptions& options() const { return options_; }
+  Index bucket(Index relative_position) const {
+    const Index limit = options_.max_distance;
+    return buckets_[static_cast<std::size_t>(std::clamp(relative_position, -limit, limit) + limit)];
+  }
+
+  void check(const ScoreShape& shape) const override {
+    detail::require_matrix(relative_attention_bias, options_.num_buckets, shape.heads,
+                           "relative_attention_bias (num_buckets x heads)");
+  }
+
+  void add(const ScoreTile<T>& tile, MatrixRef<T> scores) const override {
+    const auto table = relative_attention_bias.col(tile.at.head);
+    for (Index r = 0; r < scores.rows(); ++r) {
+      const Index i = tile.at.query_begin + r;
+      for (Index c = 0; c < scores.cols(); ++c)
+        scores(r, c) += table[bucket(tile.at.key_begin + c - i)];
+    }
+  }
+
+  // nn.Embedding(num_buckets, H).weight, HF's relative_attention_bias.weight.
+  Matrix<T> relative_attention_bias;
+
+ private:
+  T5BiasOptions options_;
+  std::vector<Index> buckets_;  // bucket of offsets -max_distance .. max_distance
+};
+
+}  // namespace attnlens

@@ -1,0 +1,83 @@
+// Transformer-XL relative positions (Dai et al. 2019, MATH.md section 3): the score terms
+// q_i.(W_R R_{i-j}) + u.k_j + v.(W_R R_{i-j}) beside the content term q_i.k_j, all scaled by
+// 1/sqrt(d) as in the paper's code; R is sinusoidal ([sin | cos]) in the distance i - j.
+#pragma once
+
+#include <cmath>
+
+#include "attnlens/attention/score_term.hpp"
+#include "attnlens/core/errors.hpp"
+#include "attnlens/core/types.hpp"
+#include "attnlens/layers/linear.hpp"
+#include "attnlens/position/sinusoidal.hpp"
+
+namespace attnlens {
+
+struct TransformerXlOptions {
+  Index num_heads = 1;
+  Index head_dim = 0;
+  Index d_model = 0;  // width of R (even)
+};
+
+// Parameter names follow the Transformer-XL code: r_w_bias (u) and r_r_bias (v), H x d, and
+// r_net (nn.Linear(d_model, H * d, bias=False)).
+template <class T>
+class TransformerXlRelativePosition final : public ScoreTerm<T> {
+ public:
+  // Zero parameters of the right shapes: load them.
+  explicit TransformerXlRelativePosition(const TransformerXlOptions& options)
+      : r_w_bias(Matrix<T>::Zero(checked(options).num_heads, options.head_dim)),
+        r_r_bias(Matrix<T>::Zero(options.num_heads, options.head_dim)),
+        r_net(LinearOptions{options.d_model, options.num_heads * options.head_dim, false}) {}
+
+  void check(const ScoreShape& shape) const override {
+    detail::require_matrix(r_w_bias, shape.heads, shape.head_dim,
+                           "TransformerXlRelativePosition r_w_bias");
+    detail::require_matrix(r_r_bias, shape.heads, shape.head_dim,
+                           "TransformerXlRelativePosition r_r_bias");
+    detail::require_shape(
+        r_net.out_features() == shape.heads * shape.head_dim && r_net.in_features() % 2 == 0,
+        "TransformerXlRelativePosition r_net.weight",
+        detail::concat("[", shape.heads * shape.head_dim, ", even d_model]"),
+        detail::concat("[", r_net.out_features(), ", ", r_net.in_features(), "]"));
+  }
+
+  void add(const ScoreTile<T>& tile, MatrixRef<T> scores) const override {
+    const Index rows = scores.rows(), cols = scores.cols(), d = tile.queries.cols();
+    const Index head = tile.at.head;
+    const T scale = T(1) / std::sqrt(static_cast<T>(d));
+    // The tile spans distances i - j from i0 - (j0 + cols - 1) up: project each one once.
+    const Index nearest = tile.at.query_begin - (tile.at.key_begin + cols - 1);
+    Matrix<T> embeddings(rows + cols - 1, r_net.in_features());
+    for (Index n = 0; n < embeddings.rows(); ++n)
+      detail::write_sinusoid(embeddings.row(n), static_cast<double>(nearest + n), 10000.0, true);
+    const Matrix<T> projected =
+        embeddings * r_net.weight.middleRows(head * d, d).transpose();  // W_R R, per distance
+    const RowVector<T> position_bias = r_r_bias.row(head) * projected.transpose();  // v.(W_R R)
+    const RowVector<T> content_bias = r_w_bias.row(head) * tile.keys.transpose();   // u.k_j
+    for (Index r = 0; r < rows; ++r)
+      for (Index c = 0; c < cols; ++c) {
+        const Index n = r - c + cols - 1;  // distance i - j = nearest + n
+        scores(r, c) += scale * (tile.queries.row(r).dot(projected.row(n)) + content_bias[c] +
+                                 position_bias[n]);
+      }
+  }
+
+  Matrix<T> r_w_bias;  // H x d: u
+  Matrix<T> r_r_bias;  // H x d: v
+  Linear<T> r_net;     // d_model -> H * d, no bias: W_R
+
+ private:
+  static const TransformerXlOptions& checked(const TransformerXlOptions& options) {
+    detail::require_argument(options.num_heads > 0, "TransformerXlOptions::num_heads", "> 0",
+                             options.num_heads);
+    detail::require_argument(options.head_dim > 0, "TransformerXlOptions::head_dim", "> 0",
+                             options.head_dim);
+    detail::require_argument(options.d_model > 0 && options.d_model % 2 == 0,
+                             "TransformerXlOptions::d_model", "a positive even number",
+                             options.d_model);
+    return options;
+  }
+};
+
+}  // namespace attnlens

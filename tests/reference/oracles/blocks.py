@@ -1,0 +1,597 @@
+"""Fixtures for transformer blocks: LayerNorm, FeedForward, TransformerEncoderLayer and
+TransformerEncoder (MATH.md section 2, residual part). Oracle: PyTorch's own modules
+(nn.LayerNorm, nn.TransformerEncoderLayer(batch_first=True), nn.TransformerEncoder), run on
+the slow path; the fidelity residual, which PyTorch does not have, is written out here."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fixturelib import (FixtureFiles, Metadata, Tensors, assert_close, base_metadata, fixture,
+                        seed_of)
+
+DTYPES = {"f32": torch.float32, "f64": torch.float64}
+
+
+def activation_module(name: str):
+    """attnlens's activation names -> what nn.TransformerEncoderLayer(activation=...) takes."""
+    return {"relu": F.relu, "gelu": F.gelu, "gelu_tanh": nn.GELU(approximate="tanh")}[name]
+
+
+def perturb(module: nn.Module, seed: int) -> None:
+    """Moves every parameter away from its initial value: biases nonzero, norms not identity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():  # registration order: deterministic
+            noise = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            if name.endswith("bias"):
+                p.copy_(0.3 * noise)
+            elif "norm" in name or isinstance(module, nn.LayerNorm):  # LayerNorm weight
+                p.copy_(1.0 + 0.2 * noise)
+            else:
+                p.add_(0.05 * noise)
+
+
+def state_dict_of(module: nn.Module, prefix: str) -> Tensors:
+    return {prefix + k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def cases_metadata(cases) -> Metadata:
+    metadata = base_metadata()
+    metadata["cases"] = json.dumps([dataclasses.asdict(c) for c in cases], sort_keys=True,
+                                   separators=(",", ":"))
+    return metadata
+
+
+# ----------------------------------------------------------------------------------------------
+# LayerNorm and FeedForward (files layers_{f32,f64}.safetensors)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNormCase:
+    name: str
+    features: int
+    eps: float = 1e-5
+    elementwise_affine: bool = True
+    offset: float = 0.0  # added to the inputs: a large common mean tests the variance formula
+    kind: str = "layer_norm"
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedForwardCase:
+    name: str
+    d_model: int
+    dim_feedforward: int
+    activation: str
+    kind: str = "feed_forward"
+
+
+LAYER_CASES = [
+    LayerNormCase("ln00_e16", 16),
+    LayerNormCase("ln01_e33_eps1e-3", 33, eps=1e-3),
+    LayerNormCase("ln02_e8_no_affine", 8, elementwise_affine=False),
+    LayerNormCase("ln03_e64_offset", 64, eps=1e-6, offset=40.0),
+    FeedForwardCase("ff00_relu", 16, 40, "relu"),
+    FeedForwardCase("ff01_gelu", 16, 40, "gelu"),
+    FeedForwardCase("ff02_gelu_tanh", 24, 64, "gelu_tanh"),
+]
+
+BATCH, LENGTH = 2, 5  # inputs of the layer cases are BATCH x LENGTH x features
+
+
+class FeedForwardModule(nn.Module):
+    """The feed-forward half of nn.TransformerEncoderLayer, with its parameter names."""
+
+    def __init__(self, d_model: int, dim_feedforward: int, activation: str):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, dim_feedforward, dtype=torch.float64)
+        self.linear2 = nn.Linear(dim_feedforward, d_model, dtype=torch.float64)
+        self.activation = activation_module(activation)
+
+    def forward(self, x):
+        return self.linear2(self.activation(self.linear1(x)))
+
+
+def layer_case(case, dtype) -> Tensors:
+    seed = seed_of(case.name)
+    torch.manual_seed(seed)
+    if case.kind == "layer_norm":
+        module = nn.LayerNorm(case.features, eps=case.eps,
+                              elementwise_affine=case.elementwise_affine, dtype=torch.float64)
+        features = case.features
+    else:
+        module = FeedForwardModule(case.d_model, case.dim_feedforward, case.activation)
+        features = case.d_model
+    perturb(module, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(BATCH, LENGTH, features, generator=g, dtype=torch.float64)
+    x = x + getattr(case, "offset", 0.0)
+    module, x = copy.deepcopy(module).to(dtype).eval(), x.to(dtype)
+    with torch.no_grad():
+        output = module(x)
+    p = case.name + "."
+    tensors = state_dict_of(module, p)
+    tensors[p + "input"], tensors[p + "output"] = x, output
+    return tensors
+
+
+@fixture("layers")
+def layers() -> FixtureFiles:
+    files = {}
+    for suffix, dtype in DTYPES.items():
+        tensors: Tensors = {}
+        for case in LAYER_CASES:
+            tensors.update(layer_case(case, dtype))
+        files[f"layers_{suffix}.safetensors"] = (tensors, cases_metadata(LAYER_CASES))
+    return files
+
+
+# ----------------------------------------------------------------------------------------------
+# TransformerEncoderLayer (files encoder_layer_{f32,f64}.safetensors)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderLayerCase:
+    name: str
+    d_model: int
+    nhead: int
+    dim_feedforward: int
+    activation: str = "relu"
+    norm_first: bool = False
+    layer_norm_eps: float = 1e-5
+    batch: int = 2
+    length: int = 7
+    key_padding_mask: bool = False
+    src_mask: str = "none"  # "none" | "bool" | "float" | "causal" (bool upper triangle)
+
+
+ENCODER_LAYER_CASES = [
+    EncoderLayerCase("el00_post_relu", 16, 2, 32),
+    EncoderLayerCase("el01_post_gelu_kpm", 16, 4, 24, "gelu", key_padding_mask=True),
+    EncoderLayerCase("el02_pre_relu_bool", 16, 2, 32, norm_first=True, src_mask="bool"),
+    EncoderLayerCase("el03_pre_gelu_float_kpm", 24, 3, 40, "gelu", norm_first=True,
+                     key_padding_mask=True, src_mask="float"),
+    EncoderLayerCase("el04_post_gelu_tanh_eps", 24, 3, 48, "gelu_tanh", layer_norm_eps=1e-3,
+                     key_padding_mask=True, src_mask="bool"),
+    EncoderLayerCase("el05_pre_gelu_causal", 32, 4, 64, "gelu", norm_first=True, batch=3,
+                     length=9, src_mask="causal"),
+    EncoderLayerCase("el06_pre_relu_plain", 32, 8, 16, norm_first=True, batch=1, length=11),
+]
+
+
+def make_padding(batch: int, length: int, g: torch.Generator) -> torch.Tensor:
+    """B x L bool, True = ignore; about a third padded, key 0 always kept (no empty row)."""
+    kpm = torch.rand(batch, length, generator=g) < 0.35
+    kpm[:, 0] = False
+    return kpm
+
+
+def make_src_mask(kind: str, length: int, g: torch.Generator) -> Optional[torch.Tensor]:
+    """L x L src_mask in PyTorch's convention; the diagonal is always allowed (no empty row)."""
+    if kind == "none":
+        return None
+    if kind == "causal":
+        return torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+    drop = (torch.rand(length, length, generator=g) < 0.3).fill_diagonal_(False)
+    if kind == "bool":
+        return drop
+    bias = torch.randn(length, length, generator=g, dtype=torch.float64)
+    return bias.masked_fill(drop, float("-inf"))
+
+
+def make_inputs(batch, length, d_model, kpm: bool, src_mask: str, g):
+    src = torch.randn(batch, length, d_model, generator=g, dtype=torch.float64)
+    padding = make_padding(batch, length, g) if kpm else None
+    return src, padding, make_src_mask(src_mask, length, g)
+
+
+def store_inputs(tensors: Tensors, p: str, src, padding, mask, case_src_mask: str) -> None:
+    tensors[p + "src"] = src
+    if padding is not None:
+        tensors[p + "src_key_padding_mask"] = padding
+    if mask is not None and case_src_mask != "causal":  # causal: a flag in the metadata
+        tensors[p + "mask"] = mask
+
+
+def run_slow_path(module: nn.Module, *args, **kwargs) -> torch.Tensor:
+    """PyTorch 1.13 takes its fused 'fast path' only under no_grad with parameters not
+    requiring grad; with grad enabled it runs the documented composition of modules."""
+    with torch.enable_grad():
+        return module(*args, **kwargs).detach()
+
+
+def encoder_layer_case(case: EncoderLayerCase, dtype) -> Tensors:
+    seed = seed_of(case.name)
+    torch.manual_seed(seed)
+    layer = nn.TransformerEncoderLayer(case.d_model, case.nhead, case.dim_feedforward,
+                                       dropout=0.0, activation=activation_module(case.activation),
+                                       layer_norm_eps=case.layer_norm_eps, batch_first=True,
+                                       norm_first=case.norm_first, dtype=torch.float64)
+    perturb(layer, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    src, padding, mask = make_inputs(case.batch, case.length, case.d_model,
+                                     case.key_padding_mask, case.src_mask, g)
+    layer, src = copy.deepcopy(layer).to(dtype).eval(), src.to(dtype)
+    if mask is not None and mask.is_floating_point():
+        mask = mask.to(dtype)
+    output = run_slow_path(layer, src, src_mask=mask, src_key_padding_mask=padding)
+    # Per-head maps of the layer's attention: its input is norm1(src) when norm_first.
+    with torch.no_grad():
+        attn_in = layer.norm1(src) if case.norm_first else src
+        _, weights = layer.self_attn(attn_in, attn_in, attn_in, attn_mask=mask,
+                                     key_padding_mask=padding, need_weights=True,
+                                     average_attn_weights=False)
+    if not case.key_padding_mask and case.src_mask == "none":
+        with torch.no_grad():  # the fast path, where PyTorch takes it, agrees
+            for p in layer.parameters():
+                p.requires_grad_(False)
+            assert_close(layer(src), output, f"{case.name} fast path")
+    p = case.name + "."
+    tensors = state_dict_of(layer, p)
+    store_inputs(tensors, p, src, padding, mask, case.src_mask)
+    tensors[p + "output"], tensors[p + "weights"] = output, weights
+    return tensors
+
+
+@fixture("encoder_layer")
+def encoder_layer() -> FixtureFiles:
+    files = {}
+    for suffix, dtype in DTYPES.items():
+        tensors: Tensors = {}
+        for case in ENCODER_LAYER_CASES:
+            tensors.update(encoder_layer_case(case, dtype))
+        files[f"encoder_layer_{suffix}.safetensors"] = (tensors,
+                                                        cases_metadata(ENCODER_LAYER_CASES))
+    return files
+
+
+# ----------------------------------------------------------------------------------------------
+# TransformerEncoder, small (encoder_{f32,f64}.safetensors: parameters stored) and deep
+# (encoder_deep_{f32,f64}.safetensors: parameters from hashed_parameter, not stored)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderCase:
+    name: str
+    num_layers: int
+    d_model: int
+    nhead: int
+    dim_feedforward: int
+    activation: str = "relu"
+    norm_first: bool = False
+    final_norm: bool = False
+    residual: str = "standard"  # "standard" | "fidelity"
+    fidelity_lambda: Tuple[float, ...] = ()  # one per layer, or one shared
+    batch: int = 2
+    length: int = 6
+    key_padding_mask: bool = False
+    src_mask: str = "none"
+    hashed: bool = False  # parameters from hashed_parameter() instead of perturbed init
+
+
+ENCODER_CASES = [
+    EncoderCase("enc00_pre_gelu_final_norm_kpm", 3, 16, 4, 32, "gelu", norm_first=True,
+                final_norm=True, key_padding_mask=True),
+    EncoderCase("enc01_post_relu_fidelity_bool", 3, 16, 2, 24, residual="fidelity",
+                fidelity_lambda=(0.3, 0.5, 0.2), src_mask="bool"),
+    EncoderCase("enc02_pre_tanh_fidelity_shared", 2, 24, 3, 40, "gelu_tanh", norm_first=True,
+                final_norm=True, residual="fidelity", fidelity_lambda=(0.4,),
+                key_padding_mask=True, length=8),
+]
+
+DEEP = dict(num_layers=6, d_model=256, nhead=8, dim_feedforward=1024, length=128, hashed=True)
+DEEP_ENCODER_CASES = [
+    EncoderCase("deep_post_relu_kpm", batch=2, key_padding_mask=True, **DEEP),
+    EncoderCase("deep_pre_gelu_final_norm_float_mask", activation="gelu", norm_first=True,
+                final_norm=True, batch=1, src_mask="float", **DEEP),
+]
+
+_MASK64 = (1 << 64) - 1
+
+
+def fnv1a64(text: str) -> int:
+    h = 0xCBF29CE484222325
+    for byte in text.encode("utf-8"):
+        h = ((h ^ byte) * 0x100000001B3) & _MASK64
+    return h
+
+
+def splitmix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's output function on uint64 counters (wrapping arithmetic)."""
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def hashed_parameter(name: str, shape) -> torch.Tensor:
+    """The deterministic parameters of the deep-encoder fixtures, also implemented by
+    tests/support/hashed_parameters.hpp. Element k (row-major) of tensor `name` is
+        u = (splitmix64(fnv1a64(name) + k mod 2^64) >> 11) * 2^-53     in [0, 1)
+        value = center + scale * (2u - 1)                               (float64)
+    with (center, scale) = (1, 0.2) for LayerNorm weights (names ending in norm*.weight),
+    (0, 0.1) for biases, and (0, sqrt(3 / fan_in)) for weight matrices (variance 1 / fan_in,
+    which keeps activations O(1) through the layers)."""
+    count = int(np.prod(shape))
+    with np.errstate(over="ignore"):
+        z = np.uint64(fnv1a64(name)) + np.arange(count, dtype=np.uint64)
+        u = (splitmix64(z) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    last = name.split(".")[-2] if "." in name else ""
+    if name.endswith(".weight") and last.startswith("norm"):
+        center, scale = 1.0, 0.2
+    elif name.endswith("bias"):
+        center, scale = 0.0, 0.1
+    else:
+        center, scale = 0.0, float(np.sqrt(3.0 / shape[-1]))
+    return torch.from_numpy(center + scale * (2.0 * u - 1.0)).reshape(shape)
+
+
+def make_encoder(case: EncoderCase, seed: int) -> nn.TransformerEncoder:
+    torch.manual_seed(seed)
+    layer = nn.TransformerEncoderLayer(case.d_model, case.nhead, case.dim_feedforward,
+                                       dropout=0.0, activation=activation_module(case.activation),
+                                       batch_first=True, norm_first=case.norm_first,
+                                       dtype=torch.float64)
+    norm = nn.LayerNorm(case.d_model, dtype=torch.float64) if case.final_norm else None
+    encoder = nn.TransformerEncoder(layer, case.num_layers, norm=norm,
+                                    enable_nested_tensor=False)
+    if case.hashed:
+        with torch.no_grad():
+            for name, p in encoder.named_parameters():
+                p.copy_(hashed_parameter(name, tuple(p.shape)))
+    else:
+        perturb(encoder, seed)
+    return encoder
+
+
+def encoder_by_layers(encoder: nn.TransformerEncoder, case: EncoderCase, src, mask, padding):
+    """MATH.md section 2's residual stack written out layer by layer:
+    x_{l+1} = layer_l(x_l) + lambda_l (x_0 - x_l), then the final norm. Also returns each
+    layer's per-head attention maps (B x H x L x L)."""
+    lambdas = case.fidelity_lambda
+    if len(lambdas) == 1:
+        lambdas = lambdas * case.num_layers
+    x, maps = src, []
+    for l, layer in enumerate(encoder.layers):
+        attn_in = layer.norm1(x) if case.norm_first else x
+        _, w = layer.self_attn(attn_in, attn_in, attn_in, attn_mask=mask,
+                               key_padding_mask=padding, need_weights=True,
+                               average_attn_weights=False)
+        maps.append(w.detach())
+        y = run_slow_path(layer, x, src_mask=mask, src_key_padding_mask=padding)
+        if case.residual == "fidelity":
+            y = y + lambdas[l] * (src - x)
+        x = y
+    if encoder.norm is not None:
+        x = encoder.norm(x).detach()
+    return x, maps
+
+
+def encoder_case(case: EncoderCase, dtype, store_parameters: bool) -> Tensors:
+    seed = seed_of(case.name)
+    encoder = make_encoder(case, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    src, padding, mask = make_inputs(case.batch, case.length, case.d_model,
+                                     case.key_padding_mask, case.src_mask, g)
+    encoder, src = copy.deepcopy(encoder).to(dtype).eval(), src.to(dtype)
+    if mask is not None and mask.is_floating_point():
+        mask = mask.to(dtype)
+    output, maps = encoder_by_layers(encoder, case, src, mask, padding)
+    if case.residual == "standard":  # the loop above is nn.TransformerEncoder itself
+        expected = run_slow_path(encoder, src, mask=mask, src_key_padding_mask=padding)
+        assert_close(output, expected, f"{case.name} layer by layer")
+        output = expected
+    p = case.name + "."
+    tensors = state_dict_of(encoder, p) if store_parameters else {}
+    store_inputs(tensors, p, src, padding, mask, case.src_mask)
+    tensors[p + "output"] = output
+    if store_parameters:
+        for l, w in enumerate(maps):
+            tensors[f"{p}weights.{l}"] = w
+    return tensors
+
+
+@fixture("encoder")
+def encoder() -> FixtureFiles:
+    files = {}
+    for suffix, dtype in DTYPES.items():
+        tensors: Tensors = {}
+        for case in ENCODER_CASES:
+            tensors.update(encoder_case(case, dtype, store_parameters=True))
+        files[f"encoder_{suffix}.safetensors"] = (tensors, cases_metadata(ENCODER_CASES))
+    return files
+
+
+@fixture("encoder_deep")
+def encoder_deep() -> FixtureFiles:
+    files = {}
+    for suffix, dtype in DTYPES.items():
+        tensors: Tensors = {}
+        for case in DEEP_ENCODER_CASES:
+            tensors.update(encoder_case(case, dtype, store_parameters=False))
+        # A few hashed values, so the C++ side can check its formula on its own.
+        probe = hashed_parameter("layers.3.linear1.weight", (1024, 256)).reshape(-1)[:8]
+        tensors["hash_probe.layers.3.linear1.weight"] = probe
+        files[f"encoder_deep_{suffix}.safetensors"] = (tensors,
+                                                       cases_metadata(DEEP_ENCODER_CASES))
+    return files
+
+
+# ----------------------------------------------------------------------------------------------
+# `attnlens encode` round trip (files under cli/): a freshly built random encoder exported with
+# examples/export_pytorch.py, its input file, and PyTorch's output and per-layer maps.
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples"))
+import export_pytorch  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeCliCase:
+    encoder: EncoderCase
+    double: bool = False  # weights, inputs and expected values in float64 (--double)
+
+
+ENCODE_CLI_CASES = [
+    EncodeCliCase(EncoderCase("encode_post_relu_masks", 2, 32, 4, 64, key_padding_mask=True,
+                              src_mask="bool", length=10)),
+    EncodeCliCase(EncoderCase("encode_pre_gelu_norm_double", 3, 24, 3, 48, "gelu",
+                              norm_first=True, final_norm=True, src_mask="float", length=9),
+                  double=True),
+]
+
+
+def encode_cli_fixture(cli: EncodeCliCase) -> FixtureFiles:
+    case = cli.encoder
+    dtype = torch.float64 if cli.double else torch.float32
+    seed = seed_of(case.name)
+    encoder = copy.deepcopy(make_encoder(case, seed)).to(dtype).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    src, padding, mask = make_inputs(case.batch, case.length, case.d_model,
+                                     case.key_padding_mask, case.src_mask, g)
+    src = src.to(dtype)
+    if mask is not None and mask.is_floating_point():
+        mask = mask.to(dtype)
+    output = export_pytorch.pytorch_output(encoder, src, padding, mask)
+    by_layers, maps = encoder_by_layers(encoder, case, src, mask, padding)
+    assert_close(by_layers, output, f"{case.name} layer by layer")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "model"
+        export_pytorch.export_encoder(encoder, model, dtype)
+        export_pytorch.export_inputs(Path(tmp) / "input.safetensors", encoder, src, padding,
+                                     mask, dtype)
+        files = {f"cli/{case.name}/config.json": (model / "config.json").read_bytes(),
+                 f"cli/{case.name}/model.safetensors": (model / "model.safetensors").read_bytes(),
+                 f"cli/{case.name}_input.safetensors":
+                     (Path(tmp) / "input.safetensors").read_bytes()}
+    expected = {"output": output}
+    for l, w in enumerate(maps):
+        expected[f"layers.{l}.weights"] = w
+    metadata = base_metadata()
+    metadata["double"] = "true" if cli.double else "false"
+    files[f"cli/{case.name}_expected.safetensors"] = (expected, metadata)
+    return files
+
+
+for _cli_case in ENCODE_CLI_CASES:
+    fixture(f"cli/{_cli_case.encoder.name}")(functools.partial(encode_cli_fixture, _cli_case))
+
+
+# ----------------------------------------------------------------------------------------------
+# Vision transformer (vit_{f32,f64}.safetensors), against a ViT written here from PyTorch
+# modules: F.conv2d patches, CLS token, learned positions, nn.TransformerEncoderLayer blocks,
+# final norm, CLS or mean pooling, linear head (timm's layout and names where timm has them).
+
+
+@dataclasses.dataclass(frozen=True)
+class VitCase:
+    name: str
+    image_height: int
+    image_width: int
+    patch_size: int
+    in_chans: int
+    num_classes: int
+    d_model: int
+    nhead: int
+    dim_feedforward: int
+    num_layers: int
+    activation: str = "gelu"
+    norm_first: bool = True
+    final_norm: bool = True
+    class_token: bool = True
+    position: str = "learned"  # "learned" | "none"
+    pooling: str = "token"     # "token" | "mean"
+    batch: int = 2
+
+
+VIT_CASES = [
+    VitCase("vit00_cls_learned_token", 8, 8, 4, 3, 5, 16, 2, 32, 2),
+    VitCase("vit01_nocls_none_mean_post", 12, 8, 4, 1, 3, 12, 3, 24, 2, activation="relu",
+            norm_first=False, final_norm=False, class_token=False, position="none",
+            pooling="mean"),
+    VitCase("vit02_cls_learned_mean_features", 6, 9, 3, 2, 0, 8, 2, 16, 3, pooling="mean"),
+]
+
+
+class ReferenceViT(nn.Module):
+    def __init__(self, case: VitCase):
+        super().__init__()
+        e, p = case.d_model, case.patch_size
+        n = (case.image_height // p) * (case.image_width // p)
+        self.case = case
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(case.in_chans, e, p, stride=p, dtype=torch.float64)
+        prefix = 1 if case.class_token else 0
+        if case.class_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, e, dtype=torch.float64))
+        if case.position == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, prefix + n, e, dtype=torch.float64))
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(e, case.nhead, case.dim_feedforward, dropout=0.0,
+                                       activation=activation_module(case.activation),
+                                       batch_first=True, norm_first=case.norm_first,
+                                       dtype=torch.float64)
+            for _ in range(case.num_layers))
+        self.norm = nn.LayerNorm(e, dtype=torch.float64) if case.final_norm else None
+        if case.num_classes:
+            self.head = nn.Linear(e, case.num_classes, dtype=torch.float64)
+
+    def forward(self, images):
+        w = self.patch_embed.proj
+        x = F.conv2d(images, w.weight, w.bias, stride=self.case.patch_size)  # B x E x h x w
+        x = x.flatten(2).transpose(1, 2)
+        prefix = 0
+        if self.case.class_token:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+            prefix = 1
+        if self.case.position == "learned":
+            x = x + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        pooled = x[:, 0] if self.case.pooling == "token" else x[:, prefix:].mean(dim=1)
+        return (self.head(pooled) if self.case.num_classes else pooled), x
+
+
+def vit_case(case: VitCase, dtype) -> Tensors:
+    seed = seed_of(case.name)
+    torch.manual_seed(seed)
+    model = ReferenceViT(case)
+    perturb(model, seed)
+    with torch.no_grad():  # perturb() adds to zero-initialised tokens: make them O(0.5)
+        for name in ("cls_token", "pos_embed"):
+            if hasattr(model, name):
+                getattr(model, name).mul_(10.0)
+    g = torch.Generator().manual_seed(seed + 1)
+    images = torch.randn(case.batch, case.in_chans, case.image_height, case.image_width,
+                         generator=g, dtype=torch.float64)
+    model, images = copy.deepcopy(model).to(dtype).eval(), images.to(dtype)
+    with torch.enable_grad():  # slow path for the blocks
+        logits, tokens = (t.detach() for t in model(images))
+    p = case.name + "."
+    tensors = state_dict_of(model, p)
+    tensors[p + "images"], tensors[p + "logits"], tensors[p + "tokens"] = images, logits, tokens
+    return tensors
+
+
+@fixture("vit")
+def vit() -> FixtureFiles:
+    files = {}
+    for suffix, dtype in DTYPES.items():
+        tensors: Tensors = {}
+        for case in VIT_CASES:
+            tensors.update(vit_case(case, dtype))
+        files[f"vit_{suffix}.safetensors"] = (tensors, cases_metadata(VIT_CASES))
+    return files
