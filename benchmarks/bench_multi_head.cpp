@@ -25,15 +25,19 @@ void BM_MultiHeadAttention(benchmark::State& state) {
     auto result = mha.forward(x, {}, options);
     benchmark::DoNotOptimize(result.output.data());
   }
-  const double flops = static_cast<double>(B) * (8.0 * L * E * E + 4.0 * L * L * static_cast<double>(E));
+  const double flops =
+      static_cast<double>(B) * (8.0 * L * E * E + 4.0 * L * L * static_cast<double>(E));
   state.counters["GFLOPS"] =
       benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void canonical_shapes(benchmark::internal::Benchmark* b) {
   for (int threads : {1, 2})
-    for (auto shape : {std::array<int, 4>{1, 128, 512, 8}, {1, 512, 512, 8}, {1, 2048, 512, 8},
-                       {8, 256, 768, 12}, {1, 4096, 512, 8}})
+    for (auto shape : {std::array<int, 4>{1, 128, 512, 8},
+                       {1, 512, 512, 8},
+                       {1, 2048, 512, 8},
+                       {8, 256, 768, 12},
+                       {1, 4096, 512, 8}})
       b->Args({shape[0], shape[1], shape[2], shape[3], threads});
   b->ArgNames({"B", "L", "E", "H", "threads"});
   b->Unit(benchmark::kMillisecond)->UseRealTime();

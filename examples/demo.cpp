@@ -1,13 +1,11 @@
 // The attnlens tour (scripts/run-demo.sh): multi-head attention on random data, its error
 // against PyTorch on the committed fixtures, its speed, and PNG pictures of 2-D domain kernels.
 #include <CLI/CLI.hpp>
-
 #include <chrono>
 #include <cstdio>
 #include <iostream>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "attnlens/attnlens.hpp"
 #include "attnlens/io/safetensors.hpp"
@@ -57,21 +55,23 @@ double error_against_pytorch(const std::string& path) {
     AttentionMask<T> mask = io::read_torch_masks<T>(
         file, prefix, {c["batch"], c["num_heads"], c["tgt_len"], c["src_len"]});
     mask.causal = c["causal"].get<bool>();
-    const auto result = mha.forward(file.get<T>(prefix + "query"), file.get<T>(prefix + "key"),
-                                    file.get<T>(prefix + "value"), mask,
-                                    {AttentionWeights::per_head, {}});
-    for (const auto& [mine, theirs] : {std::pair{&result.output, "output"},
-                                       std::pair{&result.weights, "weights"}}) {
+    const auto result =
+        mha.forward(file.get<T>(prefix + "query"), file.get<T>(prefix + "key"),
+                    file.get<T>(prefix + "value"), mask, {AttentionWeights::per_head, {}});
+    for (const auto& [mine, theirs] :
+         {std::pair{&result.output, "output"}, std::pair{&result.weights, "weights"}}) {
       const Tensor<T> expected = file.get<T>(prefix + theirs);
       for (Index i = 0; i < expected.size(); ++i)
-        worst = std::max(worst, static_cast<double>(std::abs(mine->data()[i] - expected.data()[i])));
+        worst =
+            std::max(worst, static_cast<double>(std::abs(mine->data()[i] - expected.data()[i])));
     }
   }
   return worst;
 }
 
 void pytorch_agreement(const std::string& fixtures) {
-  std::cout << "\n2. Agreement with torch.nn.MultiheadAttention (committed fixtures, every mask type)\n";
+  std::cout
+      << "\n2. Agreement with torch.nn.MultiheadAttention (committed fixtures, every mask type)\n";
   std::printf("   float32: max abs error %.2e (tolerance 1e-5)\n",
               error_against_pytorch<float>(fixtures + "/mha_f32.safetensors"));
   std::printf("   float64: max abs error %.2e (tolerance 1e-10)\n",
@@ -88,13 +88,15 @@ void speed(Index B, Index L, Index E, Index H) {
   for (int repeat = 0; repeat < 5; ++repeat) {
     const auto start = std::chrono::steady_clock::now();
     const auto result = mha.forward(x);
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    best = std::min(
+        best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     if (!result.output.matrix({0}).allFinite()) std::cout << "   non-finite output!\n";
   }
-  const double flops = static_cast<double>(B) * (8.0 * L * E * E + 4.0 * L * L * static_cast<double>(E));
-  std::printf("   B=%ld L=%ld E=%ld H=%ld threads=%d: %.2f ms, %.1f GFLOP/s\n", static_cast<long>(B),
-              static_cast<long>(L), static_cast<long>(E), static_cast<long>(H), thread_count(),
-              best * 1e3, flops / best * 1e-9);
+  const double flops =
+      static_cast<double>(B) * (8.0 * L * E * E + 4.0 * L * L * static_cast<double>(E));
+  std::printf("   B=%ld L=%ld E=%ld H=%ld threads=%d: %.2f ms, %.1f GFLOP/s\n",
+              static_cast<long>(B), static_cast<long>(L), static_cast<long>(E),
+              static_cast<long>(H), thread_count(), best * 1e3, flops / best * 1e-9);
 }
 
 }  // namespace
@@ -102,7 +104,8 @@ void speed(Index B, Index L, Index E, Index H) {
 int main(int argc, char** argv) {
   CLI::App app{"attnlens demo: multi-head attention, its agreement with PyTorch, its speed"};
   std::string fixtures = ATTNLENS_FIXTURE_DIR;
-  app.add_option("--fixtures", fixtures, "Directory of the PyTorch fixtures")->capture_default_str();
+  app.add_option("--fixtures", fixtures, "Directory of the PyTorch fixtures")
+      ->capture_default_str();
   std::string pictures = "attnlens-pictures";
   app.add_option("--pictures", pictures, "Directory for the PNG pictures")->capture_default_str();
   CLI11_PARSE(app, argc, argv);

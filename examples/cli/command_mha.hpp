@@ -4,7 +4,6 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-
 #include <memory>
 #include <string>
 
@@ -78,8 +77,8 @@ void run(const MhaArguments& args) {
   mask.causal = args.causal;
   MultiHeadForwardOptions options;
   if (args.need_weights) options.weights = AttentionWeights::per_head;
-  const auto result = cross ? mha.forward(query, key, value, mask, options)
-                            : mha.forward(query, mask, options);
+  const auto result =
+      cross ? mha.forward(query, key, value, mask, options) : mha.forward(query, mask, options);
 
   io::SafeTensorsWriter writer;
   writer.add("output", result.output);
@@ -115,8 +114,8 @@ inline void add_mha_command(CLI::App& app) {
                   "Position encoding inside each head: alibi, alibi-causal (m_h (j - i)), t5, "
                   "t5-causal (reads relative_attention_bias.weight [num_buckets, H]), rope "
                   "(interleaved pairs), rope-half (GPT-NeoX pairs), or none")
-      ->check(CLI::IsMember({"none", "alibi", "alibi-causal", "t5", "t5-causal", "rope",
-                             "rope-half"}));
+      ->check(
+          CLI::IsMember({"none", "alibi", "alibi-causal", "t5", "t5-causal", "rope", "rope-half"}));
   cmd->add_option("--num-buckets", args->num_buckets, "T5 buckets (default 32)");
   cmd->add_option("--max-distance", args->max_distance, "T5 max_distance (default 128)");
   cmd->add_option("--rope-base", args->rope_base, "RoPE base (default 10000)");

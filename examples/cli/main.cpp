@@ -1,7 +1,6 @@
 // attnlens: check attnlens against PyTorch on your own weights, from the command line.
 // Each subcommand lives in a header of its own next to this file.
 #include <CLI/CLI.hpp>
-
 #include <iostream>
 
 #include "cli/command_conv.hpp"

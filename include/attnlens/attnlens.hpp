@@ -2,22 +2,28 @@
 // core library (everything but the io/ extras, which need further dependencies).
 #pragma once
 
-#include "attnlens/version.hpp"
-
-#include "attnlens/core/errors.hpp"
-#include "attnlens/core/init.hpp"
-#include "attnlens/core/parallel.hpp"
-#include "attnlens/core/softmax.hpp"
-#include "attnlens/core/tensor.hpp"
-#include "attnlens/core/types.hpp"
-
 #include "attnlens/attention/mask.hpp"
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/attention/query_key_transform.hpp"
 #include "attnlens/attention/reference_engine.hpp"
 #include "attnlens/attention/score_term.hpp"
 #include "attnlens/attention/value_term.hpp"
-
+#include "attnlens/blocks/encoder.hpp"
+#include "attnlens/blocks/encoder_layer.hpp"
+#include "attnlens/blocks/residual.hpp"
+#include "attnlens/blocks/vision_transformer.hpp"
+#include "attnlens/core/errors.hpp"
+#include "attnlens/core/init.hpp"
+#include "attnlens/core/parallel.hpp"
+#include "attnlens/core/softmax.hpp"
+#include "attnlens/core/tensor.hpp"
+#include "attnlens/core/types.hpp"
+#include "attnlens/interpret/conv_as_attention.hpp"
+#include "attnlens/layers/activations.hpp"
+#include "attnlens/layers/feed_forward.hpp"
+#include "attnlens/layers/layer_norm.hpp"
+#include "attnlens/layers/linear.hpp"
+#include "attnlens/layers/patch_embedding.hpp"
 #include "attnlens/position/absolute.hpp"
 #include "attnlens/position/alibi.hpp"
 #include "attnlens/position/grid2d.hpp"
@@ -29,16 +35,4 @@
 #include "attnlens/position/sinusoidal.hpp"
 #include "attnlens/position/t5.hpp"
 #include "attnlens/position/transformer_xl.hpp"
-
-#include "attnlens/layers/activations.hpp"
-#include "attnlens/layers/feed_forward.hpp"
-#include "attnlens/layers/layer_norm.hpp"
-#include "attnlens/layers/linear.hpp"
-#include "attnlens/layers/patch_embedding.hpp"
-
-#include "attnlens/blocks/encoder.hpp"
-#include "attnlens/blocks/encoder_layer.hpp"
-#include "attnlens/blocks/residual.hpp"
-#include "attnlens/blocks/vision_transformer.hpp"
-
-#include "attnlens/interpret/conv_as_attention.hpp"
+#include "attnlens/version.hpp"

@@ -1,9 +1,9 @@
-#include "attnlens/attention/mask.hpp"
-
 #include <gtest/gtest.h>
 
 #include <limits>
 #include <string>
+
+#include "attnlens/attention/mask.hpp"
 
 namespace attnlens {
 namespace {
@@ -11,8 +11,8 @@ namespace {
 constexpr double inf = std::numeric_limits<double>::infinity();
 
 // The masked pattern of a full B x H x L x S problem, tile (b, h) at the given offsets.
-Matrix<double> applied(const AttentionMask<double>& mask, const ScoreShape& shape, Index b,
-                       Index h, Index rows, Index cols, Index q0 = 0, Index k0 = 0) {
+Matrix<double> applied(const AttentionMask<double>& mask, const ScoreShape& shape, Index b, Index h,
+                       Index rows, Index cols, Index q0 = 0, Index k0 = 0) {
   const BoundMask<double> bound(mask, shape);
   Matrix<double> scores = Matrix<double>::Zero(rows, cols);
   bound.apply({b, h, q0, k0}, scores);
@@ -56,7 +56,7 @@ TEST(Mask, KeyPaddingAsKeepVectorOrLengths) {
 TEST(Mask, KeepAndBiasBroadcastOverBatchAndHeads) {
   const ScoreShape shape{2, 3, 2, 2};
   AttentionMask<double> mask;
-  mask.keep = Tensor<std::uint8_t>({3, 1, 2}, {1, 1, 1, 0, 0, 1});  // per head, every query
+  mask.keep = Tensor<std::uint8_t>({3, 1, 2}, {1, 1, 1, 0, 0, 1});        // per head, every query
   mask.bias = Tensor<double>({2, 1, 2, 2}, {1, 2, 3, 4, 5, 6, 7, -inf});  // per sequence
   const auto t = applied(mask, shape, 1, 1, 2, 2);
   EXPECT_EQ(t(0, 0), 5.0);

@@ -1,13 +1,12 @@
 // MultiHeadAttention against torch.nn.MultiheadAttention (fixtures from
 // tests/reference/generate.py), plus properties and bad-input checks.
-#include "attnlens/attention/multi_head.hpp"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
 #include <string>
 
+#include "attnlens/attention/multi_head.hpp"
 #include "attnlens/io/state_dict.hpp"
 #include "attnlens/io/torch_masks.hpp"
 #include "support/fixtures.hpp"
@@ -63,8 +62,12 @@ void check_against_pytorch(const std::string& fixture) {
 // PyTorch 1.13 returns NaN for a fully masked row; those fixture rows hold attnlens's
 // documented answer instead (weights 0, the head's output 0), computed by the generator
 // from torch primitives and checked there against nn.MultiheadAttention on the other rows.
-TEST(MultiHeadAttention, MatchesPyTorchFloat) { check_against_pytorch<float>("mha_f32.safetensors"); }
-TEST(MultiHeadAttention, MatchesPyTorchDouble) { check_against_pytorch<double>("mha_f64.safetensors"); }
+TEST(MultiHeadAttention, MatchesPyTorchFloat) {
+  check_against_pytorch<float>("mha_f32.safetensors");
+}
+TEST(MultiHeadAttention, MatchesPyTorchDouble) {
+  check_against_pytorch<double>("mha_f64.safetensors");
+}
 
 template <class T>
 Tensor<T> random_tensor(const Shape& shape, Rng& rng) {
@@ -188,9 +191,11 @@ TEST(MultiHeadAttention, FullyMaskedRowGivesOutProjBias) {
   AttentionMask<double> mask;
   mask.keep = Tensor<std::uint8_t>({3, 3}, {1, 1, 1, 0, 0, 0, 1, 0, 1});
   const auto result = mha.forward(x, mask, {AttentionWeights::per_head, {}});
-  for (Index h = 0; h < 2; ++h) EXPECT_EQ(result.weights.matrix({0, h}).row(1).cwiseAbs().sum(), 0.0);
-  EXPECT_LE((result.output.matrix({0}).row(1).transpose() - mha.out_proj.bias).cwiseAbs().maxCoeff(),
-            1e-15);
+  for (Index h = 0; h < 2; ++h)
+    EXPECT_EQ(result.weights.matrix({0, h}).row(1).cwiseAbs().sum(), 0.0);
+  EXPECT_LE(
+      (result.output.matrix({0}).row(1).transpose() - mha.out_proj.bias).cwiseAbs().maxCoeff(),
+      1e-15);
   EXPECT_TRUE(result.output.matrix({0}).allFinite());
 }
 

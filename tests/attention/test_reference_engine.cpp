@@ -1,10 +1,9 @@
-#include "attnlens/attention/reference_engine.hpp"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
 
+#include "attnlens/attention/reference_engine.hpp"
 #include "attnlens/core/init.hpp"
 
 namespace attnlens {

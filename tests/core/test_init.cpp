@@ -1,8 +1,8 @@
-#include "attnlens/core/init.hpp"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
+
+#include "attnlens/core/init.hpp"
 
 namespace attnlens {
 namespace {

@@ -1,9 +1,9 @@
-#include "attnlens/core/parallel.hpp"
-
 #include <gtest/gtest.h>
 
 #include <stdexcept>
 #include <vector>
+
+#include "attnlens/core/parallel.hpp"
 
 namespace attnlens {
 namespace {
@@ -11,8 +11,9 @@ namespace {
 TEST(ParallelFor, VisitsEveryIndexOnce) {
   for (int threads : {1, 2, 3}) {
     std::vector<int> visits(1000, 0);
-    parallel_for(static_cast<Index>(visits.size()), [&](Index i) { ++visits[static_cast<std::size_t>(i)]; },
-                 ParallelOptions{threads});
+    parallel_for(
+        static_cast<Index>(visits.size()), [&](Index i) { ++visits[static_cast<std::size_t>(i)]; },
+        ParallelOptions{threads});
     for (int v : visits) EXPECT_EQ(v, 1);
   }
 }

@@ -1,9 +1,9 @@
-#include "attnlens/core/softmax.hpp"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
+
+#include "attnlens/core/softmax.hpp"
 
 namespace attnlens {
 namespace {

@@ -1,9 +1,9 @@
-#include "attnlens/core/tensor.hpp"
-
 #include <gtest/gtest.h>
 
 #include <limits>
 #include <string>
+
+#include "attnlens/core/tensor.hpp"
 
 namespace attnlens {
 namespace {

@@ -1,12 +1,12 @@
 // Loading nn.MultiheadAttention from state_dict entries: what is inferred, and every way a
 // file can fail to be one.
-#include "attnlens/io/state_dict.hpp"
-
 #include <gtest/gtest.h>
 
 #include <functional>
 #include <map>
 #include <string>
+
+#include "attnlens/io/state_dict.hpp"
 
 namespace attnlens {
 namespace {
@@ -64,34 +64,55 @@ TEST(StateDict, MalformedStateDictsNameTheTensor) {
                                            {"out_proj.weight", filled({4, 4}, 0.0f)},
                                            {"out_proj.bias", filled({4}, 0.0f)}};
     for (auto& [k, v] : change) {
-      if (v.empty()) t.erase(k);
-      else t[k] = v;
+      if (v.empty())
+        t.erase(k);
+      else
+        t[k] = v;
     }
     return file_of(t);
   };
-  expect_error<IoError>([&] { io::load_multi_head_attention<float>(packed({{"in_proj_weight", {}}}), "", 2); },
-                        "in_proj_weight");
-  expect_error<ShapeError>(
-      [&] { io::load_multi_head_attention<float>(packed({{"in_proj_weight", filled({10, 4}, 0)}}), "", 2); },
+  expect_error<IoError>(
+      [&] {
+        io::load_multi_head_attention<float>(packed({{"in_proj_weight", {}}}), "", 2);
+      },
       "in_proj_weight");
   expect_error<ShapeError>(
-      [&] { io::load_multi_head_attention<float>(packed({{"out_proj.weight", filled({4, 3}, 0)}}), "", 2); },
+      [&] {
+        io::load_multi_head_attention<float>(packed({{"in_proj_weight", filled({10, 4}, 0)}}), "",
+                                             2);
+      },
+      "in_proj_weight");
+  expect_error<ShapeError>(
+      [&] {
+        io::load_multi_head_attention<float>(packed({{"out_proj.weight", filled({4, 3}, 0)}}), "",
+                                             2);
+      },
       "out_proj.weight");
   expect_error<ShapeError>(
-      [&] { io::load_multi_head_attention<float>(packed({{"in_proj_bias", filled({4}, 0)}}), "", 2); },
+      [&] {
+        io::load_multi_head_attention<float>(packed({{"in_proj_bias", filled({4}, 0)}}), "", 2);
+      },
       "in_proj_bias");
-  expect_error<IoError>([&] { io::load_multi_head_attention<float>(packed({{"out_proj.bias", {}}}), "", 2); },
-                        "out_proj.bias");
-  expect_error<IoError>([&] { io::load_multi_head_attention<float>(packed({{"in_proj_bias", {}}}), "", 2); },
-                        "in_proj_bias");
-  expect_error<ArgumentError>([&] { io::load_multi_head_attention<float>(packed({}), "", 3); }, "num_heads");
+  expect_error<IoError>(
+      [&] {
+        io::load_multi_head_attention<float>(packed({{"out_proj.bias", {}}}), "", 2);
+      },
+      "out_proj.bias");
+  expect_error<IoError>(
+      [&] {
+        io::load_multi_head_attention<float>(packed({{"in_proj_bias", {}}}), "", 2);
+      },
+      "in_proj_bias");
+  expect_error<ArgumentError>([&] { io::load_multi_head_attention<float>(packed({}), "", 3); },
+                              "num_heads");
   expect_error<IoError>([&] { io::load_multi_head_attention<float>(packed({}), "encoder.", 2); },
                         "encoder.in_proj_weight");
   const auto separate = file_of({{"q_proj_weight", filled({4, 4}, 0.0f)},
                                  {"k_proj_weight", filled({4, 3}, 0.0f)},
                                  {"v_proj_weight", filled({3, 5}, 0.0f)},
                                  {"out_proj.weight", filled({4, 4}, 0.0f)}});
-  expect_error<ShapeError>([&] { io::load_multi_head_attention<float>(separate, "", 1); }, "v_proj_weight");
+  expect_error<ShapeError>([&] { io::load_multi_head_attention<float>(separate, "", 1); },
+                           "v_proj_weight");
 }
 
 }  // namespace

@@ -1,11 +1,11 @@
 // PyTorch-convention masks from a file: polarity, the (B*H) x L x S layout, dtype and shape
 // errors.
-#include "attnlens/io/torch_masks.hpp"
-
 #include <gtest/gtest.h>
 
 #include <limits>
 #include <string>
+
+#include "attnlens/io/torch_masks.hpp"
 
 namespace attnlens {
 namespace {
@@ -18,7 +18,7 @@ TEST(TorchMasks, BoolMasksAreInvertedAndPerHeadMasksReshaped) {
   padding.at({1, 4}) = 1;  // PyTorch: ignore key 4 of sequence 1
   writer.add_bool("key_padding_mask", padding);
   Tensor<std::uint8_t> per_head({6, 4, 5});
-  per_head.at({4, 2, 3}) = 1;  // sequence 1, head 1, query 2, key 3 not allowed
+  per_head.at({4, 2, 3}) = 1;         // sequence 1, head 1, query 2, key 3 not allowed
   writer.add("attn_mask", per_head);  // U8, which PyTorch also takes as bool
   const auto file = io::SafeTensors::parse(writer.bytes());
   const auto mask = io::read_torch_masks<float>(file, "", k_shape);
@@ -37,7 +37,8 @@ TEST(TorchMasks, FloatAttnMaskIsABias) {
   bias.at({0, 1}) = -std::numeric_limits<double>::infinity();
   bias.at({3, 4}) = 0.25;
   writer.add("p.attn_mask", bias);
-  const auto mask = io::read_torch_masks<float>(io::SafeTensors::parse(writer.bytes()), "p.", k_shape);
+  const auto mask =
+      io::read_torch_masks<float>(io::SafeTensors::parse(writer.bytes()), "p.", k_shape);
   ASSERT_TRUE(mask.bias);
   EXPECT_EQ(mask.bias->at({3, 4}), 0.25f);
   EXPECT_EQ(mask.bias->at({0, 1}), -std::numeric_limits<float>::infinity());

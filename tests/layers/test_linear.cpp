@@ -1,8 +1,8 @@
-#include "attnlens/layers/linear.hpp"
-
 #include <gtest/gtest.h>
 
 #include <string>
+
+#include "attnlens/layers/linear.hpp"
 
 namespace attnlens {
 namespace {

@@ -5,10 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <type_traits>
-
-#include <nlohmann/json.hpp>
 
 #include "attnlens/core/tensor.hpp"
 #include "attnlens/io/safetensors.hpp"
@@ -52,8 +51,8 @@ double max_abs_error(const Tensor<T>& actual, const Tensor<T>& expected) {
 }  // namespace attnlens::testing
 
 // EXPECT that two tensors agree to `tol`, printing the maximum error.
-#define ATTNLENS_EXPECT_CLOSE(actual, expected, tol)                               \
-  do {                                                                             \
+#define ATTNLENS_EXPECT_CLOSE(actual, expected, tol)                                   \
+  do {                                                                                 \
     const double attnlens_err_ = ::attnlens::testing::max_abs_error(actual, expected); \
-    EXPECT_LE(attnlens_err_, (tol)) << #actual << " vs " << #expected;            \
+    EXPECT_LE(attnlens_err_, (tol)) << #actual << " vs " << #expected;                 \
   } while (0)

@@ -53,8 +53,8 @@ class Broadcast4 {
     const std::array<Index, 4> full{target.batch, target.heads, target.queries, target.keys};
     if (shape.size() < 2 || shape.size() > 4)
       throw ShapeError(concat(what, ": expected rank 2 to 4 broadcastable to ",
-                              shape_string(std::vector<Index>(full.begin(), full.end())),
-                              ", got ", shape_string(shape)));
+                              shape_string(std::vector<Index>(full.begin(), full.end())), ", got ",
+                              shape_string(shape)));
     const std::size_t offset = 4 - shape.size();
     Index stride = 1;
     for (std::size_t axis = 4; axis-- > 0;) {
@@ -94,16 +94,16 @@ class BoundMask {
       const Shape& s = mask.key_keep->shape();
       const bool ok = (s.size() == 1 && s[0] == shape.keys) ||
                       (s.size() == 2 && s[0] == shape.batch && s[1] == shape.keys);
-      detail::require_shape(ok, "mask.key_keep",
-                            detail::concat("[", shape.keys, "] or [", shape.batch, ", ",
-                                           shape.keys, "]"),
-                            detail::shape_string(s));
+      detail::require_shape(
+          ok, "mask.key_keep",
+          detail::concat("[", shape.keys, "] or [", shape.batch, ", ", shape.keys, "]"),
+          detail::shape_string(s));
       key_keep_batch_stride_ = s.size() == 2 ? shape.keys : 0;
     }
     if (mask.key_lengths) {
       const auto& lengths = *mask.key_lengths;
-      detail::require_shape(static_cast<Index>(lengths.size()) == shape.batch,
-                            "mask.key_lengths", detail::concat(shape.batch, " lengths"),
+      detail::require_shape(static_cast<Index>(lengths.size()) == shape.batch, "mask.key_lengths",
+                            detail::concat(shape.batch, " lengths"),
                             detail::concat(lengths.size(), " lengths"));
       for (std::size_t b = 0; b < lengths.size(); ++b)
         detail::require_argument(lengths[b] >= 0 && lengths[b] <= shape.keys,
@@ -117,7 +117,8 @@ class BoundMask {
   Index key_end(Index batch, Index query_end) const {
     Index end = shape_.keys;
     if (mask_.causal) end = std::min(end, query_end);
-    if (mask_.key_lengths) end = std::min(end, (*mask_.key_lengths)[static_cast<std::size_t>(batch)]);
+    if (mask_.key_lengths)
+      end = std::min(end, (*mask_.key_lengths)[static_cast<std::size_t>(batch)]);
     return end;
   }
 
@@ -152,7 +153,8 @@ class BoundMask {
     }
     if (mask_.causal) {
       for (Index r = 0; r < rows; ++r) {
-        const Index first_masked = std::clamp<Index>(at.query_begin + r + 1 - at.key_begin, 0, cols);
+        const Index first_masked =
+            std::clamp<Index>(at.query_begin + r + 1 - at.key_begin, 0, cols);
         scores.row(r).tail(cols - first_masked).setConstant(neg_inf);
       }
     }

@@ -179,8 +179,7 @@ class MultiHeadAttention {
                              o.embed_dim);
     detail::require_argument(o.num_heads > 0, "MultiHeadAttentionOptions::num_heads", "> 0",
                              o.num_heads);
-    detail::require_argument(o.embed_dim % o.num_heads == 0,
-                             "MultiHeadAttentionOptions::num_heads",
+    detail::require_argument(o.embed_dim % o.num_heads == 0, "MultiHeadAttentionOptions::num_heads",
                              detail::concat("a divisor of embed_dim ", o.embed_dim), o.num_heads);
     detail::require_argument(o.kdim >= 0, "MultiHeadAttentionOptions::kdim", ">= 0", o.kdim);
     detail::require_argument(o.vdim >= 0, "MultiHeadAttentionOptions::vdim", ">= 0", o.vdim);
@@ -194,10 +193,10 @@ class MultiHeadAttention {
     const bool batched = rank == 3;
     const Index B = batched ? query.dim(0) : 1;
     const Index L = query.dim(rank - 2);
-    detail::require_shape(query.dim(rank - 1) == embed_dim() && L > 0 && B > 0, "query",
-                          detail::concat(batched ? "[B, L, " : "[L, ", embed_dim(),
-                                         "] with B, L >= 1"),
-                          detail::shape_string(query.shape()));
+    detail::require_shape(
+        query.dim(rank - 1) == embed_dim() && L > 0 && B > 0, "query",
+        detail::concat(batched ? "[B, L, " : "[L, ", embed_dim(), "] with B, L >= 1"),
+        detail::shape_string(query.shape()));
     const auto expect = [&](const Tensor<T>& t, const char* name, Index features) {
       const std::string expected = batched ? detail::concat("[", B, ", S, ", features, "]")
                                            : detail::concat("[S, ", features, "]");

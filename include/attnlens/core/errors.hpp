@@ -62,10 +62,11 @@ void require_argument(bool ok, const std::string& what, const std::string& expec
 
 // Checks that a matrix argument is rows x cols.
 template <class Mat>
-void require_matrix(const Mat& m, std::ptrdiff_t rows, std::ptrdiff_t cols, const std::string& what) {
+void require_matrix(const Mat& m, std::ptrdiff_t rows, std::ptrdiff_t cols,
+                    const std::string& what) {
   if (m.rows() != rows || m.cols() != cols)
-    throw ShapeError(concat(what, ": expected ", rows, " x ", cols, ", got ", m.rows(), " x ",
-                            m.cols()));
+    throw ShapeError(
+        concat(what, ": expected ", rows, " x ", cols, ", got ", m.rows(), " x ", m.cols()));
 }
 
 }  // namespace detail

@@ -35,8 +35,7 @@ Vector<T> logsumexp_rows(ConstMatrixRef<T> scores) {
   for (Index i = 0; i < scores.rows(); ++i) {
     const auto row = scores.row(i);
     const T row_max = row.maxCoeff();
-    out[i] = row_max == neg_inf ? neg_inf
-                                : row_max + std::log((row.array() - row_max).exp().sum());
+    out[i] = row_max == neg_inf ? neg_inf : row_max + std::log((row.array() - row_max).exp().sum());
   }
   return out;
 }

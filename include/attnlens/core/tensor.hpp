@@ -64,8 +64,8 @@ class Tensor {
   Index rank() const { return static_cast<Index>(shape_.size()); }
   Index dim(Index axis) const {
     if (axis < 0 || axis >= rank())
-      throw ArgumentError(detail::concat("Tensor::dim axis: expected 0..", rank() - 1, ", got ",
-                                         axis));
+      throw ArgumentError(
+          detail::concat("Tensor::dim axis: expected 0..", rank() - 1, ", got ", axis));
     return shape_[static_cast<std::size_t>(axis)];
   }
   Index size() const { return static_cast<Index>(data_.size()); }
@@ -113,8 +113,8 @@ class Tensor {
 
   std::size_t offset(std::initializer_list<Index> index) const {
     if (static_cast<Index>(index.size()) != rank())
-      throw ArgumentError(detail::concat("Tensor::at index: expected ", rank(), " indices, got ",
-                                         index.size()));
+      throw ArgumentError(
+          detail::concat("Tensor::at index: expected ", rank(), " indices, got ", index.size()));
     Index flat = 0;
     std::size_t axis = 0;
     for (Index i : index) {

@@ -16,10 +16,11 @@ template <class T>
 Matrix<T> read_matrix(const SafeTensors& file, const std::string& key, Index rows, Index cols) {
   const Tensor<T> t = file.get<T>(key);
   const bool ok = t.rank() == 2 && (rows < 0 || t.dim(0) == rows) && (cols < 0 || t.dim(1) == cols);
-  attnlens::detail::require_shape(ok, "tensor '" + key + "'",
-                        attnlens::detail::concat("[", rows < 0 ? std::string("*") : std::to_string(rows), ", ",
-                                       cols < 0 ? std::string("*") : std::to_string(cols), "]"),
-                        attnlens::detail::shape_string(t.shape()));
+  attnlens::detail::require_shape(
+      ok, "tensor '" + key + "'",
+      attnlens::detail::concat("[", rows < 0 ? std::string("*") : std::to_string(rows), ", ",
+                               cols < 0 ? std::string("*") : std::to_string(cols), "]"),
+      attnlens::detail::shape_string(t.shape()));
   return t.matrix();
 }
 
@@ -28,7 +29,8 @@ template <class T>
 Vector<T> read_vector(const SafeTensors& file, const std::string& key, Index size) {
   const Tensor<T> t = file.get<T>(key);
   attnlens::detail::require_shape(t.rank() == 1 && t.dim(0) == size, "tensor '" + key + "'",
-                        attnlens::detail::concat("[", size, "]"), attnlens::detail::shape_string(t.shape()));
+                                  attnlens::detail::concat("[", size, "]"),
+                                  attnlens::detail::shape_string(t.shape()));
   return Eigen::Map<const Vector<T>>(t.data(), size);
 }
 
@@ -41,9 +43,10 @@ inline MultiHeadAttentionOptions multi_head_options(const SafeTensors& file,
   options.bias = file.contains(prefix + "in_proj_bias");
   if (file.contains(prefix + "in_proj_weight")) {
     const auto& info = file.info(prefix + "in_proj_weight");
-    const bool ok = info.shape.size() == 2 && info.shape[1] > 0 && info.shape[0] == 3 * info.shape[1];
+    const bool ok =
+        info.shape.size() == 2 && info.shape[1] > 0 && info.shape[0] == 3 * info.shape[1];
     attnlens::detail::require_shape(ok, "tensor '" + prefix + "in_proj_weight'", "[3E, E]",
-                          attnlens::detail::shape_string(info.shape));
+                                    attnlens::detail::shape_string(info.shape));
     options.embed_dim = info.shape[1];
     return options;
   }
@@ -53,7 +56,7 @@ inline MultiHeadAttentionOptions multi_head_options(const SafeTensors& file,
   const auto columns = [&](const std::string& name) {
     const auto& shape = file.info(prefix + name).shape;
     attnlens::detail::require_shape(shape.size() == 2, "tensor '" + prefix + name + "'", "rank 2",
-                          attnlens::detail::shape_string(shape));
+                                    attnlens::detail::shape_string(shape));
     return shape[1];
   };
   options.embed_dim = columns("q_proj_weight");

@@ -30,20 +30,23 @@ AttentionMask<T> read_torch_masks(const SafeTensors& file, const TorchMaskNames&
   AttentionMask<T> mask;
   const std::string& padding = names.key_padding_mask;
   if (file.contains(padding)) {
-    attnlens::detail::require_argument(is_boolean_dtype(file.info(padding).dtype), "tensor '" + padding + "'",
-                             "dtype BOOL or U8", dtype_name(file.info(padding).dtype));
+    attnlens::detail::require_argument(is_boolean_dtype(file.info(padding).dtype),
+                                       "tensor '" + padding + "'", "dtype BOOL or U8",
+                                       dtype_name(file.info(padding).dtype));
     const auto ignore = file.get<std::uint8_t>(padding);
     attnlens::detail::require_shape(ignore.shape() == Shape{B, S}, "tensor '" + padding + "'",
-                          attnlens::detail::shape_string(Shape{B, S}), attnlens::detail::shape_string(ignore.shape()));
+                                    attnlens::detail::shape_string(Shape{B, S}),
+                                    attnlens::detail::shape_string(ignore.shape()));
     mask.key_keep = keep_from_torch_mask(ignore);
   }
   const std::string& attn = names.attn_mask;
   if (file.contains(attn)) {
     const Shape& stored = file.info(attn).shape;
-    attnlens::detail::require_shape(stored == Shape{L, S} || stored == Shape{B * H, L, S}, "tensor '" + attn + "'",
-                          attnlens::detail::shape_string(Shape{L, S}) + " or " +
-                              attnlens::detail::shape_string(Shape{B * H, L, S}),
-                          attnlens::detail::shape_string(stored));
+    attnlens::detail::require_shape(stored == Shape{L, S} || stored == Shape{B * H, L, S},
+                                    "tensor '" + attn + "'",
+                                    attnlens::detail::shape_string(Shape{L, S}) + " or " +
+                                        attnlens::detail::shape_string(Shape{B * H, L, S}),
+                                    attnlens::detail::shape_string(stored));
     // PyTorch's (B*H) x L x S is attnlens's B x H x L x S.
     const Shape shape4 = stored.size() == 2 ? stored : Shape{B, H, L, S};
     if (is_boolean_dtype(file.info(attn).dtype))

@@ -1,6 +1,5 @@
 // A downstream project's first program: fails unless attnlens's attention rows sum to 1.
 #include <attnlens/attnlens.hpp>
-
 #include <cmath>
 #include <cstdio>
 
