@@ -122,7 +122,7 @@ class MultiHeadAttention {
     MultiHeadCache<T> local;
     MultiHeadCache<T>& state = cache ? *cache : local;
     project(query, key, value, &query == &key && &key == &value, dims, state);
-    return attend(dims, mask, options, state);
+    return attend(dims, mask, options, cache != nullptr, state);
   }
 
   // Self-attention: query = key = value = x; one GEMM projects q, k and v together.
@@ -244,7 +244,7 @@ class MultiHeadAttention {
   }
 
   MultiHeadOutput<T> attend(const Dims& dims, const AttentionMask<T>& mask,
-                            const MultiHeadForwardOptions& options,
+                            const MultiHeadForwardOptions& options, bool caching,
                             MultiHeadCache<T>& state) const {
     const Index B = dims.batch, H = num_heads(), L = dims.tgt_len, S = dims.src_len;
     const Index d = head_dim(), E = embed_dim();
@@ -256,7 +256,10 @@ class MultiHeadAttention {
     const AttentionKernel<T> kernel{T(1) / std::sqrt(static_cast<T>(d)), &score_terms, &bound,
                                     &value_terms, options_.content};
 
-    state.weights = Tensor<T>({B, H, L, S});
+    // All B x H weight matrices are kept only when someone reads them; otherwise each task
+    // uses an L x S scratch matrix of its own.
+    const bool keep_weights = caching || options.weights != AttentionWeights::none;
+    state.weights = keep_weights ? Tensor<T>({B, H, L, S}) : Tensor<T>();
     state.context.resize(B * L, E);
     parallel_for(
         B * H,
@@ -269,8 +272,10 @@ class MultiHeadAttention {
           const HeadInputs<T> head{b, h, state.queries.block(b * L, h * d, L, d),
                                    state.keys.block(b * S, h * d, S, d),
                                    state.values.block(b * S, h * d, S, d)};
-          reference_attention<T>(head, kernel, state.weights.matrix({b, h}),
-                                 state.context.block(b * L, h * d, L, d));
+          Matrix<T> scratch(keep_weights ? 0 : L, keep_weights ? 0 : S);
+          const MatrixMap<T> weights =
+              keep_weights ? state.weights.matrix({b, h}) : MatrixMap<T>(scratch.data(), L, S);
+          reference_attention<T>(head, kernel, weights, state.context.block(b * L, h * d, L, d));
         },
         options.parallel);
 
