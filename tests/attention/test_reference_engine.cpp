@@ -35,7 +35,7 @@ Result run(const Head& h, const AttentionKernel<double>& kernel) {
 TEST(ReferenceEngine, IsTheNormalizedKernelSmoother) {
   const auto h = random_head(5, 7, 4, 3, 1);
   const double scale = 0.5;
-  const auto r = run(h, {scale, nullptr, nullptr});
+  const auto r = run(h, {dot_product_range(scale)});
   // u_i = sum_j K_ij v_j / sum_j K_ij with K_ij = exp(scale q_i.k_j), written out by loops.
   for (Index i = 0; i < 5; ++i) {
     double z = 0.0;
@@ -57,7 +57,7 @@ TEST(ReferenceEngine, FullyMaskedRowsAreZeroAndMaskedNanValuesNeverLeak) {
                                             0, 0, 0, 0,  // fully masked
                                             1, 0, 1, 1});
   const BoundMask<double> bound(mask, {1, 1, 3, 4});
-  const AttentionKernel<double> kernel{1.0, nullptr, &bound};
+  const AttentionKernel<double> kernel{dot_product_range(1.0), nullptr, &bound};
   const auto clean = run(h, kernel);
   h.v(2, 0) = std::numeric_limits<double>::quiet_NaN();
   h.v(2, 1) = std::numeric_limits<double>::infinity();

@@ -36,10 +36,11 @@ TEST(ValueTerm, AddsTheWeightedTermAfterTheSoftmax) {
   AttentionMask<double> causal;
   causal.causal = true;
   const BoundMask<double> bound(causal, {1, 1, 4, 6});
-  reference_attention<double>({0, 0, q, k, v}, {0.5, nullptr, &bound, &terms}, weights, out);
+  reference_attention<double>({0, 0, q, k, v}, {dot_product_range(0.5), nullptr, &bound, &terms},
+                              weights, out);
   const Matrix<double> shifted = v + c;
-  reference_attention<double>({0, 0, q, k, shifted}, {0.5, nullptr, &bound}, expected_weights,
-                              expected);
+  reference_attention<double>({0, 0, q, k, shifted}, {dot_product_range(0.5), nullptr, &bound},
+                              expected_weights, expected);
   EXPECT_EQ(weights, expected_weights);
   EXPECT_LE((out - expected).cwiseAbs().maxCoeff(), 1e-14);
   EXPECT_GT((out - weights * v).cwiseAbs().maxCoeff(), 1e-3);

@@ -29,7 +29,7 @@ TYPED_TEST(ShawTest, EngineWithShawTermsMatchesOracle) {
   const ScoreShape shape{1, 2, 9, 11, 4};
   shaw->check(shape);
   shaw->check(shape, 4);
-  const AttentionKernel<T> kernel{T(0.5), &terms, nullptr, &value_terms};
+  const AttentionKernel<T> kernel{dot_product_range(T(0.5)), &terms, nullptr, &value_terms};
   Tensor<T> weights({2, 9, 11}), out({2, 9, 4});
   for (Index h = 0; h < 2; ++h)
     reference_attention<T>({0, h, q.matrix({h}), k.matrix({h}), v.matrix({h})}, kernel,

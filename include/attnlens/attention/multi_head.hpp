@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "attnlens/attention/fused_engine.hpp"
 #include "attnlens/attention/mask.hpp"
 #include "attnlens/attention/query_key_transform.hpp"
 #include "attnlens/attention/reference_engine.hpp"
@@ -40,9 +41,17 @@ enum class AttentionWeights {
   averaged,  // B x L x S, the mean over heads (PyTorch average_attn_weights=True)
 };
 
+enum class AttentionEngine {
+  automatic,  // fused, unless weights are returned or cached: then reference
+  fused,      // tiled online softmax, O(L * d) memory; cannot return weights
+  reference,  // materializes every head's L x S weights
+};
+
 struct MultiHeadForwardOptions {
   AttentionWeights weights = AttentionWeights::none;
   ParallelOptions parallel;
+  AttentionEngine engine = AttentionEngine::automatic;
+  FusedTiling tiling = {};  // fused engine only
 };
 
 template <class T>
@@ -243,6 +252,17 @@ class MultiHeadAttention {
     }
   }
 
+  // The kernel every head of this module uses, with the call's support.
+  AttentionKernel<T> attention_kernel(const BoundMask<T>& bound) const {
+    AttentionKernel<T> kernel;
+    kernel.range.type = options_.content ? RangeKernelType::dot_product : RangeKernelType::none;
+    kernel.range.scale = T(1) / std::sqrt(static_cast<T>(head_dim()));
+    kernel.terms = &score_terms;
+    kernel.mask = &bound;
+    kernel.value_terms = &value_terms;
+    return kernel;
+  }
+
   MultiHeadOutput<T> attend(const Dims& dims, const AttentionMask<T>& mask,
                             const MultiHeadForwardOptions& options, bool caching,
                             MultiHeadCache<T>& state) const {
@@ -253,31 +273,55 @@ class MultiHeadAttention {
     for (const auto& transform : query_key_transforms) transform->check(shape);
     for (const auto& term : value_terms) term->check(shape, d);
     const BoundMask<T> bound(mask, shape);
-    const AttentionKernel<T> kernel{T(1) / std::sqrt(static_cast<T>(d)), &score_terms, &bound,
-                                    &value_terms, options_.content};
+    const AttentionKernel<T> kernel = attention_kernel(bound);
+    check_kernel<T>(kernel, shape);
 
-    // All B x H weight matrices are kept only when someone reads them; otherwise each task
-    // uses an L x S scratch matrix of its own.
     const bool keep_weights = caching || options.weights != AttentionWeights::none;
-    state.weights = keep_weights ? Tensor<T>({B, H, L, S}) : Tensor<T>();
+    const bool fused = options.engine == AttentionEngine::fused ||
+                       (options.engine == AttentionEngine::automatic && !keep_weights);
+    detail::require_argument(!(fused && keep_weights), "MultiHeadForwardOptions::engine",
+                             "reference or automatic when weights are returned or cached", "fused");
+
+    // Each task owns its head's column block of q and k: transforming in place is safe.
+    if (!query_key_transforms.empty())
+      parallel_for(
+          B * H,
+          [&](Index task) {
+            const Index b = task / H, h = task % H;
+            apply_query_key_transforms<T>(query_key_transforms, b, h,
+                                          state.queries.block(b * L, h * d, L, d),
+                                          state.keys.block(b * S, h * d, S, d));
+          },
+          options.parallel);
+
+    const auto head_at = [&](Index task) {
+      const Index b = task / H, h = task % H;
+      return HeadInputs<T>{b, h, state.queries.block(b * L, h * d, L, d),
+                           state.keys.block(b * S, h * d, S, d),
+                           state.values.block(b * S, h * d, S, d)};
+    };
+    const auto context_at = [&](Index task) {
+      const Index b = task / H, h = task % H;
+      return MatrixRef<T>(state.context.block(b * L, h * d, L, d));
+    };
     state.context.resize(B * L, E);
-    parallel_for(
-        B * H,
-        [&](Index task) {
-          const Index b = task / H, h = task % H;
-          // Each task owns its head's column block of q and k: transforming in place is safe.
-          apply_query_key_transforms<T>(query_key_transforms, b, h,
-                                        state.queries.block(b * L, h * d, L, d),
-                                        state.keys.block(b * S, h * d, S, d));
-          const HeadInputs<T> head{b, h, state.queries.block(b * L, h * d, L, d),
-                                   state.keys.block(b * S, h * d, S, d),
-                                   state.values.block(b * S, h * d, S, d)};
-          Matrix<T> scratch(keep_weights ? 0 : L, keep_weights ? 0 : S);
-          const MatrixMap<T> weights =
-              keep_weights ? state.weights.matrix({b, h}) : MatrixMap<T>(scratch.data(), L, S);
-          reference_attention<T>(head, kernel, weights, state.context.block(b * L, h * d, L, d));
-        },
-        options.parallel);
+    state.weights = keep_weights ? Tensor<T>({B, H, L, S}) : Tensor<T>();
+    if (fused) {
+      fused_attention_heads<T>(B * H, head_at, context_at, kernel,
+                               FusedOptions{options.tiling, options.parallel});
+    } else {
+      // All B x H weight matrices are kept only when someone reads them; otherwise each task
+      // uses an L x S scratch matrix of its own.
+      parallel_for(
+          B * H,
+          [&](Index task) {
+            Matrix<T> scratch(keep_weights ? 0 : L, keep_weights ? 0 : S);
+            const MatrixMap<T> weights = keep_weights ? state.weights.matrix({task / H, task % H})
+                                                      : MatrixMap<T>(scratch.data(), L, S);
+            reference_attention<T>(head_at(task), kernel, weights, context_at(task));
+          },
+          options.parallel);
+    }
 
     MultiHeadOutput<T> result;
     result.output = dims.batched ? Tensor<T>({B, L, E}) : Tensor<T>({L, E});

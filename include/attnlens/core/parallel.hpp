@@ -27,6 +27,16 @@ inline int thread_count(const ParallelOptions& options = {}) {
 #endif
 }
 
+// The index of the calling thread inside parallel_for's team, in [0, thread_count(options)):
+// per-thread workspaces are indexed by it.
+inline int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 template <class Body>
 void parallel_for(Index n, Body&& body, const ParallelOptions& options = {}) {
 #ifdef _OPENMP

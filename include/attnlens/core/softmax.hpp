@@ -1,5 +1,6 @@
 // Numerically stable row softmax (MATH.md section 1): subtract the row maximum, exponentiate,
-// normalize. A row whose every entry is -inf (every key masked) becomes all zeros, never NaN.
+// normalize; and its generalization to weighted kernel smoothers (robust KDE, FourierFormer).
+// A row whose every entry is -inf (every key masked) becomes all zeros, never NaN.
 #pragma once
 
 #include <cmath>
@@ -9,10 +10,16 @@
 
 namespace attnlens {
 
-// In place: each row of scores becomes softmax(row). -inf entries get weight exactly 0.
+namespace detail {
+
+// Turns each row of kernel log-values into A_ij = w_j K_ij / (sum_l u_l K_il + epsilon) with
+// K = exp(score): the row maximum is factored out of numerator and denominator (so epsilon is
+// scaled by exp(-max)), -inf entries become exactly 0 and fully masked rows all 0.
 template <class T>
-void softmax_rows(MatrixRef<T> scores) {
+void normalize_kernel_rows(MatrixRef<T> scores, const T* numerator_weights,
+                           const T* denominator_weights, T epsilon) {
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+  const Index S = scores.cols();
   for (Index i = 0; i < scores.rows(); ++i) {
     auto row = scores.row(i);
     const T row_max = row.maxCoeff();
@@ -23,8 +30,22 @@ void softmax_rows(MatrixRef<T> scores) {
     // Eigen's vectorized exp clamps its argument, so exp(-inf) would be a tiny positive
     // number, not 0: masked entries are selected to exactly 0 instead.
     row = (row.array() == neg_inf).select(T(0), (row.array() - row_max).exp());
-    row /= row.sum();
+    T denominator = denominator_weights
+                        ? row.dot(Eigen::Map<const RowVector<T>>(denominator_weights, S))
+                        : row.sum();
+    if (epsilon > T(0)) denominator += epsilon * std::exp(-row_max);
+    if (numerator_weights)
+      row.array() *= Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>(numerator_weights, S);
+    row /= denominator;
   }
+}
+
+}  // namespace detail
+
+// In place: each row of scores becomes softmax(row). -inf entries get weight exactly 0.
+template <class T>
+void softmax_rows(MatrixRef<T> scores) {
+  detail::normalize_kernel_rows<T>(scores, nullptr, nullptr, T(0));
 }
 
 // Log of sum_j exp(row_j) for every row; -inf for a row of -inf entries.

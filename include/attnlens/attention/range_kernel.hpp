@@ -1,0 +1,78 @@
+// Range kernels: the content factor of attention's kernel (DESIGN.md section 1, MATH.md
+// section 2), in log space. A tile of scores gets range(q_i, k_j) for its queries and keys, so
+// the reference and the fused engine share one definition.
+#pragma once
+
+#include <cmath>
+#include <limits>
+
+#include "attnlens/core/types.hpp"
+
+namespace attnlens {
+
+enum class RangeKernelType {
+  dot_product,                // scale * q.k                      (softmax attention)
+  negative_squared_distance,  // -scale * |q - k|^2               (Gaussian: KDE, NLM, bilateral)
+  sinc4,                      // 4 sum_c log|sinc(frequency (q_c - k_c))|   (FourierFormer)
+  none,                       // 0: positional-only attention, the domain kernel alone
+};
+
+template <class T>
+struct RangeKernel {
+  RangeKernelType type = RangeKernelType::dot_product;
+  T scale = T(1);
+  T frequency = T(1);  // R of sinc4
+};
+
+// Softmax attention's range kernel, exp(scale * q.k).
+template <class T>
+RangeKernel<T> dot_product_range(T scale) {
+  return {RangeKernelType::dot_product, scale, T(1)};
+}
+
+namespace detail {
+
+// log|sin(x)/x|^4, with sinc(0) = 1 and log 0 = -inf at the zeros of sin.
+template <class T>
+T log_sinc4(T x) {
+  if (x == T(0)) return T(0);
+  return T(4) * std::log(std::abs(std::sin(x) / x));
+}
+
+}  // namespace detail
+
+// scores (queries.rows() x keys.rows()) = range(q_i, k_j), overwriting the tile.
+template <class T>
+void range_scores(const RangeKernel<T>& range, ConstMatrixRef<T> queries, ConstMatrixRef<T> keys,
+                  MatrixRef<T> scores) {
+  switch (range.type) {
+    case RangeKernelType::dot_product:
+      scores.noalias() = range.scale * (queries * keys.transpose());
+      return;
+    case RangeKernelType::negative_squared_distance: {
+      // |q - k|^2 = |q|^2 + |k|^2 - 2 q.k puts the work in one GEMM; rounding can make it
+      // slightly negative for near-equal rows, and a distance is never negative.
+      scores.noalias() = (T(2) * range.scale) * (queries * keys.transpose());
+      for (Index c = 0; c < scores.cols(); ++c)
+        scores.col(c).array() -= range.scale * keys.row(c).squaredNorm();
+      for (Index r = 0; r < scores.rows(); ++r)
+        scores.row(r).array() -= range.scale * queries.row(r).squaredNorm();
+      scores = scores.cwiseMin(T(0));
+      return;
+    }
+    case RangeKernelType::sinc4:
+      for (Index r = 0; r < scores.rows(); ++r)
+        for (Index c = 0; c < scores.cols(); ++c) {
+          T sum = 0;
+          for (Index e = 0; e < queries.cols(); ++e)
+            sum += detail::log_sinc4<T>(range.frequency * (queries(r, e) - keys(c, e)));
+          scores(r, c) = sum;
+        }
+      return;
+    case RangeKernelType::none:
+      scores.setZero();
+      return;
+  }
+}
+
+}  // namespace attnlens

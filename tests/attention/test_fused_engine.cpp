@@ -1,0 +1,228 @@
+// The fused engine against the reference engine: every range kernel, score term, mask type,
+// window, normalization and boosting order, on odd shapes and tilings that split the keys into
+// many blocks, so every online-softmax rescale path runs.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attnlens/attention/fused_engine.hpp"
+#include "attnlens/attention/multi_head.hpp"
+#include "attnlens/core/init.hpp"
+#include "attnlens/position/alibi.hpp"
+#include "attnlens/position/quadratic.hpp"
+#include "attnlens/position/rope.hpp"
+#include "attnlens/position/shaw.hpp"
+#include "attnlens/position/t5.hpp"
+
+namespace attnlens {
+namespace {
+
+struct Head {
+  Matrix<float> q, k, v;
+};
+
+Head random_head(Index L, Index S, Index d, Index dv, std::uint64_t seed) {
+  Rng rng(seed);
+  Head h{Matrix<float>(L, d), Matrix<float>(S, d), Matrix<float>(S, dv)};
+  init::normal(h.q, rng);
+  init::normal(h.k, rng);
+  init::normal(h.v, rng);
+  return h;
+}
+
+const std::vector<FusedTiling> k_tilings{{64, 256}, {3, 5}, {1, 1}, {7, 64}};
+
+// Max |fused - reference| over the tilings above.
+float fused_error(const HeadInputs<float>& head, const AttentionKernel<float>& kernel) {
+  const Index L = head.queries.rows(), S = head.keys.rows(), dv = head.values.cols();
+  Matrix<float> weights(L, S), expected(L, dv);
+  reference_attention<float>(head, kernel, weights, expected);
+  EXPECT_TRUE(expected.allFinite());
+  float error = 0;
+  for (const FusedTiling& tiling : k_tilings) {
+    Matrix<float> out = Matrix<float>::Constant(L, dv, std::nanf(""));
+    fused_attention<float>(head, kernel, out, {tiling, {2}});
+    error = std::max(error, (out - expected).cwiseAbs().maxCoeff());
+    if (!(error <= 1e-5f))
+      ADD_FAILURE() << "tiling " << tiling.query_tile << " x " << tiling.key_block << ": error "
+                    << error;
+  }
+  return error;
+}
+
+struct ShapeCase {
+  Index L, S, d, dv;
+};
+
+const std::vector<ShapeCase> k_shapes{{1, 1, 1, 1},     {1, 9, 3, 5},     {13, 29, 7, 3},
+                                      {64, 64, 16, 16}, {37, 100, 17, 9}, {300, 257, 33, 31}};
+
+TEST(FusedEngine, EqualsReferenceOnOddShapes) {
+  for (const auto& s : k_shapes) {
+    const auto h = random_head(s.L, s.S, s.d, s.dv, 1);
+    SCOPED_TRACE(::testing::Message() << s.L << " x " << s.S << " d=" << s.d);
+    fused_error({0, 0, h.q, h.k, h.v}, {dot_product_range(1.0f / std::sqrt(float(s.d)))});
+  }
+}
+
+TEST(FusedEngine, EqualsReferenceForEveryMaskType) {
+  const Index L = 23, S = 31;
+  auto h = random_head(L, S, 5, 4, 2);
+  Rng rng(3);
+  std::vector<std::pair<std::string, AttentionMask<float>>> masks(6);
+  masks[0].first = "causal";
+  masks[0].second.causal = true;
+  masks[1].first = "key_keep";
+  masks[1].second.key_keep = Tensor<std::uint8_t>({S});
+  for (Index j = 0; j < S; ++j) masks[1].second.key_keep->data()[j] = j % 3 != 1;
+  masks[2].first = "key_lengths";
+  masks[2].second.key_lengths = std::vector<Index>{17};
+  masks[3].first = "keep with fully masked rows";
+  masks[3].second.keep = Tensor<std::uint8_t>({L, S});
+  for (Index n = 0; n < L * S; ++n)
+    masks[3].second.keep->data()[n] = (n / S) % 5 != 2 && (n * 7) % 11 < 6;
+  masks[4].first = "bias with -inf";
+  masks[4].second.bias = Tensor<float>({L, S});
+  auto bias = masks[4].second.bias->matrix();
+  init::normal(bias, rng);
+  for (Index n = 0; n < L * S; n += 4)
+    masks[4].second.bias->data()[n] = -std::numeric_limits<float>::infinity();
+  masks[5].first = "causal + lengths, zero length";
+  masks[5].second.causal = true;
+  masks[5].second.key_lengths = std::vector<Index>{0};
+  for (const auto& [name, mask] : masks) {
+    SCOPED_TRACE(name);
+    const BoundMask<float> bound(mask, {1, 1, L, S});
+    AttentionKernel<float> kernel{dot_product_range(0.4f), nullptr, &bound};
+    fused_error({0, 0, h.q, h.k, h.v}, kernel);
+  }
+  // A masked key's NaN value never reaches the output, in either engine.
+  AttentionMask<float> mask;
+  mask.key_keep = Tensor<std::uint8_t>({S});
+  for (Index j = 0; j < S; ++j) mask.key_keep->data()[j] = j != 4 && j != 20;
+  h.v.row(4).setConstant(std::nanf(""));
+  h.v(20, 1) = std::numeric_limits<float>::infinity();
+  const BoundMask<float> bound(mask, {1, 1, L, S});
+  fused_error({0, 0, h.q, h.k, h.v}, {dot_product_range(0.4f), nullptr, &bound});
+}
+
+TEST(FusedEngine, EqualsReferenceForEveryRangeKernelAndNormalization) {
+  const auto h = random_head(29, 41, 6, 5, 4);
+  const ScoreTerms<float> alibi{std::make_shared<Alibi<float>>(AlibiOptions{1})};
+  RangeKernel<float> distance{RangeKernelType::negative_squared_distance, 0.3f};
+  RangeKernel<float> sinc{RangeKernelType::sinc4, 1.0f, 0.7f};
+  RangeKernel<float> none{RangeKernelType::none};
+  fused_error({0, 0, h.q, h.k, h.v}, {distance});
+  fused_error({0, 0, h.q, h.k, h.v}, {none, &alibi});
+  AttentionKernel<float> fourier{sinc};
+  fourier.epsilon = 1e-6f;
+  fused_error({0, 0, h.q, h.k, h.v}, fourier);
+  // Robust-KDE-style key weights: different in numerator and denominator.
+  Vector<float> numerator(41), denominator(41);
+  Rng rng(5);
+  init::uniform(numerator, 0.45f, rng);
+  init::uniform(denominator, 0.45f, rng);
+  numerator.array() += 0.55f;  // weights in [0.1, 1]
+  denominator.array() += 0.55f;
+  fused_error({0, 0, h.q, h.k, h.v, numerator.data(), denominator.data()}, {distance});
+}
+
+TEST(FusedEngine, EqualsReferenceForScoreAndValueTerms) {
+  const Index L = 26, S = 26, d = 8;
+  const auto h = random_head(L, S, d, d, 6);
+  Rng rng(7);
+  auto t5 = std::make_shared<T5RelativeBias<float>>(T5BiasOptions{1, 8, 20});
+  init::normal(t5->relative_attention_bias, rng);
+  auto shaw = std::make_shared<ShawRelativePosition<float>>(ShawOptions{d, 3});
+  shaw->reset_parameters(rng);
+  const ScoreTerms<float> terms{t5, shaw, std::make_shared<Alibi<float>>(AlibiOptions{1, true})};
+  const ValueTerms<float> value_terms{shaw};
+  AttentionMask<float> causal;
+  causal.causal = true;
+  const BoundMask<float> bound(causal, {1, 1, L, S});
+  for (Index boost : {0, 2}) {
+    AttentionKernel<float> kernel{dot_product_range(0.35f), &terms, nullptr, &value_terms};
+    kernel.boost = boost;
+    fused_error({0, 0, h.q, h.k, h.v}, kernel);
+    kernel.mask = &bound;
+    fused_error({0, 0, h.q, h.k, h.v}, kernel);
+  }
+}
+
+TEST(FusedEngine, EqualsReferenceForWindowsAndBoosting) {
+  const Grid2d grid{5, 7, 1};  // a CLS token, then a 5 x 7 grid
+  const Index L = grid.tokens();
+  const auto h = random_head(L, L, 3, 2, 8);
+  auto quadratic = std::make_shared<QuadraticEncoding<float>>(QuadraticEncodingOptions{1, grid});
+  quadratic->alpha[0] = 0.3f;
+  quadratic->center_shift << 1.0f, -0.5f;
+  const ScoreTerms<float> terms{quadratic};
+  AttentionMask<float> causal;
+  causal.causal = true;
+  const BoundMask<float> bound(causal, {1, 1, L, L});
+  for (Index radius : {0, 1, 2, 40})
+    for (bool two_d : {false, true})
+      for (Index boost : {0, 1, 3}) {
+        SCOPED_TRACE(::testing::Message()
+                     << "radius " << radius << (two_d ? " 2-D" : " 1-D") << " boost " << boost);
+        AttentionKernel<float> kernel{dot_product_range(0.5f), two_d ? &terms : nullptr};
+        kernel.window.radius = radius;
+        if (two_d) kernel.window.grid = grid;
+        kernel.boost = boost;
+        fused_error({0, 0, h.q, h.k, h.v}, kernel);
+        kernel.mask = &bound;
+        fused_error({0, 0, h.q, h.k, h.v}, kernel);
+      }
+}
+
+TEST(FusedEngine, RejectsBadKernelsAndShapes) {
+  const auto h = random_head(4, 5, 3, 2, 9);
+  Matrix<float> out(4, 2);
+  AttentionKernel<float> boosted{dot_product_range(1.0f)};
+  boosted.boost = 1;
+  EXPECT_THROW(fused_attention<float>({0, 0, h.q, h.k, h.v}, boosted, out), ShapeError);
+  AttentionKernel<float> window{dot_product_range(1.0f)};
+  window.window = {1, Grid2d{2, 2}};
+  EXPECT_THROW(fused_attention<float>({0, 0, h.q, h.k, h.v}, window, out), ShapeError);
+  Matrix<float> wrong(4, 3);
+  EXPECT_THROW(fused_attention<float>({0, 0, h.q, h.k, h.v}, {dot_product_range(1.0f)}, wrong),
+               ShapeError);
+  EXPECT_THROW(
+      fused_attention<float>({0, 0, h.q, h.k, h.v}, {dot_product_range(1.0f)}, out, {{0, 4}, {}}),
+      ArgumentError);
+}
+
+TEST(FusedEngine, MultiHeadFusedEqualsReferenceWithRopeAndThreads) {
+  MultiHeadAttentionOptions options{48, 6};
+  Rng rng(10);
+  MultiHeadAttention<float> mha(options, rng);
+  init::normal(mha.in_proj_bias, rng);
+  mha.query_key_transforms.push_back(std::make_shared<RotaryEmbedding<float>>(RopeOptions{8}));
+  Tensor<float> x({3, 19, 48});
+  MatrixMap<float> tokens(x.data(), 3 * 19, 48);
+  init::normal(tokens, rng);
+  AttentionMask<float> mask;
+  mask.key_lengths = std::vector<Index>{19, 7, 1};
+  for (int threads : {1, 2}) {
+    MultiHeadForwardOptions reference, fused;
+    reference.engine = AttentionEngine::reference;
+    fused.engine = AttentionEngine::fused;
+    fused.tiling = {5, 6};
+    reference.parallel.threads = fused.parallel.threads = threads;
+    const auto expected = mha.forward(x, mask, reference).output;
+    const auto actual = mha.forward(x, mask, fused).output;
+    for (Index b = 0; b < 3; ++b)
+      EXPECT_LE((actual.matrix({b}) - expected.matrix({b})).cwiseAbs().maxCoeff(), 1e-5f);
+  }
+  MultiHeadForwardOptions fused_with_weights;
+  fused_with_weights.engine = AttentionEngine::fused;
+  fused_with_weights.weights = AttentionWeights::averaged;
+  EXPECT_THROW(mha.forward(x, mask, fused_with_weights), ArgumentError);
+}
+
+}  // namespace
+}  // namespace attnlens
