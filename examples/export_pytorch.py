@@ -25,6 +25,15 @@ From Python:
     export_encoder(encoder, "my_model")
     export_inputs("x.safetensors", encoder, src, src_key_padding_mask=padding)
 
+An encoder with positions or a learned fidelity residual (docs/model-format.md) carries their
+parameters as extra attributes under the documented names, e.g.
+`encoder.layers[i].self_attn.relative_attention_bias = nn.Embedding(32, nhead)` for T5 or
+`encoder.position_embeddings = nn.Embedding(max_len, d_model)`, so that its state_dict holds
+them; pass the matching config objects:
+
+    export_encoder(encoder, "my_model", position={"type": "t5", "num_buckets": 32},
+                   residual={"type": "fidelity", "learned": True})
+
 Needs only torch (and numpy); the safetensors package is not required.
 """
 
@@ -119,10 +128,17 @@ def encoder_config(encoder: nn.TransformerEncoder) -> dict:
 
 
 def export_encoder(encoder: nn.TransformerEncoder, directory,
-                   dtype: Optional[torch.dtype] = torch.float32) -> None:
+                   dtype: Optional[torch.dtype] = torch.float32, position: Optional[dict] = None,
+                   residual: Optional[dict] = None) -> None:
     """Writes directory/config.json and directory/model.safetensors (in `dtype`, or the
-    parameters' own dtype for None)."""
+    parameters' own dtype for None). `position` and `residual` are config.json's objects of
+    those names (default: none and standard); the state_dict must then hold the tensors they
+    need, which attnlens checks when it loads the model."""
     config = encoder_config(encoder)
+    if position is not None:
+        config["position"] = dict(position)
+    if residual is not None:
+        config["residual"] = dict(residual)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -32,6 +32,26 @@ TEST(Residual, StandardAddsNothingAndOneLambdaIsShared) {
   EXPECT_EQ(shared.lambda, Vector<float>::Constant(3, 0.4f));
 }
 
+TEST(Residual, LearnedLambdaIsOneNamedParameterStartingFromTheOptions) {
+  Residual<double> zero({ResidualType::fidelity, {}, true}, 3);
+  EXPECT_EQ(zero.lambda, Vector<double>::Zero(3));
+  Residual<double> learned({ResidualType::fidelity, {0.1, 0.2}, true}, 2);
+  int count = 0;
+  for_each_parameter(learned, "encoder.", [&](const std::string& name, Vector<double>& p) {
+    EXPECT_EQ(name, "encoder.fidelity_lambda");
+    EXPECT_EQ(p, (Vector<double>(2) << 0.1, 0.2).finished());
+    p[1] = 0.7;  // what loading does
+    ++count;
+  });
+  EXPECT_EQ(count, 1);
+  Matrix<double> x0 = Matrix<double>::Ones(1, 2), x = Matrix<double>::Zero(1, 2), next = x;
+  learned.add_fidelity_term(1, x0, x, next);
+  EXPECT_EQ(next(0, 0), 0.7);
+  Residual<double> fixed({ResidualType::fidelity, {0.1}}, 2);
+  for_each_parameter(fixed, "", [&](const std::string&, Vector<double>&) { ++count; });
+  EXPECT_EQ(count, 1);  // a fixed lambda is no parameter
+}
+
 TEST(Residual, NamesRoundTripAndBadOptionsNameTheArgument) {
   for (ResidualType t : {ResidualType::standard, ResidualType::fidelity})
     EXPECT_EQ(residual_type_from_name(residual_type_name(t)), t);
@@ -52,6 +72,16 @@ TEST(Residual, NamesRoundTripAndBadOptionsNameTheArgument) {
         Residual<float>({ResidualType::fidelity, {INFINITY}}, 2);
       },
       "ResidualOptions::lambda[0]");
+  expect_error_naming<ArgumentError>(
+      [] {
+        Residual<float>({ResidualType::standard, {}, true}, 2);
+      },
+      "ResidualOptions::learned");
+  expect_error_naming<ArgumentError>(
+      [] {
+        Residual<float>({ResidualType::fidelity, {1, 2, 3}, true}, 2);
+      },
+      "or none (learned from 0)");
 }
 
 }  // namespace

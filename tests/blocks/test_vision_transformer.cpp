@@ -1,9 +1,11 @@
 // VisionTransformer against a ViT written independently in PyTorch (F.conv2d patches, CLS
-// token, learned positions, nn.TransformerEncoderLayer blocks, norm, pooling, head; fixtures
-// from tests/reference/oracles/blocks.py), its timm-like parameter names, and bad input.
+// token, learned positions, 2-D relative positions as per-head masks of
+// nn.TransformerEncoderLayer blocks, norm, pooling, head; fixtures from
+// tests/reference/oracles/blocks.py), its timm-like parameter names, and bad input.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <iostream>
 #include <set>
 #include <string>
 
@@ -27,6 +29,9 @@ VisionTransformerOptions vit_options(const nlohmann::json& c) {
   o.class_token = c["class_token"];
   o.position = c["position"] == "learned" ? VitPosition::learned : VitPosition::none;
   o.pooling = c["pooling"] == "token" ? VitPooling::token : VitPooling::mean;
+  o.relative_position.type = position_type_from_name(c.value("relative", "none"));
+  o.relative_position.max_position = c.value("max_position", 0);
+  o.relative_position.dim = c.value("relative_dim", 0);
   return o;
 }
 
@@ -45,9 +50,12 @@ void check_against_pytorch() {
     const auto out = vit.forward(file.get<T>(prefix + "images"), {AttentionWeights::per_head, {}});
     ATTNLENS_EXPECT_CLOSE(out.logits, file.get<T>(prefix + "logits"), tol);
     ATTNLENS_EXPECT_CLOSE(out.tokens, file.get<T>(prefix + "tokens"), tol);
+    std::cout << prefix << " max abs error: logits "
+              << testing::max_abs_error(out.logits, file.get<T>(prefix + "logits")) << ", tokens "
+              << testing::max_abs_error(out.tokens, file.get<T>(prefix + "tokens")) << "\n";
     EXPECT_EQ(out.weights.size(), c["num_layers"].template get<std::size_t>());
   });
-  EXPECT_EQ(checked, 3);
+  EXPECT_EQ(checked, 6);
 }
 
 TEST(VisionTransformer, MatchesAnIndependentPyTorchViTFloat) { check_against_pytorch<float>(); }
@@ -78,6 +86,68 @@ TEST(VisionTransformer, ParameterNamesFollowTimm) {
   EXPECT_EQ(names.size(), 4 + 2 * 12 + 2 + 2u);
 }
 
+TEST(VisionTransformer, RelativePositionsAreNamedUnderEachBlocksSelfAttention) {
+  auto o = small_options();
+  o.relative_position.type = PositionType::quadratic;
+  VisionTransformer<float> vit(o);
+  std::set<std::string> names;
+  for_each_parameter(
+      vit, "", [&](const std::string& name, auto&, const Shape& = {}) { names.insert(name); });
+  for (const char* name : {"blocks.0.self_attn.alpha", "blocks.1.self_attn.center_shift"})
+    EXPECT_EQ(names.count(name), 1u) << name;
+  EXPECT_EQ(names.size(), 4 + 2 * 14 + 2 + 2u);
+  // The grid comes from the image: 4 x 2 patches after one CLS token.
+  const auto& term = vit.blocks[1].position.as<QuadraticEncoding<float>>();
+  EXPECT_EQ(term.query_grid().height, 4);
+  EXPECT_EQ(term.query_grid().width, 2);
+  EXPECT_EQ(term.query_grid().leading, 1);
+  // Every block has its own tables.
+  EXPECT_NE(&vit.blocks[0].position.as<QuadraticEncoding<float>>(), &term);
+
+  o.relative_position.type = PositionType::learned_2d;
+  o.relative_position.dim = 3;
+  const VisionTransformer<float> learned(o);
+  const auto& table = learned.blocks[0].position.as<LearnedRelative2d<float>>();
+  EXPECT_EQ(table.max_position(), 4);  // the grid's longest side
+  EXPECT_EQ(table.dim(), 3);
+  EXPECT_EQ(table.head_keys_row.rows(), 2);
+}
+
+// The CLS token has no position: its row and column of every head's scores get no domain
+// term, so a CLS query attends as without positions when the patches' terms cancel out.
+TEST(VisionTransformer, ClsTokenGetsNoDomainTerm) {
+  auto o = small_options();
+  o.relative_position.type = PositionType::quadratic;
+  o.encoder.num_layers = 1;
+  Rng rng(53);
+  VisionTransformer<double> with(o, rng);
+  auto& quadratic = with.blocks[0].position.as<QuadraticEncoding<double>>();
+  quadratic.alpha << 2.0, 0.5;
+  VisionTransformer<double> without = with;
+  without.blocks[0].set_position({});
+  const auto images = testing::random_tensor<double>({1, 1, 8, 4}, rng);
+  const auto a = with.forward(images, {AttentionWeights::per_head, {}});
+  const auto b = without.forward(images, {AttentionWeights::per_head, {}});
+  for (Index h = 0; h < 2; ++h) {
+    // The CLS query's row depends on content only.
+    EXPECT_LE((a.weights[0].matrix({0, h}).row(0) - b.weights[0].matrix({0, h}).row(0))
+                  .cwiseAbs()
+                  .maxCoeff(),
+              1e-14);
+    // A patch query's map changes: its patch keys get -alpha |delta|^2.
+    EXPECT_GT((a.weights[0].matrix({0, h}).row(3) - b.weights[0].matrix({0, h}).row(3))
+                  .cwiseAbs()
+                  .maxCoeff(),
+              1e-3);
+  }
+  // Copies are deep: changing the copy's table leaves the original as it was.
+  VisionTransformer<double> copy = with;
+  copy.blocks[0].position.as<QuadraticEncoding<double>>().alpha.setZero();
+  const EncoderForwardOptions maps{AttentionWeights::per_head, {}};
+  EXPECT_EQ(with.forward(images, maps).logits.storage(), a.logits.storage());
+  EXPECT_EQ(copy.forward(images, maps).logits.storage(), b.logits.storage());
+}
+
 TEST(VisionTransformer, AttentionMapsCoverTheClsTokenAndEveryPatch) {
   Rng rng(52);
   const VisionTransformer<double> vit(small_options(), rng);
@@ -106,6 +176,23 @@ TEST(VisionTransformer, BadOptionsAndInputNameTheArgument) {
   o = small_options();
   o.num_classes = -1;
   expect_error_naming<ArgumentError>([&] { VisionTransformer<float> v(o); }, "num_classes");
+  o = small_options();
+  o.relative_position.type = PositionType::t5;
+  expect_error_naming<ArgumentError>([&] { VisionTransformer<float> v(o); },
+                                     "relative_position.type");
+  o = small_options();
+  o.encoder.position.type = PositionType::learned;
+  expect_error_naming<ArgumentError>([&] { VisionTransformer<float> v(o); },
+                                     "encoder.position.type");
+  o = small_options();
+  o.relative_position.type = PositionType::learned_2d;
+  o.relative_position.max_position = 2;  // the 4 x 2 grid needs offsets up to 3
+  const VisionTransformer<float> too_short(o);
+  expect_error_naming<ArgumentError>(
+      [&] {
+        too_short.forward(Tensor<float>({1, 1, 8, 4}));
+      },
+      "max_position");
   const VisionTransformer<float> vit(small_options());
   expect_error_naming<ShapeError>([&] { vit.forward(Tensor<float>({1, 1, 8, 6})); }, "images");
   expect_error_naming<ShapeError>([&] { vit.forward(Tensor<float>({0, 1, 8, 4})); }, "images");

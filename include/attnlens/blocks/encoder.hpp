@@ -1,7 +1,8 @@
 // TransformerEncoder<T>: torch.nn.TransformerEncoder (a stack of TransformerEncoderLayer with an
 // optional final LayerNorm `norm`), with a choice of residual between layers (MATH.md section 2:
-// standard, or fidelity x_{l+1} = layer_l(x_l) + lambda_l (x_0 - x_l)) and per-layer attention
-// maps.
+// standard, or fidelity x_{l+1} = layer_l(x_l) + lambda_l (x_0 - x_l)), a positional encoding
+// (absolute: added to the input; relative: attached to every layer's self-attention; MATH.md
+// section 3) and per-layer attention maps.
 #pragma once
 
 #include <optional>
@@ -11,6 +12,7 @@
 
 #include "attnlens/attention/mask.hpp"
 #include "attnlens/blocks/encoder_layer.hpp"
+#include "attnlens/blocks/position_encoding.hpp"
 #include "attnlens/blocks/residual.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/init.hpp"
@@ -24,6 +26,9 @@ struct EncoderOptions {
   Index num_layers = 1;
   bool final_norm = false;  // nn.TransformerEncoder(norm=LayerNorm(d_model, layer_norm_eps))
   ResidualOptions residual;
+  // Absolute (sinusoidal, learned) or 1-D relative (shaw, transformer_xl, t5, alibi, rope); the
+  // 2-D encodings need a patch grid and belong to VisionTransformer.
+  PositionOptions position;
 };
 
 template <class T>
@@ -44,7 +49,19 @@ namespace detail {
 
 inline const EncoderOptions& checked(const EncoderOptions& options) {
   require_argument(options.num_layers > 0, "EncoderOptions::num_layers", "> 0", options.num_layers);
+  require_argument(!is_two_dimensional(options.position.type), "EncoderOptions::position.type",
+                   "a 1-D or absolute encoding (2-D ones need VisionTransformer's patch grid)",
+                   position_type_name(options.position.type));
   return options;
+}
+
+// Gives every layer a relative position of its own (nothing for none or absolute types).
+template <class T>
+void attach_relative_positions(std::vector<TransformerEncoderLayer<T>>& layers,
+                               const PositionOptions& options) {
+  if (!is_relative(options.type)) return;
+  for (auto& layer : layers)
+    layer.set_position(RelativePosition<T>(options, layer.d_model(), layer.nhead()));
 }
 
 }  // namespace detail
@@ -90,11 +107,15 @@ class TransformerEncoder {
         residual(options.residual, options.num_layers) {
     if (options.final_norm)
       norm.emplace(LayerNormOptions{options.layer.d_model, options.layer.layer_norm_eps});
+    if (is_absolute(options.position.type))
+      position = AbsolutePosition<T>(options.position, options.layer.d_model);
+    detail::attach_relative_positions(layers, options.position);
   }
 
   // Each layer initialised independently. (PyTorch deep-copies one initialised layer, so
   // its layers start equal; that matters for training only.)
   TransformerEncoder(const EncoderOptions& options, Rng& rng) : TransformerEncoder(options) {
+    position.reset_parameters(rng);
     for (auto& layer : layers) layer.reset_parameters(rng);
   }
 
@@ -103,25 +124,36 @@ class TransformerEncoder {
   Index nhead() const { return layers.front().nhead(); }
 
   // src: B x L x d_model (or L x d_model). mask applies to every layer, as PyTorch's mask and
-  // src_key_padding_mask do.
+  // src_key_padding_mask do. An absolute position is added to src first, so the fidelity
+  // residual's x_0 includes it.
   EncoderOutput<T> forward(const Tensor<T>& src, const AttentionMask<T>& mask = {},
                            const EncoderForwardOptions& options = {},
                            EncoderCache<T>* cache = nullptr) const {
-    return run_encoder_stack(layers, residual, norm, src, mask, options, cache);
+    if (!position.active())
+      return run_encoder_stack(layers, residual, norm, src, mask, options, cache);
+    Tensor<T> x = src;
+    position.add_to(x);
+    return run_encoder_stack(layers, residual, norm, x, mask, options, cache);
   }
 
-  // Parameters, named as in PyTorch's state_dict: layers.{i}..., norm.weight, norm.bias.
+  // Parameters, named as in PyTorch's state_dict: layers.{i}..., norm.weight, norm.bias; and
+  // attnlens's own (see for_each_parameter).
   std::vector<TransformerEncoderLayer<T>> layers;
   std::optional<LayerNorm<T>> norm;
   Residual<T> residual;
+  AbsolutePosition<T> position;  // none unless EncoderOptions::position is absolute
 };
 
-// nn.TransformerEncoder's state_dict names: layers.{i}.<layer names>, then norm.weight, norm.bias.
+// nn.TransformerEncoder's state_dict names: layers.{i}.<layer names> (with a relative position's
+// tables under layers.{i}.self_attn.), then norm.weight, norm.bias; then attnlens's additions:
+// position_embeddings.weight (learned absolute positions) and fidelity_lambda (learned).
 template <class T, class F>
 void for_each_parameter(TransformerEncoder<T>& encoder, const std::string& prefix, F&& f) {
   for (std::size_t i = 0; i < encoder.layers.size(); ++i)
     for_each_parameter(encoder.layers[i], detail::concat(prefix, "layers.", i, "."), f);
   if (encoder.norm) for_each_parameter(*encoder.norm, prefix + "norm.", f);
+  for_each_parameter(encoder.position, prefix + "position_embeddings.", f);
+  for_each_parameter(encoder.residual, prefix, f);
 }
 
 }  // namespace attnlens

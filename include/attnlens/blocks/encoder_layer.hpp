@@ -1,6 +1,7 @@
 // TransformerEncoderLayer<T>: torch.nn.TransformerEncoderLayer (batch_first, inference: dropout
 // off) with its parameter names. Post-norm: x = norm1(x + sa(x)); x = norm2(x + ff(x)).
-// Pre-norm (norm_first): x = x + sa(norm1(x)); x = x + ff(norm2(x)). sa is MATH.md section 1.
+// Pre-norm (norm_first): x = x + sa(norm1(x)); x = x + ff(norm2(x)). sa is MATH.md section 1,
+// with the layer's relative position encoding, if any, attached to it.
 #pragma once
 
 #include <string>
@@ -8,6 +9,7 @@
 
 #include "attnlens/attention/mask.hpp"
 #include "attnlens/attention/multi_head.hpp"
+#include "attnlens/blocks/position_encoding.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/init.hpp"
 #include "attnlens/core/parallel.hpp"
@@ -61,7 +63,7 @@ class TransformerEncoderLayer {
   // call reset_parameters().
   explicit TransformerEncoderLayer(const EncoderLayerOptions& options)
       : options_(checked(options)),
-        self_attn(MultiHeadAttentionOptions{options.d_model, options.nhead, options.bias}),
+        self_attn(attention_options(options)),
         linear1(LinearOptions{options.d_model, options.dim_feedforward, options.bias}),
         linear2(LinearOptions{options.dim_feedforward, options.d_model, options.bias}),
         norm1(LayerNormOptions{options.d_model, options.layer_norm_eps}),
@@ -72,8 +74,37 @@ class TransformerEncoderLayer {
     reset_parameters(rng);
   }
 
-  // PyTorch's initialisation of each submodule.
+  // Copies own their relative position: self_attn of the copy uses the copy's tables.
+  TransformerEncoderLayer(const TransformerEncoderLayer& other)
+      : options_(other.options_),
+        self_attn(other.self_attn),
+        linear1(other.linear1),
+        linear2(other.linear2),
+        norm1(other.norm1),
+        norm2(other.norm2),
+        position(other.position) {
+    other.position.detach(self_attn);
+    position.attach(self_attn);
+  }
+  TransformerEncoderLayer& operator=(const TransformerEncoderLayer& other) {
+    if (this != &other) *this = TransformerEncoderLayer(other);
+    return *this;
+  }
+  TransformerEncoderLayer(TransformerEncoderLayer&&) = default;
+  TransformerEncoderLayer& operator=(TransformerEncoderLayer&&) = default;
+  ~TransformerEncoderLayer() = default;
+
+  // Replaces the layer's relative position encoding (none by default) by `relative`, attached
+  // to self_attn.
+  void set_position(RelativePosition<T> relative) {
+    position.detach(self_attn);
+    position = std::move(relative);
+    position.attach(self_attn);
+  }
+
+  // PyTorch's initialisation of each submodule (and the position's, see RelativePosition).
   void reset_parameters(Rng& rng) {
+    position.reset_parameters(rng);
     self_attn.reset_parameters(rng);
     linear1.reset_parameters(rng);
     linear2.reset_parameters(rng);
@@ -93,7 +124,9 @@ class TransformerEncoderLayer {
     check_src(src, "src");
     const Index n = src.size() / d_model();
     const ConstMatrixMap<T> x(src.data(), n, d_model());
-    const MultiHeadForwardOptions attention_options{options.weights, options.parallel};
+    MultiHeadForwardOptions attention_options;  // by name: the struct grows engine options
+    attention_options.weights = options.weights;
+    attention_options.parallel = options.parallel;
     MultiHeadCache<T>* attention_cache = cache ? &cache->self_attn : nullptr;
     if (cache) cache->input = x;
 
@@ -131,8 +164,20 @@ class TransformerEncoderLayer {
   Linear<T> linear2;  // dim_feedforward -> d_model
   LayerNorm<T> norm1;
   LayerNorm<T> norm2;
+  // A relative position encoding attached to self_attn (set_position); its parameters are
+  // named under self_attn. (nn.TransformerEncoderLayer has none.)
+  RelativePosition<T> position;
 
  private:
+  // By name: MultiHeadAttentionOptions grows members (variants) whose defaults we keep.
+  static MultiHeadAttentionOptions attention_options(const EncoderLayerOptions& o) {
+    MultiHeadAttentionOptions attention;
+    attention.embed_dim = o.d_model;
+    attention.num_heads = o.nhead;
+    attention.bias = o.bias;
+    return attention;
+  }
+
   static EncoderLayerOptions checked(const EncoderLayerOptions& o) {
     detail::require_argument(o.d_model > 0, "EncoderLayerOptions::d_model", "> 0", o.d_model);
     detail::require_argument(o.nhead > 0 && o.d_model % o.nhead == 0, "EncoderLayerOptions::nhead",
@@ -168,10 +213,12 @@ void for_each_parameter(MultiHeadAttention<T>& mha, const std::string& prefix, F
   for_each_parameter(mha.out_proj, prefix + "out_proj.", f);
 }
 
-// In nn.TransformerEncoderLayer's state_dict order.
+// In nn.TransformerEncoderLayer's state_dict order; a relative position's parameters follow
+// self_attn's, under self_attn. (docs/model-format.md).
 template <class T, class F>
 void for_each_parameter(TransformerEncoderLayer<T>& layer, const std::string& prefix, F&& f) {
   for_each_parameter(layer.self_attn, prefix + "self_attn.", f);
+  for_each_parameter(layer.position, prefix + "self_attn.", f);
   for_each_parameter(layer.linear1, prefix + "linear1.", f);
   for_each_parameter(layer.linear2, prefix + "linear2.", f);
   for_each_parameter(layer.norm1, prefix + "norm1.", f);

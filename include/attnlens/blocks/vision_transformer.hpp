@@ -1,6 +1,9 @@
 // VisionTransformer<T>: ViT (Dosovitskiy et al. 2021) as timm builds it: patch embedding
-// (a stride = kernel conv as one GEMM), optional CLS token, learned absolute positions,
-// a stack of TransformerEncoderLayer, final norm, pooling (CLS token or mean) and a linear head.
+// (a stride = kernel conv as one GEMM), optional CLS token, learned absolute positions and/or
+// 2-D relative ones (MATH.md section 3: the quadratic encoding, or Bello et al.'s learned row and
+// column offsets, as score terms of every block's self-attention; the CLS token, outside the
+// patch grid, gets domain term 0), a stack of TransformerEncoderLayer, final norm, pooling (CLS
+// token or mean) and a linear head.
 #pragma once
 
 #include <optional>
@@ -11,6 +14,7 @@
 #include "attnlens/attention/mask.hpp"
 #include "attnlens/blocks/encoder.hpp"
 #include "attnlens/blocks/encoder_layer.hpp"
+#include "attnlens/blocks/position_encoding.hpp"
 #include "attnlens/blocks/residual.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/init.hpp"
@@ -22,7 +26,7 @@
 namespace attnlens {
 
 enum class VitPosition {
-  none,     // no absolute positions (add relative ones as score terms of blocks[i].self_attn)
+  none,     // no absolute positions
   learned,  // pos_embed [1, prefix + N, E] added after the CLS token is prepended (timm)
 };
 
@@ -38,10 +42,14 @@ struct VisionTransformerOptions {
   Index in_chans = 3;
   Index num_classes = 1000;  // 0: no head, the pooled features are the output
   // encoder.layer.d_model is the embedding width. timm's blocks are norm_first with GELU and
-  // a final norm: set those here for timm-like models.
+  // a final norm: set those here for timm-like models. encoder.position must stay none: the
+  // two options below say where a ViT's positions go.
   EncoderOptions encoder;
   bool class_token = true;
-  VitPosition position = VitPosition::learned;
+  VitPosition position = VitPosition::learned;  // absolute
+  // none, quadratic or learned_2d, one per block; its grid is set from the image and patch
+  // sizes (leading = the CLS token), whatever relative_position.grid holds.
+  PositionOptions relative_position;
   VitPooling pooling = VitPooling::token;
 };
 
@@ -71,6 +79,13 @@ class VisionTransformer {
     if (options.encoder.final_norm)
       norm.emplace(LayerNormOptions{E, options.encoder.layer.layer_norm_eps});
     if (options.num_classes > 0) head = Linear<T>(LinearOptions{E, options.num_classes, true});
+    if (options.relative_position.type != PositionType::none) {
+      PositionOptions relative = options.relative_position;
+      relative.grid = Grid2d{options.image_height / options.patch_size,
+                             options.image_width / options.patch_size, num_prefix_tokens()};
+      for (auto& block : blocks)
+        block.set_position(RelativePosition<T>(relative, E, block.nhead()));
+    }
   }
 
   // Each part with its PyTorch default; cls_token and pos_embed with N(0, 0.02^2) (timm
@@ -159,6 +174,14 @@ class VisionTransformer {
     detail::require_argument(o.num_classes >= 0, "VisionTransformerOptions::num_classes", ">= 0",
                              o.num_classes);
     detail::checked(o.encoder);
+    detail::require_argument(o.encoder.position.type == PositionType::none,
+                             "VisionTransformerOptions::encoder.position.type",
+                             "none (use position and relative_position)",
+                             position_type_name(o.encoder.position.type));
+    const PositionType relative = o.relative_position.type;
+    detail::require_argument(relative == PositionType::none || is_two_dimensional(relative),
+                             "VisionTransformerOptions::relative_position.type",
+                             "none, quadratic or learned_2d", position_type_name(relative));
     detail::require_argument(o.class_token || o.pooling != VitPooling::token,
                              "VisionTransformerOptions::pooling",
                              "mean pooling without a class token", "token");
@@ -168,7 +191,9 @@ class VisionTransformer {
 
 // timm's names for the parts timm has (patch_embed.proj, cls_token, pos_embed, norm, head);
 // the blocks keep nn.TransformerEncoderLayer's names under blocks.{i} (timm's attn.qkv is
-// self_attn.in_proj_*, attn.proj is self_attn.out_proj, mlp.fc1 / fc2 are linear1 / linear2).
+// self_attn.in_proj_*, attn.proj is self_attn.out_proj, mlp.fc1 / fc2 are linear1 / linear2),
+// with a relative position's tables under blocks.{i}.self_attn. (alpha, center_shift, or
+// row_embeddings.weight, ...), and a learned fidelity residual's fidelity_lambda.
 template <class T, class F>
 void for_each_parameter(VisionTransformer<T>& vit, const std::string& prefix, F&& f) {
   const Index E = vit.embed_dim();
@@ -180,6 +205,7 @@ void for_each_parameter(VisionTransformer<T>& vit, const std::string& prefix, F&
     for_each_parameter(vit.blocks[i], detail::concat(prefix, "blocks.", i, "."), f);
   if (vit.norm) for_each_parameter(*vit.norm, prefix + "norm.", f);
   if (vit.head.weight.size()) for_each_parameter(vit.head, prefix + "head.", f);
+  for_each_parameter(vit.residual, prefix, f);
 }
 
 }  // namespace attnlens

@@ -118,13 +118,175 @@ inline std::string quoted_list(const std::vector<std::string>& names, std::size_
 
 }  // namespace detail
 
-// The options an encoder model's config.json describes. Today's attnlens supports position
-// "none" and attention "softmax"; other types are rejected by name.
+// The attention variants config.json can name ("attention": {"type": ..., parameters}). To add
+// one: a value here and its name in attention_type_name, a case in parse_attention_config that
+// reads its parameters into AttentionConfig (every key it does not read is rejected), one in
+// attention_config_json that writes them, and one in apply_attention that sets the variant on
+// a built encoder.
+enum class AttentionType {
+  softmax,  // nn.MultiheadAttention's, MATH.md section 1
+};
+
+inline constexpr AttentionType k_attention_types[] = {AttentionType::softmax};
+
+inline const char* attention_type_name(AttentionType type) {
+  switch (type) {
+    case AttentionType::softmax:
+      return "softmax";
+  }
+  return "?";
+}
+
+struct AttentionConfig {
+  AttentionType type = AttentionType::softmax;
+  // A variant's parameters go here.
+};
+
+// The options an encoder model's config.json describes: the encoder (with its position and
+// residual) and the attention variant.
 struct EncoderModelConfig {
   EncoderOptions encoder;
-  std::string position = "none";
-  std::string attention = "softmax";
+  AttentionConfig attention;
 };
+
+namespace detail {
+
+// `name` of a ConfigReader's "type" key as one of `types`, or an error listing them.
+template <class Type, std::size_t N>
+Type type_from_name(const ConfigReader& reader, const std::string& name, const Type (&types)[N],
+                    const char* (*type_name)(Type), const std::string& note = "") {
+  std::string names;
+  for (Type t : types) {
+    if (name == type_name(t)) return t;
+    names += concat(names.empty() ? "\"" : ", \"", type_name(t), "\"");
+  }
+  reader.fail("type", concat("one of ", names, note), "\"" + name + "\"");
+}
+
+inline AttentionConfig parse_attention_config(const ConfigReader& reader) {
+  AttentionConfig out;
+  out.type = type_from_name(reader, reader.get<std::string>("type"), k_attention_types,
+                            attention_type_name);
+  switch (out.type) {
+    case AttentionType::softmax:
+      break;  // no parameters
+  }
+  reader.reject_unknown_keys();
+  return out;
+}
+
+inline nlohmann::ordered_json attention_config_json(const AttentionConfig& config) {
+  nlohmann::ordered_json json{{"type", attention_type_name(config.type)}};
+  switch (config.type) {
+    case AttentionType::softmax:
+      break;
+  }
+  return json;
+}
+
+// The position types a sequence encoder's config accepts: the 2-D ones need a patch grid.
+inline constexpr PositionType k_encoder_position_types[] = {
+    PositionType::none,           PositionType::sinusoidal,
+    PositionType::learned,        PositionType::shaw,
+    PositionType::transformer_xl, PositionType::t5,
+    PositionType::alibi,          PositionType::rope};
+
+inline PositionOptions parse_position_config(const ConfigReader& reader) {
+  PositionOptions out;
+  out.type = type_from_name(reader, reader.get<std::string>("type"), k_encoder_position_types,
+                            position_type_name,
+                            " (2-D encodings need an image grid: see VisionTransformer)");
+  switch (out.type) {
+    case PositionType::sinusoidal:
+      out.base = reader.get<double>("base", out.base);
+      break;
+    case PositionType::learned:
+      out.max_len = reader.get<Index>("max_len");
+      break;
+    case PositionType::shaw:
+      out.max_relative_position = reader.get<Index>("max_relative_position");
+      break;
+    case PositionType::t5:
+      out.num_buckets = reader.get<Index>("num_buckets", out.num_buckets);
+      out.max_distance = reader.get<Index>("max_distance", out.max_distance);
+      out.bidirectional = reader.get<bool>("bidirectional", out.bidirectional);
+      break;
+    case PositionType::alibi:
+      out.causal = reader.get<bool>("causal", out.causal);
+      break;
+    case PositionType::rope: {
+      out.base = reader.get<double>("base", out.base);
+      const auto pairing = reader.get<std::string>("pairing", "interleaved");
+      if (pairing != "interleaved" && pairing != "half")
+        reader.fail("pairing", "\"interleaved\" or \"half\"", "\"" + pairing + "\"");
+      out.pairing = pairing == "half" ? RopePairing::half : RopePairing::interleaved;
+      break;
+    }
+    default:
+      break;  // none, transformer_xl: no parameters
+  }
+  reader.reject_unknown_keys();
+  return out;
+}
+
+inline nlohmann::ordered_json position_config_json(const PositionOptions& o) {
+  nlohmann::ordered_json json{{"type", position_type_name(o.type)}};
+  switch (o.type) {
+    case PositionType::sinusoidal:
+      json["base"] = o.base;
+      break;
+    case PositionType::learned:
+      json["max_len"] = o.max_len;
+      break;
+    case PositionType::shaw:
+      json["max_relative_position"] = o.max_relative_position;
+      break;
+    case PositionType::t5:
+      json["num_buckets"] = o.num_buckets;
+      json["max_distance"] = o.max_distance;
+      json["bidirectional"] = o.bidirectional;
+      break;
+    case PositionType::alibi:
+      json["causal"] = o.causal;
+      break;
+    case PositionType::rope:
+      json["base"] = o.base;
+      json["pairing"] = rope_pairing_name(o.pairing);
+      break;
+    default:
+      break;
+  }
+  return json;
+}
+
+inline ResidualOptions parse_residual_config(const ConfigReader& reader) {
+  ResidualOptions out;
+  const auto type = reader.get<std::string>("type");
+  try {
+    out.type = residual_type_from_name(type, "type");
+  } catch (const ArgumentError&) {
+    reader.fail("type", "\"standard\" or \"fidelity\"", "\"" + type + "\"");
+  }
+  if (out.type == ResidualType::fidelity) {
+    out.learned = reader.get<bool>("learned", false);
+    // A learned lambda is read from model.safetensors; "lambda" is then optional.
+    if (!out.learned || reader.has("lambda")) {
+      const auto lambda = reader.get<nlohmann::json>("lambda");
+      if (lambda.is_number()) {
+        out.lambda = {lambda.get<double>()};
+      } else if (lambda.is_array() && std::all_of(lambda.begin(), lambda.end(),
+                                                  [](const auto& v) { return v.is_number(); })) {
+        out.lambda = lambda.get<std::vector<double>>();
+      } else {
+        reader.fail("lambda", "a number or an array of numbers (one per layer)", lambda.dump());
+      }
+    }
+  }
+  reader.reject_unknown_keys();
+  return out;
+}
+
+}  // namespace detail
 
 // Parses config.json's text; `where` prefixes every error message (the file's path).
 inline EncoderModelConfig parse_encoder_config(const std::string& text,
@@ -156,39 +318,9 @@ inline EncoderModelConfig parse_encoder_config(const std::string& text,
   layer.norm_first = config.get<bool>("norm_first", false);
   layer.bias = config.get<bool>("bias", true);
   out.encoder.final_norm = config.get<bool>("final_norm", false);
-
-  const auto position = config.object("position", "none");
-  out.position = position.get<std::string>("type");
-  if (out.position != "none")
-    position.fail("type", "\"none\" (positions are not yet supported in this format)",
-                  "\"" + out.position + "\"");
-  position.reject_unknown_keys();
-
-  const auto attention = config.object("attention", "softmax");
-  out.attention = attention.get<std::string>("type");
-  if (out.attention != "softmax")
-    attention.fail("type", "\"softmax\"", "\"" + out.attention + "\"");
-  attention.reject_unknown_keys();
-
-  const auto residual = config.object("residual", "standard");
-  const auto residual_type = residual.get<std::string>("type");
-  try {
-    out.encoder.residual.type = residual_type_from_name(residual_type, "type");
-  } catch (const ArgumentError& e) {
-    throw IoError(detail::concat(where, ": residual: ", e.what()));
-  }
-  if (out.encoder.residual.type == ResidualType::fidelity) {
-    const auto lambda = residual.get<nlohmann::json>("lambda");
-    if (lambda.is_number()) {
-      out.encoder.residual.lambda = {lambda.get<double>()};
-    } else if (lambda.is_array() && std::all_of(lambda.begin(), lambda.end(),
-                                                [](const auto& v) { return v.is_number(); })) {
-      out.encoder.residual.lambda = lambda.get<std::vector<double>>();
-    } else {
-      residual.fail("lambda", "a number or an array of numbers (one per layer)", lambda.dump());
-    }
-  }
-  residual.reject_unknown_keys();
+  out.encoder.position = detail::parse_position_config(config.object("position", "none"));
+  out.attention = detail::parse_attention_config(config.object("attention", "softmax"));
+  out.encoder.residual = detail::parse_residual_config(config.object("residual", "standard"));
   config.reject_unknown_keys();
   return out;
 }
@@ -207,11 +339,23 @@ inline std::string encoder_config_json(const EncoderModelConfig& config) {
   json["norm_first"] = o.layer.norm_first;
   json["bias"] = o.layer.bias;
   json["final_norm"] = o.final_norm;
-  json["position"] = {{"type", config.position}};
-  json["attention"] = {{"type", config.attention}};
+  json["position"] = detail::position_config_json(o.position);
+  json["attention"] = detail::attention_config_json(config.attention);
   json["residual"] = {{"type", residual_type_name(o.residual.type)}};
-  if (o.residual.type == ResidualType::fidelity) json["residual"]["lambda"] = o.residual.lambda;
+  if (o.residual.type == ResidualType::fidelity) {
+    if (o.residual.learned) json["residual"]["learned"] = true;
+    if (!o.residual.lambda.empty()) json["residual"]["lambda"] = o.residual.lambda;
+  }
   return json.dump(2) + "\n";
+}
+
+// Sets the configured attention variant on every layer of a built encoder.
+template <class T>
+void apply_attention(const AttentionConfig& config, TransformerEncoder<T>&) {
+  switch (config.type) {
+    case AttentionType::softmax:
+      break;  // what MultiHeadAttention computes
+  }
 }
 
 // Reads the encoder's parameters from `weights`: every tensor the encoder has must be there
@@ -275,6 +419,7 @@ TransformerEncoder<T> load_encoder_model(const std::string& directory) {
   } catch (const ArgumentError& e) {  // d_model, nhead, ... out of their domain
     throw IoError(detail::concat(config_path, ": ", e.what()));
   }
+  apply_attention(config.attention, *encoder);
   load_encoder_weights(SafeTensors::load(weights_path), *encoder, weights_path);
   return std::move(*encoder);
 }

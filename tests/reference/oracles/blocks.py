@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import functools
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -513,6 +514,9 @@ class VitCase:
     position: str = "learned"  # "learned" | "none"
     pooling: str = "token"     # "token" | "mean"
     batch: int = 2
+    relative: str = "none"     # "none" | "quadratic" | "learned_2d", every block
+    max_position: int = 0      # learned_2d: offsets per axis (0: max(grid height, width))
+    relative_dim: int = 0      # learned_2d: table width (0: head width)
 
 
 VIT_CASES = [
@@ -521,7 +525,31 @@ VIT_CASES = [
             norm_first=False, final_norm=False, class_token=False, position="none",
             pooling="mean"),
     VitCase("vit02_cls_learned_mean_features", 6, 9, 3, 2, 0, 8, 2, 16, 3, pooling="mean"),
+    VitCase("vit03_cls_learned_quadratic", 8, 8, 2, 2, 4, 16, 4, 32, 2, relative="quadratic"),
+    VitCase("vit04_nocls_learned_2d_post", 6, 12, 3, 1, 3, 12, 3, 24, 2, activation="relu",
+            norm_first=False, class_token=False, position="none", pooling="mean",
+            relative="learned_2d", max_position=5, relative_dim=6),
+    VitCase("vit05_cls_learned_2d_default_sizes", 9, 6, 3, 1, 2, 8, 2, 16, 1,
+            relative="learned_2d"),
 ]
+
+
+def vit_relative_bias(case: VitCase, attn: nn.Module, prefix: int, grid) -> torch.Tensor:
+    """H x L x L domain term of one block (MATH.md section 3, written with torch operations in
+    oracles/positions.py), from the block's parameters in float64, rounded to their dtype; the
+    CLS token (no position) gets 0."""
+    from oracles import positions
+    tokens = positions.grid_positions(grid[0], grid[1], prefix)
+    if case.relative == "quadratic":
+        bias = positions.quadratic_bias(attn.alpha.double(), attn.center_shift.double(), tokens,
+                                        tokens)
+    else:
+        max_position = case.max_position or max(grid)
+        bias = positions.learned_2d_bias(
+            attn.row_embeddings.weight.double(), attn.col_embeddings.weight.double(),
+            attn.head_keys_row.weight.double(), attn.head_keys_col.weight.double(), max_position,
+            tokens, tokens)
+    return bias.to(attn.in_proj_weight.dtype)
 
 
 class ReferenceViT(nn.Module):
@@ -546,6 +574,20 @@ class ReferenceViT(nn.Module):
         self.norm = nn.LayerNorm(e, dtype=torch.float64) if case.final_norm else None
         if case.num_classes:
             self.head = nn.Linear(e, case.num_classes, dtype=torch.float64)
+        self.grid = (case.image_height // p, case.image_width // p)
+        h = case.nhead
+        for block in self.blocks:  # the relative tables live under blocks.{i}.self_attn.
+            attn = block.self_attn
+            if case.relative == "quadratic":
+                attn.alpha = nn.Parameter(0.3 + 0.2 * torch.rand(h, dtype=torch.float64))
+                attn.center_shift = nn.Parameter(torch.randn(h, 2, dtype=torch.float64))
+            elif case.relative == "learned_2d":
+                rows = 2 * (case.max_position or max(self.grid)) - 1
+                dim = case.relative_dim or e // h
+                attn.row_embeddings = nn.Embedding(rows, dim, dtype=torch.float64)
+                attn.col_embeddings = nn.Embedding(rows, dim, dtype=torch.float64)
+                attn.head_keys_row = nn.Linear(dim, h, bias=False, dtype=torch.float64)
+                attn.head_keys_col = nn.Linear(dim, h, bias=False, dtype=torch.float64)
 
     def forward(self, images):
         w = self.patch_embed.proj
@@ -558,7 +600,11 @@ class ReferenceViT(nn.Module):
         if self.case.position == "learned":
             x = x + self.pos_embed
         for block in self.blocks:
-            x = block(x)
+            mask = None
+            if self.case.relative != "none":  # per-head additive mask, index b * H + h
+                bias = vit_relative_bias(self.case, block.self_attn, prefix, self.grid)
+                mask = bias.repeat(x.shape[0], 1, 1)
+            x = block(x, src_mask=mask)
         if self.norm is not None:
             x = self.norm(x)
         pooled = x[:, 0] if self.case.pooling == "token" else x[:, prefix:].mean(dim=1)
@@ -594,4 +640,217 @@ def vit() -> FixtureFiles:
         for case in VIT_CASES:
             tensors.update(vit_case(case, dtype))
         files[f"vit_{suffix}.safetensors"] = (tensors, cases_metadata(VIT_CASES))
+    return files
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoders with positions and learned residuals in the model format (files
+# blocks_model_<case>/{config.json,model.safetensors}, blocks_model_<case>_{input,expected}
+# .safetensors): nn.TransformerEncoder's layers carry the extra parameters under the names of
+# docs/model-format.md, exported with examples/export_pytorch.py; the expected output is the
+# stack written out with torch operations (MATH.md sections 1-3, the encodings' formulas from
+# oracles/positions.py), checked against PyTorch's own layers wherever PyTorch can run it.
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCase:
+    name: str
+    position: dict  # config.json's "position" object
+    num_layers: int = 2
+    d_model: int = 16
+    nhead: int = 2
+    dim_feedforward: int = 32
+    activation: str = "relu"
+    norm_first: bool = False
+    final_norm: bool = False
+    residual: Optional[dict] = None  # config.json's "residual" object (default standard)
+    batch: int = 2
+    length: int = 7
+    key_padding_mask: bool = False
+    double: bool = False
+
+
+MODEL_CASES = [
+    ModelCase("t5", {"type": "t5", "num_buckets": 8, "max_distance": 16, "bidirectional": True},
+              length=12),
+    ModelCase("alibi_kpm", {"type": "alibi", "causal": False}, nhead=3, d_model=12,
+              activation="gelu", norm_first=True, final_norm=True, key_padding_mask=True,
+              double=True),
+    ModelCase("learned_fidelity_learned", {"type": "learned", "max_len": 10},
+              residual={"type": "fidelity", "learned": True}, num_layers=3),
+    ModelCase("sinusoidal_fidelity", {"type": "sinusoidal", "base": 10000.0},
+              residual={"type": "fidelity", "lambda": [0.3, 0.5]}, norm_first=True, double=True),
+    ModelCase("shaw", {"type": "shaw", "max_relative_position": 3}, nhead=4,
+              activation="gelu_tanh", key_padding_mask=True),
+    ModelCase("transformer_xl", {"type": "transformer_xl"}, norm_first=True, final_norm=True,
+              double=True),
+    ModelCase("rope_half", {"type": "rope", "base": 100.0, "pairing": "half"}, nhead=2,
+              double=True),
+    ModelCase("rope_interleaved", {"type": "rope"}, d_model=24, nhead=3, key_padding_mask=True),
+]
+
+
+def add_position_parameters(encoder: nn.TransformerEncoder, case: ModelCase) -> None:
+    """Registers the encoding's (and a learned residual's) parameters under their documented
+    names, so that encoder.state_dict() holds them."""
+    e, h = case.d_model, case.nhead
+    d, kind, f64 = e // h, case.position["type"], torch.float64
+    for layer in encoder.layers:
+        attn = layer.self_attn
+        if kind == "t5":
+            attn.relative_attention_bias = nn.Embedding(case.position["num_buckets"], h,
+                                                        dtype=f64)
+        elif kind == "shaw":
+            rows = 2 * case.position["max_relative_position"] + 1
+            attn.relative_keys = nn.Parameter(torch.randn(rows, d, dtype=f64))
+            attn.relative_values = nn.Parameter(torch.randn(rows, d, dtype=f64))
+        elif kind == "transformer_xl":
+            attn.r_w_bias = nn.Parameter(torch.zeros(h, d, dtype=f64))
+            attn.r_r_bias = nn.Parameter(torch.zeros(h, d, dtype=f64))
+            attn.r_net = nn.Linear(e, h * d, bias=False, dtype=f64)
+    if kind == "learned":
+        encoder.position_embeddings = nn.Embedding(case.position["max_len"], e, dtype=f64)
+    if case.residual and case.residual.get("learned"):
+        encoder.fidelity_lambda = nn.Parameter(torch.full((case.num_layers,), 0.3, dtype=f64))
+
+
+def attention_with_position(attn: nn.MultiheadAttention, x, case: ModelCase, padding):
+    """nn.MultiheadAttention's self-attention (MATH.md section 1) with the case's relative
+    encoding, written with torch operations; returns B x L x E."""
+    from oracles import positions
+    B, L, E = x.shape
+    H = attn.num_heads
+    d, kind, pos = E // H, case.position["type"], case.position
+
+    def heads(y):
+        return y.reshape(B, L, H, d).transpose(1, 2)
+
+    q, k, v = (heads(t) for t in F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1))
+    if kind == "rope":
+        pairing = pos.get("pairing", "interleaved")
+        q = positions.rope_rotate(q, pos.get("base", 10000.0), pairing)
+        k = positions.rope_rotate(k, pos.get("base", 10000.0), pairing)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(d)
+    if kind == "shaw":
+        idx = positions.clipped(L, L, pos["max_relative_position"])
+        a_k, a_v = attn.relative_keys[idx], attn.relative_values[idx]  # L x L x d
+        scores = scores + torch.einsum("bhld,lsd->bhls", q, a_k) / math.sqrt(d)
+    elif kind == "transformer_xl":
+        scores = scores + torch.stack([
+            positions.transformer_xl_bias(q[b], k[b], attn.r_w_bias, attn.r_r_bias,
+                                          attn.r_net.weight, L, L, E) for b in range(B)])
+    elif kind == "t5":
+        scores = scores + positions.t5_bias(attn.relative_attention_bias.weight, L, L,
+                                            pos["bidirectional"], pos["max_distance"])
+    elif kind == "alibi":
+        scores = scores + positions.alibi_bias(H, L, L, pos["causal"]).to(x.dtype)
+    if padding is not None:
+        scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+    weights = scores.softmax(-1)
+    out = weights @ v
+    if kind == "shaw":
+        out = out + torch.einsum("bhls,lsd->bhld", weights, a_v)
+    out = out.transpose(1, 2).reshape(B, L, E)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+
+
+def layer_with_position(layer: nn.TransformerEncoderLayer, x, case: ModelCase, padding):
+    """nn.TransformerEncoderLayer's composition (both norm_first) around
+    attention_with_position."""
+    def ff(y):
+        return layer.linear2(activation_module(case.activation)(layer.linear1(y)))
+
+    if case.norm_first:
+        x = x + attention_with_position(layer.self_attn, layer.norm1(x), case, padding)
+        return x + ff(layer.norm2(x))
+    x = layer.norm1(x + attention_with_position(layer.self_attn, x, case, padding))
+    return layer.norm2(x + ff(x))
+
+
+def encoder_with_position(encoder: nn.TransformerEncoder, case: ModelCase, src, padding):
+    """x_0 = src + absolute positions; x_{l+1} = layer_l(x_l) + lambda_l (x_0 - x_l); final
+    norm (MATH.md sections 2 and 3)."""
+    from oracles import positions
+    B, L, E = src.shape
+    kind = case.position["type"]
+    x0 = src
+    if kind == "learned":
+        x0 = src + encoder.position_embeddings.weight[:L]
+    elif kind == "sinusoidal":
+        x0 = src + positions.sinusoidal_table(L, E, case.position["base"]).to(src.dtype)
+    residual = case.residual or {"type": "standard"}
+    if residual.get("learned"):
+        lambdas = encoder.fidelity_lambda
+    else:
+        lambdas = residual.get("lambda", [0.0] * case.num_layers)
+    x = x0
+    for l, layer in enumerate(encoder.layers):
+        y = layer_with_position(layer, x, case, padding)
+        x = y + lambdas[l] * (x0 - x) if residual["type"] == "fidelity" else y
+    return encoder.norm(x) if encoder.norm is not None else x
+
+
+def check_against_pytorch_layers(encoder, case: ModelCase, src, padding) -> None:
+    """Where PyTorch's own modules can compute the layer (no encoding, or an additive one as a
+    per-head float src_mask), they agree with layer_with_position."""
+    from oracles import positions
+    B, L, _ = src.shape
+    layer = encoder.layers[0]
+    kind, pos = case.position["type"], case.position
+    plain = dataclasses.replace(case, position={"type": "none"})
+    expected = run_slow_path(layer, src, src_key_padding_mask=padding)
+    assert_close(layer_with_position(layer, src, plain, padding), expected,
+                 f"{case.name}: layer without positions")
+    if kind in ("t5", "alibi"):
+        if kind == "t5":
+            bias = positions.t5_bias(layer.self_attn.relative_attention_bias.weight, L, L,
+                                     pos["bidirectional"], pos["max_distance"])
+        else:
+            bias = positions.alibi_bias(case.nhead, L, L, pos["causal"]).to(src.dtype)
+        expected = run_slow_path(layer, src, src_mask=bias.repeat(B, 1, 1),
+                                 src_key_padding_mask=padding)
+        assert_close(layer_with_position(layer, src, case, padding), expected,
+                     f"{case.name}: layer with positions")
+
+
+def model_case_files(case: ModelCase) -> FixtureFiles:
+    dtype = torch.float64 if case.double else torch.float32
+    seed = seed_of("model_" + case.name)
+    torch.manual_seed(seed)
+    layer = nn.TransformerEncoderLayer(case.d_model, case.nhead, case.dim_feedforward,
+                                       dropout=0.0, activation=activation_module(case.activation),
+                                       batch_first=True, norm_first=case.norm_first,
+                                       dtype=torch.float64)
+    norm = nn.LayerNorm(case.d_model, dtype=torch.float64) if case.final_norm else None
+    encoder = nn.TransformerEncoder(layer, case.num_layers, norm=norm, enable_nested_tensor=False)
+    add_position_parameters(encoder, case)
+    perturb(encoder, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    src, padding, _ = make_inputs(case.batch, case.length, case.d_model, case.key_padding_mask,
+                                  "none", g)
+    encoder, src = copy.deepcopy(encoder).to(dtype).eval(), src.to(dtype)
+    with torch.no_grad():
+        check_against_pytorch_layers(encoder, case, src, padding)
+        output = encoder_with_position(encoder, case, src, padding)
+    stem = f"blocks_model_{case.name}"
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "model"
+        export_pytorch.export_encoder(encoder, model, dtype, position=case.position,
+                                      residual=case.residual)
+        export_pytorch.export_inputs(Path(tmp) / "input.safetensors", encoder, src, padding,
+                                     None, dtype)
+        files = {f"{stem}/config.json": (model / "config.json").read_bytes(),
+                 f"{stem}/model.safetensors": (model / "model.safetensors").read_bytes(),
+                 f"{stem}_input.safetensors": (Path(tmp) / "input.safetensors").read_bytes()}
+    metadata = base_metadata()
+    metadata["double"] = "true" if case.double else "false"
+    files[f"{stem}_expected.safetensors"] = ({"output": output.detach()}, metadata)
+    return files
+
+
+@fixture("blocks_model")
+def blocks_model() -> FixtureFiles:
+    files = {}
+    for case in MODEL_CASES:
+        files.update(model_case_files(case))
     return files
