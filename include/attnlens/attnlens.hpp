@@ -2,12 +2,16 @@
 // core library (everything but the io/ extras, which need further dependencies).
 #pragma once
 
+#include "attnlens/attention/distance_kernel.hpp"
+#include "attnlens/attention/elliptical.hpp"
+#include "attnlens/attention/kde.hpp"
 #include "attnlens/attention/mask.hpp"
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/attention/query_key_transform.hpp"
 #include "attnlens/attention/reference_engine.hpp"
 #include "attnlens/attention/score_term.hpp"
 #include "attnlens/attention/value_term.hpp"
+#include "attnlens/attention/variant.hpp"
 #include "attnlens/blocks/encoder.hpp"
 #include "attnlens/blocks/encoder_layer.hpp"
 #include "attnlens/blocks/residual.hpp"

@@ -2,13 +2,18 @@
 // tests/reference/generate.py), plus properties and bad-input checks.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <iostream>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/io/state_dict.hpp"
 #include "attnlens/io/torch_masks.hpp"
+#include "attnlens/position/sinusoidal.hpp"
+#include "support/blocks.hpp"
 #include "support/fixtures.hpp"
 
 namespace attnlens {
@@ -282,6 +287,366 @@ TEST(MultiHeadAttention, CheckParametersNamesTheParameter) {
   } catch (const ShapeError& e) {
     EXPECT_NE(std::string(e.what()).find("in_proj_weight"), std::string::npos) << e.what();
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention variants (MATH.md section 2), against tests/reference/oracles/variants.py.
+
+template <class T>
+MultiHeadAttention<T> variant_module(const io::SafeTensors& file, const nlohmann::json& c) {
+  MultiHeadAttentionOptions o{c["embed_dim"].get<Index>(), c["num_heads"].get<Index>()};
+  AttentionVariantOptions& v = o.variant;
+  v.type = attention_variant_from_name(c["type"]);
+  v.boost = c["boost"];
+  if (c.contains("domain")) v.domain.type = distance_kernel_from_name(c["domain"]);
+  if (c.contains("leading")) v.domain.leading = c["leading"];
+  if (c.contains("grid")) v.domain.grid = Grid2d{c["grid"][0], c["grid"][1], c["grid"][2]};
+  if (c.contains("huber_a")) v.huber_a = c["huber_a"];
+  if (c.contains("neutreno_lambda")) v.neutreno_lambda = c["neutreno_lambda"];
+  MultiHeadAttention<T> mha(o);
+  const std::string p = c["name"].get<std::string>() + ".";
+  const Index E = mha.embed_dim(), H = mha.num_heads();
+  mha.in_proj_weight = io::read_matrix<T>(file, p + "in_proj_weight", 3 * E, E);
+  mha.in_proj_bias = io::read_vector<T>(file, p + "in_proj_bias", 3 * E);
+  mha.out_proj.weight = io::read_matrix<T>(file, p + "out_proj.weight", E, E);
+  mha.out_proj.bias = io::read_vector<T>(file, p + "out_proj.bias", E);
+  if (v.type == AttentionVariantType::bilateral) mha.rho = io::read_vector<T>(file, p + "rho", H);
+  if (v.type == AttentionVariantType::fourier)
+    mha.fourier_r = io::read_vector<T>(file, p + "fourier_r", 1);
+  mha.check_parameters();
+  return mha;
+}
+
+template <class T>
+void check_variants_against_pytorch(const std::string& fixture) {
+  const auto file = load_fixture(fixture);
+  const auto cases = fixture_cases(file);
+  ASSERT_GE(cases.size(), 14u);
+  const double tol = testing::default_tolerance<T>();
+  double worst = 0;
+  for (const auto& c : cases) {
+    const std::string name = c["name"], p = name + ".";
+    SCOPED_TRACE(fixture + " case " + name);
+    const auto mha = variant_module<T>(file, c);
+    const Index B = c["batch"], L = c["length"], E = c["embed_dim"];
+    const Tensor<T> x = file.get<T>(p + "x");
+    AttentionMask<T> mask;
+    const Tensor<std::uint8_t> keep = file.get<std::uint8_t>(p + "key_keep");
+    if (std::any_of(keep.storage().begin(), keep.storage().end(), [](auto k) { return k == 0; }))
+      mask.key_keep = keep;
+    Matrix<T> first, previous;
+    StackValues<T> stack;
+    if (file.contains(p + "first_values")) {
+      first = io::read_matrix<T>(file, p + "first_values", B * L, E);
+      stack.first = &first;
+    }
+    if (file.contains(p + "previous_values")) {
+      previous = io::read_matrix<T>(file, p + "previous_values", B * L, E);
+      stack.previous = &previous;
+    }
+    for (const AttentionEngine engine : {AttentionEngine::reference, AttentionEngine::fused}) {
+      const bool reference = engine == AttentionEngine::reference;
+      SCOPED_TRACE(reference ? "reference engine" : "fused engine");
+      MultiHeadForwardOptions options;
+      options.engine = engine;
+      options.weights = reference ? AttentionWeights::per_head : AttentionWeights::none;
+      options.tiling = {3, 2};  // several tiles and key blocks even on 7 tokens
+      const auto result = mha.forward(x, mask, options, nullptr, stack);
+      const Tensor<T> expected = file.get<T>(p + "output");
+      worst = std::max(worst, testing::max_abs_error(result.output, expected));
+      ATTNLENS_EXPECT_CLOSE(result.output, expected, tol);
+      if (reference) ATTNLENS_EXPECT_CLOSE(result.weights, file.get<T>(p + "weights"), tol);
+      if (uses_stack_values(mha.variant().type)) {
+        EXPECT_LE((result.values - io::read_matrix<T>(file, p + "values", B * L, E))
+                      .cwiseAbs()
+                      .maxCoeff(),
+                  tol);
+      }
+    }
+  }
+  std::cout << fixture << ": max |attnlens - PyTorch| over all variants " << worst << "\n";
+}
+
+TEST(MultiHeadAttentionVariants, MatchPyTorchFloat) {
+  check_variants_against_pytorch<float>("variants_f32.safetensors");
+}
+TEST(MultiHeadAttentionVariants, MatchPyTorchDouble) {
+  check_variants_against_pytorch<double>("variants_f64.safetensors");
+}
+
+MultiHeadAttention<double> variant_module(AttentionVariantOptions variant, Rng& rng, Index E = 8,
+                                          Index H = 2) {
+  MultiHeadAttentionOptions options{E, H};
+  options.variant = std::move(variant);
+  return perturbed_module(options, rng);
+}
+
+// Context of head h of sequence b, its weights and values, from a cached reference forward.
+struct HeadView {
+  Matrix<double> weights, values, context;
+};
+HeadView head_view(const MultiHeadCache<double>& cache, Index b, Index h, Index L, Index d) {
+  return {cache.weights.matrix({b, h}), cache.values.block(b * L, h * d, L, d),
+          cache.context.block(b * L, h * d, L, d)};
+}
+
+TEST(MultiHeadAttentionVariants, TwicingEqualsTwoAMinusASquaredTimesV) {
+  Rng rng(21);
+  AttentionVariantOptions twicing;
+  twicing.boost = 1;
+  const auto mha = variant_module(twicing, rng);
+  const auto x = random_tensor<double>({2, 6, 8}, rng);
+  MultiHeadCache<double> cache;
+  (void)mha.forward(x, {}, {AttentionWeights::per_head, {}}, &cache);
+  for (Index b = 0; b < 2; ++b)
+    for (Index h = 0; h < 2; ++h) {
+      const HeadView v = head_view(cache, b, h, 6, 4);
+      const Matrix<double> A = v.weights;
+      const Matrix<double> expected = (2.0 * A - A * A) * v.values;
+      EXPECT_LE((v.context - expected).cwiseAbs().maxCoeff(), 1e-13);
+      EXPECT_GT((v.context - A * v.values).cwiseAbs().maxCoeff(), 1e-3);  // not plain A V
+    }
+}
+
+TEST(MultiHeadAttentionVariants, BoostingOfOrderKEqualsMatrixPolynomial) {
+  Rng rng(22);
+  const auto x = random_tensor<double>({1, 7, 8}, rng);
+  for (Index k : {0, 1, 2, 4}) {
+    SCOPED_TRACE(k);
+    AttentionVariantOptions boosted;
+    boosted.boost = k;
+    Rng module_rng(23);
+    const auto mha = variant_module(boosted, module_rng);
+    MultiHeadCache<double> cache;
+    (void)mha.forward(x, {}, {AttentionWeights::per_head, {}}, &cache);
+    for (Index h = 0; h < 2; ++h) {
+      const HeadView v = head_view(cache, 0, h, 7, 4);
+      const Matrix<double> I = Matrix<double>::Identity(7, 7);
+      Matrix<double> power = I;
+      for (Index step = 0; step <= k; ++step) power = power * (I - v.weights);
+      EXPECT_LE((v.context - (I - power) * v.values).cwiseAbs().maxCoeff(), 1e-12);
+    }
+    // The fused engine boosts the same way.
+    MultiHeadForwardOptions fused;
+    fused.engine = AttentionEngine::fused;
+    fused.tiling = {2, 3};
+    ATTNLENS_EXPECT_CLOSE(mha.forward(x, {}, fused).output, mha.forward(x).output, 1e-12);
+  }
+}
+
+TEST(MultiHeadAttentionVariants, NeutrenoWithLambdaZeroIsPlainAttention) {
+  Rng rng(24);
+  const auto x = random_tensor<double>({2, 5, 8}, rng);
+  const Matrix<double> first = random_tensor<double>({10, 8}, rng).matrix();
+  AttentionVariantOptions neutreno;
+  neutreno.type = AttentionVariantType::neutreno;
+  neutreno.neutreno_lambda = 0.0;
+  Rng a(25), b(25);
+  const auto zero = variant_module(neutreno, a);
+  const auto plain = variant_module({}, b);
+  ATTNLENS_EXPECT_CLOSE(zero.forward(x, {}, {}, nullptr, {&first, nullptr}).output,
+                        plain.forward(x).output, 1e-15);
+  // With lambda = 0.6 the fidelity term is out_proj applied to lambda (V^0 - V).
+  neutreno.neutreno_lambda = 0.6;
+  Rng c(25);
+  const auto six = variant_module(neutreno, c);
+  const auto result = six.forward(x, {}, {}, nullptr, {&first, nullptr});
+  const Matrix<double> term = 0.6 * (first - result.values) * six.out_proj.weight.transpose();
+  const Tensor<double> plain_out = plain.forward(x).output;
+  const Matrix<double> difference =
+      result.output.reshaped({10, 8}).matrix() - plain_out.reshaped({10, 8}).matrix();
+  EXPECT_LE((difference - term).cwiseAbs().maxCoeff(), 1e-13);
+  // First layer (no V^0): no term at all.
+  ATTNLENS_EXPECT_CLOSE(six.forward(x).output, plain_out, 1e-15);
+}
+
+// MATH.md's theorem: with one head and identity projections, self-attention on x_i = y_i + p_i
+// is the Nadaraya-Watson estimate with K_SA(i,j) = exp((y_i + p_i).(y_j + p_j) / sqrt(d)).
+TEST(MultiHeadAttentionVariants, IdentityProjectionSelfAttentionIsNadarayaWatson) {
+  const Index L = 9, d = 6;
+  Rng rng(26);
+  MultiHeadAttention<double> mha({d, 1});
+  mha.in_proj_weight << Matrix<double>::Identity(d, d), Matrix<double>::Identity(d, d),
+      Matrix<double>::Identity(d, d);
+  mha.out_proj.weight.setIdentity();
+  const Matrix<double> y = random_tensor<double>({L, d}, rng).matrix();
+  const Matrix<double> p = sinusoidal_encoding<double>(L, d);
+  Tensor<double> x({L, d});
+  x.matrix() = y + p;
+  const auto out = mha.forward(x).output;
+  for (Index i = 0; i < L; ++i) {
+    std::vector<double> numerator(static_cast<std::size_t>(d), 0.0);
+    double denominator = 0;
+    for (Index j = 0; j < L; ++j) {
+      double dot = 0;
+      for (Index c = 0; c < d; ++c) dot += (y(i, c) + p(i, c)) * (y(j, c) + p(j, c));
+      const double kernel = std::exp(dot / std::sqrt(static_cast<double>(d)));
+      denominator += kernel;
+      for (Index c = 0; c < d; ++c)
+        numerator[static_cast<std::size_t>(c)] += kernel * (y(j, c) + p(j, c));
+    }
+    for (Index c = 0; c < d; ++c)
+      EXPECT_NEAR(out.at({i, c}), numerator[static_cast<std::size_t>(c)] / denominator, 1e-12);
+  }
+}
+
+TEST(MultiHeadAttentionVariants, BilateralTendsToSoftmaxAsSigmaGrows) {
+  Rng rng(27);
+  const auto x = random_tensor<double>({2, 7, 8}, rng);
+  for (const auto type : {DistanceKernelType::gaussian, DistanceKernelType::laplacian}) {
+    for (const bool grid : {false, true}) {
+      SCOPED_TRACE(::testing::Message()
+                   << (type == DistanceKernelType::gaussian ? "gaussian" : "laplacian")
+                   << (grid ? " grid" : " 1-D"));
+      AttentionVariantOptions bilateral;
+      bilateral.type = AttentionVariantType::bilateral;
+      bilateral.domain.type = type;
+      if (grid) bilateral.domain.grid = Grid2d{2, 3, 1};
+      Rng a(28), b(28);
+      auto mha = variant_module(bilateral, a);
+      const auto plain = variant_module({}, b).forward(x).output;
+      double previous = INFINITY;
+      for (const double sigma : {1.0, 10.0, 100.0, 1e4, 1e12}) {
+        mha.rho.setConstant(inverse_softplus(sigma));
+        const double error = testing::max_abs_error(mha.forward(x).output, plain);
+        EXPECT_LT(error, previous) << sigma;
+        previous = error;
+      }
+      EXPECT_LE(previous, 1e-10);
+      EXPECT_GT(testing::max_abs_error(
+                    (mha.rho.setConstant(inverse_softplus(1.0)), mha.forward(x).output), plain),
+                1e-3);
+    }
+  }
+}
+
+// Every variant through the fused engine equals the reference engine, in float, on a sequence
+// long enough for many tiles and key blocks.
+TEST(MultiHeadAttentionVariants, FusedEngineEqualsReferenceForEveryVariant) {
+  const Index B = 2, L = 30, E = 12, H = 3;
+  Rng rng(29);
+  const auto x = random_tensor<float>({B, L, E}, rng);
+  const Matrix<float> first = random_tensor<float>({B * L, E}, rng).matrix();
+  const Matrix<float> previous = random_tensor<float>({B * L, E}, rng).matrix();
+  AttentionMask<float> mask;
+  mask.key_lengths = std::vector<Index>{L, L - 7};
+  for (const auto type :
+       {AttentionVariantType::softmax, AttentionVariantType::bilateral, AttentionVariantType::kde,
+        AttentionVariantType::robust_kde, AttentionVariantType::fourier,
+        AttentionVariantType::elliptical, AttentionVariantType::neutreno}) {
+    for (const Index boost : {0, 2}) {
+      SCOPED_TRACE(::testing::Message() << attention_variant_name(type) << " boost " << boost);
+      MultiHeadAttentionOptions options{E, H};
+      options.variant.type = type;
+      options.variant.boost = boost;
+      options.variant.domain.type = DistanceKernelType::laplacian;
+      options.variant.domain.grid = Grid2d{5, 6, 0};
+      MultiHeadAttention<float> mha(options, rng);
+      mha.in_proj_bias.setConstant(0.1f);
+      if (type == AttentionVariantType::bilateral) mha.rho << -0.5f, 0.5f, 2.0f;
+      if (type == AttentionVariantType::fourier) mha.fourier_r[0] = 0.8f;
+      const StackValues<float> stack{&first, &previous};
+      MultiHeadForwardOptions reference, fused;
+      reference.engine = AttentionEngine::reference;
+      fused.engine = AttentionEngine::fused;
+      fused.tiling = {4, 7};
+      const auto expected = mha.forward(x, mask, reference, nullptr, stack).output;
+      ASSERT_TRUE(expected.reshaped({B * L, E}).matrix().allFinite());
+      ATTNLENS_EXPECT_CLOSE(mha.forward(x, mask, fused, nullptr, stack).output, expected, 1e-5);
+    }
+  }
+}
+
+TEST(MultiHeadAttentionVariants, ValuesAreReturnedForTheNextLayer) {
+  Rng rng(30);
+  const auto mha = perturbed_module({8, 2}, rng);
+  const auto x = random_tensor<double>({2, 3, 8}, rng);
+  EXPECT_EQ(mha.forward(x).values.size(), 0);
+  MultiHeadForwardOptions options;
+  options.return_values = true;
+  MultiHeadCache<double> cache;
+  const auto result = mha.forward(x, {}, options, &cache);
+  EXPECT_EQ(result.values, cache.values);
+  EXPECT_EQ(result.values.rows(), 6);
+}
+
+TEST(MultiHeadAttentionVariants, BadVariantOptionsAndStackValuesNameTheArgument) {
+  const auto expect_message = [](const MultiHeadAttentionOptions& o, const std::string& word) {
+    try {
+      MultiHeadAttention<float> mha(o);
+      ADD_FAILURE() << "no exception for " << word;
+    } catch (const ArgumentError& e) {
+      EXPECT_NE(std::string(e.what()).find(word), std::string::npos) << e.what();
+    }
+  };
+  MultiHeadAttentionOptions o{8, 2};
+  o.variant.boost = -1;
+  expect_message(o, "variant::boost");
+  o = {8, 2};
+  o.variant.huber_a = 0;
+  expect_message(o, "variant::huber_a");
+  o = {8, 2};
+  o.variant.sigma_init = -1;
+  expect_message(o, "variant::sigma_init");
+  o = {8, 2};
+  o.variant.elliptical_delta = 0;
+  expect_message(o, "variant::elliptical_delta");
+  o = {8, 2};
+  o.variant.fourier_epsilon = -1e-6;
+  expect_message(o, "variant::fourier_epsilon");
+  o = {8, 2};
+  o.variant.neutreno_lambda = NAN;
+  expect_message(o, "variant::neutreno_lambda");
+  o = {8, 2};
+  o.variant.type = AttentionVariantType::kde;
+  o.content = false;
+  expect_message(o, "content");
+
+  Rng rng(31);
+  MultiHeadAttentionOptions neutreno{8, 2};
+  neutreno.variant.type = AttentionVariantType::neutreno;
+  const MultiHeadAttention<float> mha(neutreno, rng);
+  const auto x = random_tensor<float>({2, 3, 8}, rng);
+  const Matrix<float> wrong = Matrix<float>::Zero(5, 8);
+  testing::expect_error_naming<ShapeError>(
+      [&] {
+        (void)mha.forward(x, {}, {}, nullptr, {&wrong, nullptr});
+      },
+      "StackValues::first");
+  testing::expect_error_naming<ShapeError>(
+      [&] {
+        (void)mha.forward(x, {}, {}, nullptr, {nullptr, &wrong});
+      },
+      "StackValues::previous");
+  const Matrix<float> first = Matrix<float>::Zero(8, 8);
+  const auto key = random_tensor<float>({2, 4, 8}, rng);
+  testing::expect_error_naming<ShapeError>(
+      [&] {
+        (void)mha.forward(x, key, key, {}, {}, nullptr, {&first, nullptr});
+      },
+      "NeuTRENO");
+}
+
+TEST(MultiHeadAttentionVariants, CheckParametersNamesRhoAndFourierR) {
+  MultiHeadAttentionOptions bilateral{8, 2};
+  bilateral.variant.type = AttentionVariantType::bilateral;
+  MultiHeadAttention<double> mha(bilateral);
+  mha.check_parameters();
+  EXPECT_NEAR(mha.bilateral_sigma()[1], 4.0, 1e-12);  // sigma_init
+  mha.rho.resize(3);
+  testing::expect_error_naming<ShapeError>([&] { mha.check_parameters(); }, "rho");
+  mha.rho = Vector<double>::Constant(2, NAN);
+  testing::expect_error_naming<ArgumentError>([&] { mha.check_parameters(); }, "rho");
+  MultiHeadAttentionOptions fourier{8, 2};
+  fourier.variant.type = AttentionVariantType::fourier;
+  MultiHeadAttention<double> f(fourier);
+  EXPECT_EQ(f.fourier_r.size(), 1);
+  EXPECT_EQ(f.fourier_r[0], 1.0);  // the published init
+  f.fourier_r.resize(0);
+  testing::expect_error_naming<ShapeError>([&] { f.check_parameters(); }, "fourier_r");
+  MultiHeadAttention<double> plain({8, 2});
+  plain.rho.resize(2);
+  testing::expect_error_naming<ShapeError>([&] { plain.check_parameters(); }, "rho");
 }
 
 }  // namespace

@@ -1,20 +1,28 @@
 // MultiHeadAttention<T>: torch.nn.MultiheadAttention (batch_first) with its parameter names,
 // layouts and semantics (MATH.md section 1): packed or separate q/k/v projections, kdim/vdim,
 // bias on or off, self- and cross-attention, typed masks, per-head or averaged weights.
-// Position encodings plug in as score terms, query/key transforms and value terms.
+// Position encodings plug in as score terms, query/key transforms and value terms; the
+// attention variants of MATH.md section 2 (bilateral, KDE, robust KDE, FourierFormer,
+// elliptical, NeuTRENO, boosting) are chosen in the options and map to kernel factors.
 // Heads run in parallel across batch x heads.
 #pragma once
 
 #include <cmath>
+#include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "attnlens/attention/distance_kernel.hpp"
+#include "attnlens/attention/elliptical.hpp"
 #include "attnlens/attention/fused_engine.hpp"
+#include "attnlens/attention/kde.hpp"
 #include "attnlens/attention/mask.hpp"
 #include "attnlens/attention/query_key_transform.hpp"
 #include "attnlens/attention/reference_engine.hpp"
 #include "attnlens/attention/score_term.hpp"
 #include "attnlens/attention/value_term.hpp"
+#include "attnlens/attention/variant.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/init.hpp"
 #include "attnlens/core/parallel.hpp"
@@ -33,6 +41,8 @@ struct MultiHeadAttentionOptions {
   // false: no q.k range kernel, the scores are the score terms alone (positional-only
   // attention, Cordonnier et al.); the query projection is then unused.
   bool content = true;
+  // Which attention (MATH.md section 2) and its settings; softmax by default.
+  AttentionVariantOptions variant = {};
 };
 
 enum class AttentionWeights {
@@ -52,12 +62,27 @@ struct MultiHeadForwardOptions {
   ParallelOptions parallel;
   AttentionEngine engine = AttentionEngine::automatic;
   FusedTiling tiling = {};  // fused engine only
+  // Copy this layer's projected values to MultiHeadOutput::values (always done for the
+  // variants that read other layers' values, NeuTRENO and elliptical).
+  bool return_values = false;
+};
+
+// Projected values of other layers of a stack, for the variants that read them (B*S x E each,
+// one token per row, as MultiHeadOutput::values). Null means "this is the stack's first layer":
+// NeuTRENO then adds no term and elliptical uses the metric m = 1.
+template <class T>
+struct StackValues {
+  const Matrix<T>* first = nullptr;     // V^0, the first layer's values (NeuTRENO)
+  const Matrix<T>* previous = nullptr;  // V^{l-1}, the previous layer's values (elliptical)
 };
 
 template <class T>
 struct MultiHeadOutput {
   Tensor<T> output;   // B x L x E (L x E for an unbatched call)
   Tensor<T> weights;  // as requested by MultiHeadForwardOptions::weights; empty for none
+  // B*S x E projected values of this layer (the next layers' StackValues), when
+  // MultiHeadForwardOptions::return_values is set or the variant reads stack values.
+  Matrix<T> values;
 };
 
 // What a backward pass needs from a forward pass; filled when passed to forward().
@@ -88,6 +113,7 @@ class MultiHeadAttention {
       v_proj_weight = Matrix<T>::Zero(E, vdim());
     }
     if (options.bias) in_proj_bias = Vector<T>::Zero(3 * E);
+    reset_variant_parameters();
   }
 
   // PyTorch's default initialisation.
@@ -109,6 +135,17 @@ class MultiHeadAttention {
     init::linear_uniform(out_proj.weight, embed_dim(), rng);
     in_proj_bias.setZero();
     out_proj.bias.setZero();
+    reset_variant_parameters();
+  }
+
+  // The variant's learned parameters at their initial values (the constructor sets them too):
+  // rho_h with softplus(rho_h) = sigma_init (bilateral), R = 1 (fourier).
+  void reset_variant_parameters() {
+    const auto& v = options_.variant;
+    rho = v.type == AttentionVariantType::bilateral
+              ? Vector<T>::Constant(num_heads(), inverse_softplus(static_cast<T>(v.sigma_init)))
+              : Vector<T>();
+    fourier_r = v.type == AttentionVariantType::fourier ? Vector<T>::Ones(1) : Vector<T>();
   }
 
   Index embed_dim() const { return options_.embed_dim; }
@@ -120,25 +157,32 @@ class MultiHeadAttention {
   // PyTorch packs q, k, v into in_proj_weight when kdim == vdim == embed_dim.
   bool packed() const { return kdim() == embed_dim() && vdim() == embed_dim(); }
   const MultiHeadAttentionOptions& options() const { return options_; }
+  const AttentionVariantOptions& variant() const { return options_.variant; }
+  // sigma_h = softplus(rho_h) of the bilateral variant.
+  Vector<T> bilateral_sigma() const {
+    return rho.unaryExpr([](T x) { return softplus(x); });
+  }
 
   // Cross-attention: query B x L x E, key B x S x kdim, value B x S x vdim (or unbatched
-  // L x E, S x kdim, S x vdim).
+  // L x E, S x kdim, S x vdim). `stack` passes other layers' values to NeuTRENO / elliptical.
   MultiHeadOutput<T> forward(const Tensor<T>& query, const Tensor<T>& key, const Tensor<T>& value,
                              const AttentionMask<T>& mask = {},
                              const MultiHeadForwardOptions& options = {},
-                             MultiHeadCache<T>* cache = nullptr) const {
+                             MultiHeadCache<T>* cache = nullptr,
+                             const StackValues<T>& stack = {}) const {
     const Dims dims = check_inputs(query, key, value);
     MultiHeadCache<T> local;
     MultiHeadCache<T>& state = cache ? *cache : local;
     project(query, key, value, &query == &key && &key == &value, dims, state);
-    return attend(dims, mask, options, cache != nullptr, state);
+    return attend(dims, mask, options, cache != nullptr, stack, state);
   }
 
   // Self-attention: query = key = value = x; one GEMM projects q, k and v together.
   MultiHeadOutput<T> forward(const Tensor<T>& x, const AttentionMask<T>& mask = {},
                              const MultiHeadForwardOptions& options = {},
-                             MultiHeadCache<T>* cache = nullptr) const {
-    return forward(x, x, x, mask, options, cache);
+                             MultiHeadCache<T>* cache = nullptr,
+                             const StackValues<T>& stack = {}) const {
+    return forward(x, x, x, mask, options, cache, stack);
   }
 
   // Throws ShapeError naming the parameter whose shape does not match the options (after
@@ -160,6 +204,19 @@ class MultiHeadAttention {
     detail::require_shape(out_proj.bias.size() == (has_bias() ? E : 0), "out_proj.bias",
                           has_bias() ? detail::concat("[", E, "]") : "no bias",
                           detail::concat("[", out_proj.bias.size(), "]"));
+    const auto type = options_.variant.type;
+    const Index rho_size = type == AttentionVariantType::bilateral ? num_heads() : 0;
+    detail::require_shape(rho.size() == rho_size, "rho",
+                          rho_size ? detail::concat("[", rho_size, "] (one per head)")
+                                   : "[0] (the variant is not bilateral)",
+                          detail::concat("[", rho.size(), "]"));
+    detail::require_argument(rho.allFinite(), "rho", "finite values", rho.transpose());
+    const Index r_size = type == AttentionVariantType::fourier ? 1 : 0;
+    detail::require_shape(fourier_r.size() == r_size, "fourier_r",
+                          r_size ? "[1]" : "[0] (the variant is not fourier)",
+                          detail::concat("[", fourier_r.size(), "]"));
+    detail::require_argument(fourier_r.allFinite(), "fourier_r", "a finite value",
+                             fourier_r.transpose());
   }
 
   // Parameters, named as in PyTorch's state_dict.
@@ -169,6 +226,9 @@ class MultiHeadAttention {
   Matrix<T> k_proj_weight;   // E x kdim when !packed()
   Matrix<T> v_proj_weight;   // E x vdim when !packed()
   Linear<T> out_proj;        // E -> E
+  // Learned parameters of the variants (empty for the others):
+  Vector<T> rho;        // bilateral: H entries, sigma_h = softplus(rho_h)
+  Vector<T> fourier_r;  // fourier: [R], the frequency of sinc(R (q_c - k_c)), init 1
 
   // Domain kernels added to every head's scores after q.k / sqrt(d) (positional terms).
   ScoreTerms<T> score_terms;
@@ -192,6 +252,12 @@ class MultiHeadAttention {
                              detail::concat("a divisor of embed_dim ", o.embed_dim), o.num_heads);
     detail::require_argument(o.kdim >= 0, "MultiHeadAttentionOptions::kdim", ">= 0", o.kdim);
     detail::require_argument(o.vdim >= 0, "MultiHeadAttentionOptions::vdim", ">= 0", o.vdim);
+    check_variant_options(o.variant, "MultiHeadAttentionOptions::variant");
+    detail::require_argument(o.content || !needs_content(o.variant.type),
+                             "MultiHeadAttentionOptions::content",
+                             detail::concat("true for the ", attention_variant_name(o.variant.type),
+                                            " variant (it has a query-key range kernel)"),
+                             "false");
     return o;
   }
 
@@ -252,28 +318,83 @@ class MultiHeadAttention {
     }
   }
 
-  // The kernel every head of this module uses, with the call's support.
-  AttentionKernel<T> attention_kernel(const BoundMask<T>& bound) const {
+  // The score terms and query/key transforms of a call: the module's own, then the variant's.
+  struct VariantFactors {
+    ScoreTerms<T> terms;
+    QueryKeyTransforms<T> transforms;
+  };
+
+  VariantFactors variant_factors(const Dims& dims, const StackValues<T>& stack,
+                                 const MultiHeadCache<T>& state) const {
+    const AttentionVariantOptions& v = variant();
+    VariantFactors factors{score_terms, query_key_transforms};
+    const auto check_stack = [&](const Matrix<T>* values, const char* what) {
+      if (values) detail::require_matrix(*values, dims.batch * dims.src_len, embed_dim(), what);
+    };
+    check_stack(stack.first, "StackValues::first (B*S x E)");
+    check_stack(stack.previous, "StackValues::previous (B*S x E)");
+    switch (v.type) {
+      case AttentionVariantType::bilateral:
+        factors.terms.push_back(std::make_shared<DistanceKernel<T>>(v.domain, bilateral_sigma()));
+        break;
+      case AttentionVariantType::kde:
+      case AttentionVariantType::robust_kde:
+        factors.transforms.push_back(std::make_shared<KeyNormalization<T>>());
+        break;
+      case AttentionVariantType::elliptical:
+        if (stack.previous)
+          factors.transforms.push_back(std::make_shared<QueryMetric<T>>(
+              elliptical_metric<T>(state.values, *stack.previous, dims.batch, num_heads(),
+                                   static_cast<T>(v.elliptical_delta)),
+              num_heads()));
+        break;
+      case AttentionVariantType::neutreno:
+        // V^0 - V lives on the keys and is added to the queries' outputs.
+        if (stack.first)
+          detail::require_shape(dims.src_len == dims.tgt_len, "keys of NeuTRENO attention",
+                                detail::concat(dims.tgt_len, " (as many as queries)"),
+                                detail::concat(dims.src_len));
+        break;
+      default:
+        break;
+    }
+    return factors;
+  }
+
+  // The kernel every head of this module uses, with the call's support and score terms.
+  AttentionKernel<T> attention_kernel(const BoundMask<T>& bound, const ScoreTerms<T>& terms) const {
+    const AttentionVariantOptions& v = variant();
     AttentionKernel<T> kernel;
     kernel.range.type = options_.content ? RangeKernelType::dot_product : RangeKernelType::none;
     kernel.range.scale = T(1) / std::sqrt(static_cast<T>(head_dim()));
-    kernel.terms = &score_terms;
+    if (v.type == AttentionVariantType::kde || v.type == AttentionVariantType::robust_kde) {
+      kernel.range.type = RangeKernelType::negative_squared_distance;  // -|q - k|^2 / sqrt(d)
+    } else if (v.type == AttentionVariantType::fourier) {
+      detail::require_shape(fourier_r.size() == 1, "fourier_r", "[1]",
+                            detail::concat("[", fourier_r.size(), "]"));
+      kernel.range.type = RangeKernelType::sinc4;
+      kernel.range.frequency = fourier_r[0];
+      kernel.epsilon = static_cast<T>(v.fourier_epsilon);
+    }
+    kernel.terms = &terms;
     kernel.mask = &bound;
     kernel.value_terms = &value_terms;
+    kernel.boost = v.boost;
     return kernel;
   }
 
   MultiHeadOutput<T> attend(const Dims& dims, const AttentionMask<T>& mask,
                             const MultiHeadForwardOptions& options, bool caching,
-                            MultiHeadCache<T>& state) const {
+                            const StackValues<T>& stack, MultiHeadCache<T>& state) const {
     const Index B = dims.batch, H = num_heads(), L = dims.tgt_len, S = dims.src_len;
     const Index d = head_dim(), E = embed_dim();
     const ScoreShape shape{B, H, L, S, d};
-    for (const auto& term : score_terms) term->check(shape);
-    for (const auto& transform : query_key_transforms) transform->check(shape);
+    const VariantFactors factors = variant_factors(dims, stack, state);
+    for (const auto& term : factors.terms) term->check(shape);
+    for (const auto& transform : factors.transforms) transform->check(shape);
     for (const auto& term : value_terms) term->check(shape, d);
     const BoundMask<T> bound(mask, shape);
-    const AttentionKernel<T> kernel = attention_kernel(bound);
+    const AttentionKernel<T> kernel = attention_kernel(bound, factors.terms);
     check_kernel<T>(kernel, shape);
 
     const bool keep_weights = caching || options.weights != AttentionWeights::none;
@@ -283,22 +404,45 @@ class MultiHeadAttention {
                              "reference or automatic when weights are returned or cached", "fused");
 
     // Each task owns its head's column block of q and k: transforming in place is safe.
-    if (!query_key_transforms.empty())
+    if (!factors.transforms.empty())
       parallel_for(
           B * H,
           [&](Index task) {
             const Index b = task / H, h = task % H;
-            apply_query_key_transforms<T>(query_key_transforms, b, h,
+            apply_query_key_transforms<T>(factors.transforms, b, h,
                                           state.queries.block(b * L, h * d, L, d),
                                           state.keys.block(b * S, h * d, S, d));
           },
           options.parallel);
 
+    // Robust KDE: Huber weights per (sequence, head) from the unit keys and [k; v].
+    std::vector<Vector<T>> key_weights, key_value_weights;
+    if (variant().type == AttentionVariantType::robust_kde) {
+      key_weights.resize(static_cast<std::size_t>(B * H));
+      key_value_weights.resize(static_cast<std::size_t>(B * H));
+      parallel_for(
+          B * H,
+          [&](Index task) {
+            const Index b = task / H, h = task % H;
+            const auto t = static_cast<std::size_t>(task);
+            robust_kde_key_weights<T>(state.keys.block(b * S, h * d, S, d),
+                                      state.values.block(b * S, h * d, S, d), kernel.range.scale,
+                                      static_cast<T>(variant().huber_a), key_weights[t],
+                                      key_value_weights[t]);
+          },
+          options.parallel);
+    }
+
     const auto head_at = [&](Index task) {
       const Index b = task / H, h = task % H;
-      return HeadInputs<T>{b, h, state.queries.block(b * L, h * d, L, d),
-                           state.keys.block(b * S, h * d, S, d),
-                           state.values.block(b * S, h * d, S, d)};
+      HeadInputs<T> head{b, h, state.queries.block(b * L, h * d, L, d),
+                         state.keys.block(b * S, h * d, S, d),
+                         state.values.block(b * S, h * d, S, d)};
+      if (!key_weights.empty()) {
+        head.numerator_key_weights = key_value_weights[static_cast<std::size_t>(task)].data();
+        head.denominator_key_weights = key_weights[static_cast<std::size_t>(task)].data();
+      }
+      return head;
     };
     const auto context_at = [&](Index task) {
       const Index b = task / H, h = task % H;
@@ -323,7 +467,12 @@ class MultiHeadAttention {
           options.parallel);
     }
 
+    // NeuTRENO's fidelity term, U = A V + lambda (V^0 - V), on every head at once.
+    if (variant().type == AttentionVariantType::neutreno && stack.first)
+      state.context += static_cast<T>(variant().neutreno_lambda) * (*stack.first - state.values);
+
     MultiHeadOutput<T> result;
+    if (options.return_values || uses_stack_values(variant().type)) result.values = state.values;
     result.output = dims.batched ? Tensor<T>({B, L, E}) : Tensor<T>({L, E});
     MatrixMap<T> output(result.output.data(), B * L, E);
     out_proj.forward(state.context, output);

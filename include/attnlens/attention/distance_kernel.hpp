@@ -1,0 +1,116 @@
+// Distance kernels: the spatial (domain) factor of bilateral self-attention (MATH.md section 2),
+// S_h(i,j) += -|p_i - p_j|^2 / (2 sigma_h^2) (Gaussian) or -|p_i - p_j|_1 / sigma_h (Laplacian),
+// on 1-D positions p_i = i or on the cells of a Grid2d. Tokens without a position get term 0.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <optional>
+#include <utility>
+
+#include "attnlens/attention/score_term.hpp"
+#include "attnlens/core/errors.hpp"
+#include "attnlens/core/types.hpp"
+#include "attnlens/position/grid2d.hpp"
+
+namespace attnlens {
+
+enum class DistanceKernelType {
+  gaussian,   // -|p_i - p_j|^2 / (2 sigma^2)
+  laplacian,  // -|p_i - p_j|_1 / sigma (ALiBi with slope 1/sigma on 1-D positions)
+};
+
+struct DistanceKernelOptions {
+  DistanceKernelType type = DistanceKernelType::gaussian;
+  // Set: tokens are the grid's cells (after grid->leading tokens without a position), for
+  // queries and keys alike. None: 1-D positions p_i = i - leading.
+  std::optional<Grid2d> grid = {};
+  Index leading = 0;  // 1-D only: tokens 0 .. leading-1 have no position (a CLS token)
+};
+
+// softplus(x) = log(1 + e^x), without overflow for large x.
+template <class T>
+T softplus(T x) {
+  return std::max(x, T(0)) + std::log1p(std::exp(-std::abs(x)));
+}
+
+// The x with softplus(x) = y, for y > 0.
+template <class T>
+T inverse_softplus(T y) {
+  detail::require_argument(y > T(0), "inverse_softplus argument", "> 0", y);
+  return y > T(30) ? y : std::log(std::expm1(y));
+}
+
+template <class T>
+class DistanceKernel final : public ScoreTerm<T> {
+ public:
+  // sigma: one width per head, > 0 (+infinity gives term 0: plain attention).
+  DistanceKernel(const DistanceKernelOptions& options, Vector<T> sigma_per_head)
+      : sigma(std::move(sigma_per_head)), options_(options) {
+    if (options_.grid) options_.grid->check("DistanceKernelOptions::grid");
+    detail::require_argument(options_.leading >= 0, "DistanceKernelOptions::leading", ">= 0",
+                             options_.leading);
+    detail::require_argument(!(options_.grid && options_.leading != 0),
+                             "DistanceKernelOptions::leading", "0 with a grid (use grid->leading)",
+                             options_.leading);
+  }
+
+  const DistanceKernelOptions& options() const { return options_; }
+
+  void check(const ScoreShape& shape) const override {
+    detail::require_shape(sigma.size() == shape.heads, "DistanceKernel sigma",
+                          detail::concat(shape.heads, " (one per head)"),
+                          detail::concat(sigma.size()));
+    for (Index h = 0; h < sigma.size(); ++h)
+      detail::require_argument(sigma[h] > T(0), detail::concat("DistanceKernel sigma[", h, "]"),
+                               "> 0", sigma[h]);
+    if (options_.grid) {
+      options_.grid->check_tokens(shape.queries, "queries of a 2-D DistanceKernel");
+      options_.grid->check_tokens(shape.keys, "keys of a 2-D DistanceKernel");
+    }
+  }
+
+  void add(const ScoreTile<T>& tile, MatrixRef<T> scores) const override {
+    const T s = sigma[tile.at.head];
+    const bool gaussian = options_.type == DistanceKernelType::gaussian;
+    const T coefficient = gaussian ? T(1) / (T(2) * s * s) : T(1) / s;
+    if (coefficient == T(0)) return;
+    const auto distance = [&](Index dr, Index dc) {
+      return gaussian ? static_cast<T>(dr * dr + dc * dc)
+                      : static_cast<T>(std::abs(dr) + std::abs(dc));
+    };
+    if (options_.grid) {
+      const Grid2d& grid = *options_.grid;
+      for (Index r = 0; r < scores.rows(); ++r) {
+        const Index i = tile.at.query_begin + r;
+        if (!grid.has_position(i)) continue;
+        const auto p_i = grid.position(i);
+        for (Index c = 0; c < scores.cols(); ++c) {
+          const Index j = tile.at.key_begin + c;
+          if (!grid.has_position(j)) continue;
+          const auto p_j = grid.position(j);
+          scores(r, c) -= coefficient * distance(p_j[0] - p_i[0], p_j[1] - p_i[1]);
+        }
+      }
+      return;
+    }
+    const Index leading = options_.leading;
+    for (Index r = 0; r < scores.rows(); ++r) {
+      const Index i = tile.at.query_begin + r;
+      if (i < leading) continue;
+      for (Index c = 0; c < scores.cols(); ++c) {
+        const Index j = tile.at.key_begin + c;
+        if (j < leading) continue;
+        scores(r, c) -= coefficient * distance(j - i, 0);
+      }
+    }
+  }
+
+  Vector<T> sigma;  // sigma_h, one per head
+
+ private:
+  DistanceKernelOptions options_;
+};
+
+}  // namespace attnlens
