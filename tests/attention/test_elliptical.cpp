@@ -34,6 +34,21 @@ TEST(Elliptical, MetricIsTheMaxScaledMeanMoveOfEachHead) {
     }
 }
 
+TEST(Elliptical, PaddedTokensTakeNoPartInTheMean) {
+  Rng rng(2);
+  Matrix<double> v(6, 4), prev(6, 4);  // B = 2, S = 3, H = 2, d = 2
+  init::normal(v, rng);
+  init::normal(prev, rng);
+  const auto real = [](Index b, Index n) { return b == 0 || n < 2; };
+  const Matrix<double> m = elliptical_metric<double>(v, prev, 2, 2, 5.0, real);
+  Matrix<double> poisoned = v;
+  poisoned.row(5).setConstant(NAN);  // token 2 of sequence 1 is padding
+  EXPECT_EQ(elliptical_metric<double>(poisoned, prev, 2, 2, 5.0, real), m);
+  const Matrix<double> alone =
+      elliptical_metric<double>(v.middleRows(3, 2), prev.middleRows(3, 2), 1, 2, 5.0);
+  EXPECT_LE((m.bottomRows(2) - alone).cwiseAbs().maxCoeff(), 1e-15);
+}
+
 TEST(Elliptical, UnmovedHeadGetsTheIdentityMetric) {
   Matrix<float> v = Matrix<float>::Ones(3, 4);
   Matrix<float> prev = v;

@@ -557,6 +557,38 @@ TEST(MultiHeadAttentionVariants, FusedEngineEqualsReferenceForEveryVariant) {
   }
 }
 
+// Padded keys take no part in robust KDE's estimate of the mean: a padded sequence gives the
+// same outputs on its real tokens as the same tokens alone, even when the padding holds NaN.
+TEST(MultiHeadAttentionVariants, RobustKdeIgnoresPaddedKeys) {
+  Rng rng(32);
+  AttentionVariantOptions robust;
+  robust.type = AttentionVariantType::robust_kde;
+  const auto mha = variant_module(robust, rng);
+  const Index L = 9, real = 6;
+  auto x = random_tensor<double>({2, L, 8}, rng);
+  Tensor<double> alone({real, 8});
+  alone.matrix() = x.matrix({1}).topRows(real);
+  for (Index i = real; i < L; ++i) x.matrix({1}).row(i).setConstant(NAN);
+  for (const bool lengths : {true, false}) {
+    AttentionMask<double> mask;
+    if (lengths) {
+      mask.key_lengths = std::vector<Index>{L, real};
+    } else {
+      mask.key_keep = Tensor<std::uint8_t>({2, L});
+      for (Index j = 0; j < 2 * L; ++j) mask.key_keep->data()[j] = j < L + real;
+    }
+    const auto expected = mha.forward(alone).output;
+    for (const AttentionEngine engine : {AttentionEngine::reference, AttentionEngine::fused}) {
+      MultiHeadForwardOptions options;
+      options.engine = engine;
+      const auto padded = mha.forward(x, mask, options).output;
+      EXPECT_LE((padded.matrix({1}).topRows(real) - expected.matrix()).cwiseAbs().maxCoeff(),
+                1e-13);
+      EXPECT_TRUE(padded.matrix({0}).allFinite());
+    }
+  }
+}
+
 TEST(MultiHeadAttentionVariants, ValuesAreReturnedForTheNextLayer) {
   Rng rng(30);
   const auto mha = perturbed_module({8, 2}, rng);

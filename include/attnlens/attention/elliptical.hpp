@@ -2,7 +2,8 @@
 // (q_i * m).k_j / sqrt(d) with a per-head diagonal metric m estimated from how the values moved
 // between layers, m_c = mean_n |v^l_{n,c} - v^{l-1}_{n,c}| / delta, then m / max_c m_c. As in the
 // paper's code the mean runs over the tokens of one sequence, separately for each sequence and
-// head. The metric is applied as a query transform, so both engines serve it unchanged.
+// head (over the sequence's real tokens when some are padding). The metric is applied as a
+// query transform, so both engines serve it unchanged.
 #pragma once
 
 #include <utility>
@@ -13,13 +14,20 @@
 
 namespace attnlens {
 
+namespace detail {
+struct EveryToken {
+  bool operator()(Index, Index) const { return true; }
+};
+}  // namespace detail
+
 // The metric of every (sequence, head): row b*H + h of the result (B*H x d). values and
 // previous are B*S x E (one token per row, heads as column blocks of width E / heads). delta
-// cancels in the max-scaling; it is kept as published. A head whose values did not move gets
+// cancels in the max-scaling; it is kept as published. is_real(b, n) says whether token n of
+// sequence b takes part in the mean (padding does not). A head whose values did not move gets
 // m = 1 (plain attention) instead of 0/0.
-template <class T>
+template <class T, class IsReal = detail::EveryToken>
 Matrix<T> elliptical_metric(ConstMatrixRef<T> values, ConstMatrixRef<T> previous, Index batch,
-                            Index heads, T delta) {
+                            Index heads, T delta, const IsReal& is_real = IsReal{}) {
   detail::require_argument(delta > T(0), "elliptical delta", "> 0", delta);
   detail::require_argument(
       batch > 0 && heads > 0 && values.rows() % batch == 0 && values.cols() % heads == 0,
@@ -32,20 +40,27 @@ Matrix<T> elliptical_metric(ConstMatrixRef<T> values, ConstMatrixRef<T> previous
                         detail::concat(previous.rows(), " x ", previous.cols()));
   const Index S = values.rows() / batch, d = values.cols() / heads;
   Matrix<T> metric(batch * heads, d);
-  for (Index b = 0; b < batch; ++b)
+  metric.setZero();
+  for (Index b = 0; b < batch; ++b) {
+    Index count = 0;
+    for (Index n = 0; n < S; ++n) {
+      if (!is_real(b, n)) continue;
+      ++count;
+      for (Index h = 0; h < heads; ++h)
+        metric.row(b * heads + h) +=
+            (values.block(b * S + n, h * d, 1, d) - previous.block(b * S + n, h * d, 1, d))
+                .cwiseAbs();
+    }
     for (Index h = 0; h < heads; ++h) {
       auto m = metric.row(b * heads + h);
-      m = (values.block(b * S, h * d, S, d) - previous.block(b * S, h * d, S, d))
-              .cwiseAbs()
-              .colwise()
-              .sum() /
-          (static_cast<T>(S) * delta);
+      if (count > 0) m /= static_cast<T>(count) * delta;
       const T largest = m.maxCoeff();
       if (largest > T(0))
         m /= largest;
       else
         m.setOnes();
     }
+  }
   return metric;
 }
 

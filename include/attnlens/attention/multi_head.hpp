@@ -324,7 +324,8 @@ class MultiHeadAttention {
     QueryKeyTransforms<T> transforms;
   };
 
-  VariantFactors variant_factors(const Dims& dims, const StackValues<T>& stack,
+  VariantFactors variant_factors(const Dims& dims, const AttentionMask<T>& mask,
+                                 const StackValues<T>& stack,
                                  const MultiHeadCache<T>& state) const {
     const AttentionVariantOptions& v = variant();
     VariantFactors factors{score_terms, query_key_transforms};
@@ -345,7 +346,8 @@ class MultiHeadAttention {
         if (stack.previous)
           factors.transforms.push_back(std::make_shared<QueryMetric<T>>(
               elliptical_metric<T>(state.values, *stack.previous, dims.batch, num_heads(),
-                                   static_cast<T>(v.elliptical_delta)),
+                                   static_cast<T>(v.elliptical_delta),
+                                   [&](Index b, Index n) { return is_real_key(mask, b, n); }),
               num_heads()));
         break;
       case AttentionVariantType::neutreno:
@@ -359,6 +361,17 @@ class MultiHeadAttention {
         break;
     }
     return factors;
+  }
+
+  // Whether key j of sequence b survives the mask's key padding (key_keep, key_lengths); the
+  // mask's shapes were checked when it was bound.
+  static bool is_real_key(const AttentionMask<T>& mask, Index b, Index j) {
+    if (mask.key_lengths && j >= (*mask.key_lengths)[static_cast<std::size_t>(b)]) return false;
+    if (mask.key_keep) {
+      const Tensor<std::uint8_t>& keep = *mask.key_keep;
+      return keep.data()[keep.rank() == 1 ? j : b * keep.dim(1) + j] != 0;
+    }
+    return true;
   }
 
   // The kernel every head of this module uses, with the call's support and score terms.
@@ -389,7 +402,7 @@ class MultiHeadAttention {
     const Index B = dims.batch, H = num_heads(), L = dims.tgt_len, S = dims.src_len;
     const Index d = head_dim(), E = embed_dim();
     const ScoreShape shape{B, H, L, S, d};
-    const VariantFactors factors = variant_factors(dims, stack, state);
+    const VariantFactors factors = variant_factors(dims, mask, stack, state);
     for (const auto& term : factors.terms) term->check(shape);
     for (const auto& transform : factors.transforms) transform->check(shape);
     for (const auto& term : value_terms) term->check(shape, d);
@@ -415,7 +428,9 @@ class MultiHeadAttention {
           },
           options.parallel);
 
-    // Robust KDE: Huber weights per (sequence, head) from the unit keys and [k; v].
+    // Robust KDE: Huber weights per (sequence, head) from the unit keys and [k; v] of the
+    // sequence's real keys; padded keys (key_keep, key_lengths) get weight 0 and never enter the
+    // estimate of the mean.
     std::vector<Vector<T>> key_weights, key_value_weights;
     if (variant().type == AttentionVariantType::robust_kde) {
       key_weights.resize(static_cast<std::size_t>(B * H));
@@ -425,10 +440,26 @@ class MultiHeadAttention {
           [&](Index task) {
             const Index b = task / H, h = task % H;
             const auto t = static_cast<std::size_t>(task);
-            robust_kde_key_weights<T>(state.keys.block(b * S, h * d, S, d),
-                                      state.values.block(b * S, h * d, S, d), kernel.range.scale,
-                                      static_cast<T>(variant().huber_a), key_weights[t],
-                                      key_value_weights[t]);
+            std::vector<Index> kept;
+            for (Index j = 0; j < S; ++j)
+              if (is_real_key(mask, b, j)) kept.push_back(j);
+            const auto n = static_cast<Index>(kept.size());
+            Matrix<T> keys(n, d), values(n, d);
+            for (Index r = 0; r < n; ++r) {
+              keys.row(r) =
+                  state.keys.block(b * S + kept[static_cast<std::size_t>(r)], h * d, 1, d);
+              values.row(r) =
+                  state.values.block(b * S + kept[static_cast<std::size_t>(r)], h * d, 1, d);
+            }
+            Vector<T> wk, wkv;
+            robust_kde_key_weights<T>(keys, values, kernel.range.scale,
+                                      static_cast<T>(variant().huber_a), wk, wkv);
+            key_weights[t] = Vector<T>::Zero(S);
+            key_value_weights[t] = Vector<T>::Zero(S);
+            for (Index r = 0; r < n; ++r) {
+              key_weights[t][kept[static_cast<std::size_t>(r)]] = wk[r];
+              key_value_weights[t][kept[static_cast<std::size_t>(r)]] = wkv[r];
+            }
           },
           options.parallel);
     }

@@ -35,9 +35,11 @@ CASES: Dict[str, dict] = {
     "kde": dict(type="kde"),
     "robust_kde": dict(type="robust_kde", huber_a=0.2),
     "robust_kde_twicing": dict(type="robust_kde", huber_a=0.2, boost=1),
+    "robust_kde_padded": dict(type="robust_kde", huber_a=0.2, key_padding=True),
     "fourier": dict(type="fourier"),
     "elliptical": dict(type="elliptical", previous=True),
     "elliptical_first_layer": dict(type="elliptical", previous=False),
+    "elliptical_padded": dict(type="elliptical", previous=True, key_padding=True),
     "neutreno": dict(type="neutreno", neutreno_lambda=0.6, first=True),
     "neutreno_boost2": dict(type="neutreno", neutreno_lambda=0.4, first=True, boost=2),
 }
@@ -83,9 +85,18 @@ def domain_kernel(case: dict, sigma: torch.Tensor) -> torch.Tensor:
     return torch.where(both, term, torch.zeros_like(term))
 
 
-def huber_weights(x: torch.Tensor, a: float) -> torch.Tensor:
+def huber_weights(x: torch.Tensor, a: float, key_keep: torch.Tensor) -> torch.Tensor:
     """B x H x N: MATH.md's Huber weights of the rows of x (B x H x N x D) under
-    kappa(x, y) = exp(-|x - y|^2 / sqrt(d)), normalized to sum 1."""
+    kappa(x, y) = exp(-|x - y|^2 / sqrt(d)), normalized to sum 1, over each sequence's real
+    keys (key_keep, B x N); padded keys get weight 0."""
+    w = torch.zeros(x.shape[:-1], dtype=x.dtype)
+    for b in range(x.shape[0]):
+        real = key_keep[b].bool()
+        w[b, :, real] = huber_weights_of_all(x[b, :, real], a)
+    return w
+
+
+def huber_weights_of_all(x: torch.Tensor, a: float) -> torch.Tensor:
     n = x.shape[-2]
     kappa = torch.exp(-torch.cdist(x, x) ** 2 / math.sqrt(D))
     r2 = torch.diagonal(kappa, dim1=-2, dim2=-1) - 2.0 / n * kappa.sum(-1) \
@@ -114,8 +125,8 @@ def variant_forward(case: dict, params: Tensors, x: torch.Tensor, key_keep: torc
         k = F.normalize(k, dim=-1)
         log_kernel = -torch.cdist(q, k) ** 2 / math.sqrt(D)
         if t == "robust_kde":
-            key_w = huber_weights(k, case["huber_a"])
-            kv_w = huber_weights(torch.cat([k, v], dim=-1), case["huber_a"])
+            key_w = huber_weights(k, case["huber_a"], key_keep)
+            kv_w = huber_weights(torch.cat([k, v], dim=-1), case["huber_a"], key_keep)
     elif t == "fourier":
         r = params["fourier_r"][0]
         diff = q[:, :, :, None, :] - k[:, :, None, :, :]  # B x H x L x S x d
@@ -125,8 +136,10 @@ def variant_forward(case: dict, params: Tensors, x: torch.Tensor, key_keep: torc
         log_kernel = None
     elif t == "elliptical":
         if previous is not None:
+            # The mean over each sequence's real tokens, per head and channel.
             moved = (split_heads(values) - split_heads(previous)).abs()  # B x H x N x d
-            m = moved.mean(-2) / case.get("elliptical_delta", 5.0)
+            real = key_keep[:, None, :, None].to(F64)
+            m = (moved * real).sum(-2) / real.sum(-2) / case.get("elliptical_delta", 5.0)
             m = m / m.max(-1, keepdim=True).values
         else:
             m = torch.ones(B, H, D, dtype=F64)
