@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli/command_conv.hpp"
+#include "cli/command_denoise.hpp"
 #include "cli/command_encode.hpp"
 #include "cli/command_info.hpp"
 #include "cli/command_mha.hpp"
@@ -13,6 +14,7 @@ int main(int argc, char** argv) {
   CLI::App app{"attnlens: self-attention as kernel smoothing, on Eigen"};
   app.require_subcommand(1);
   attnlens::cli::add_conv_command(app);
+  attnlens::cli::add_denoise_command(app);
   attnlens::cli::add_encode_command(app);
   attnlens::cli::add_info_command(app);
   attnlens::cli::add_mha_command(app);

@@ -1,0 +1,192 @@
+// attnlens denoise: a grayscale image filtered by the attention engine with identity
+// projections (tokens = pixels): Gaussian, bilateral, non-local means or dot-product attention
+// kernels, optionally boosted (twicing = --boost 1); MATH.md section 2, docs/image-filtering.md.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "attnlens/attention/image_filter.hpp"
+#include "attnlens/attention/image_quality.hpp"
+#include "attnlens/core/init.hpp"
+#include "attnlens/io/png.hpp"
+#include "attnlens/io/safetensors.hpp"
+#include "cli/errors.hpp"
+#include "gray_png.hpp"
+
+namespace attnlens::cli {
+
+struct DenoiseArguments {
+  std::string input, output, clean, method;
+  ImageFilterOptions filter;
+  double add_noise = -1;  // < 0: none
+  std::uint64_t seed = 0;
+  int threads = 0;
+  // The options given on the command line, to reject those the method does not use.
+  std::map<std::string, const CLI::Option*> given;
+};
+
+namespace detail_denoise {
+
+inline bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+inline bool given(const DenoiseArguments& args, const std::string& name) {
+  return args.given.at(name)->count() > 0;
+}
+
+// Throws ArgumentError for an option the method does not use or a missing one it needs.
+inline void check_method_options(const DenoiseArguments& args) {
+  const auto method = args.filter.method;
+  const std::string name = image_filter_name(method);
+  const auto reject = [&](const std::string& option) {
+    if (given(args, option)) throw ArgumentError(option + " does not apply to --method " + name);
+  };
+  if (method != ImageFilterMethod::bilateral) reject("--sigma-range");
+  if (method != ImageFilterMethod::nlm) reject("--h");
+  if (method != ImageFilterMethod::attention) reject("--temperature");
+  if (method == ImageFilterMethod::gaussian || method == ImageFilterMethod::bilateral) {
+    reject("--patch-radius");
+    if (!given(args, "--sigma-space"))
+      throw ArgumentError("--method " + name + " needs --sigma-space");
+  }
+  if (method == ImageFilterMethod::nlm) reject("--sigma-space");
+  if (!given(args, "--radius") && !given(args, "--sigma-space"))
+    throw ArgumentError("--method " + name + " needs --radius (the search window)");
+  if (given(args, "--seed") && !given(args, "--add-noise"))
+    throw ArgumentError("--seed needs --add-noise");
+  if (!ends_with(args.output, ".png") && !ends_with(args.output, ".safetensors"))
+    throw ArgumentError("--output: expected a .png or .safetensors file, got '" + args.output +
+                        "'");
+}
+
+inline void print_quality(const char* what, const Matrix<double>& clean,
+                          const Matrix<double>& image) {
+  std::printf("%s PSNR %.2f dB, SSIM %.4f\n", what, psnr<double>(clean, image),
+              ssim<double>(clean, image));
+}
+
+inline void run(const DenoiseArguments& args) {
+  check_method_options(args);
+  const Matrix<double> original = examples::read_png_gray(args.input);
+  Matrix<double> clean;
+  if (!args.clean.empty()) {
+    clean = examples::read_png_gray(args.clean);
+    detail::require_shape(clean.rows() == original.rows() && clean.cols() == original.cols(),
+                          "--clean image",
+                          detail::concat(original.rows(), " x ", original.cols(), " like --input"),
+                          detail::concat(clean.rows(), " x ", clean.cols()));
+  } else if (args.add_noise >= 0) {
+    clean = original;  // the input before the noise is the reference
+  }
+  Matrix<double> noisy = original;
+  if (args.add_noise >= 0) {
+    Rng rng(args.seed);
+    const double sigma = args.add_noise / 255.0;
+    for (Index p = 0; p < noisy.size(); ++p) noisy.data()[p] += rng.normal<double>(0.0, sigma);
+  }
+
+  ImageFilterOptions options = args.filter;
+  options.fused.parallel.threads = args.threads;
+  const ImageFilter<double> filter(noisy, options);
+  const auto start = std::chrono::steady_clock::now();
+  const Matrix<double> output = filter.run();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  if (ends_with(args.output, ".png")) {
+    io::write_png_gray(args.output, output);
+  } else {
+    io::SafeTensorsWriter writer;
+    writer.add("image", Tensor<float>::from_matrix(output.cast<float>()));
+    writer.save(args.output);
+  }
+  std::printf("denoise %s: %ld x %ld pixels, window radius %ld, boost %ld, %d threads: %.3f s\n",
+              image_filter_name(options.method), static_cast<long>(output.rows()),
+              static_cast<long>(output.cols()), static_cast<long>(image_filter_radius(options)),
+              static_cast<long>(options.boost), thread_count(options.fused.parallel), seconds);
+  if (clean.size()) {
+    print_quality("input: ", clean, noisy);
+    print_quality("output:", clean, output);
+  }
+}
+
+}  // namespace detail_denoise
+
+inline void add_denoise_command(CLI::App& app) {
+  auto args = std::make_shared<DenoiseArguments>();
+  CLI::App* cmd = app.add_subcommand(
+      "denoise",
+      "Filter a grayscale PNG with the attention engine (identity projections, tokens = pixels)");
+  auto& given = args->given;
+  ImageFilterOptions& f = args->filter;
+  cmd->add_option("--input", args->input,
+                  "Input PNG; intensities in [0, 1] (8-bit / 255), colour as BT.709 luma")
+      ->required();
+  cmd->add_option("--method", args->method,
+                  "gaussian, bilateral, nlm (non-local means) or attention (dot product)")
+      ->required()
+      ->check(CLI::IsMember({"gaussian", "bilateral", "nlm", "attention"}));
+  given["--sigma-space"] =
+      cmd->add_option("--sigma-space", f.sigma_space,
+                      "s: Gaussian domain kernel exp(-|delta|^2 / (2 s^2)) in pixels (gaussian, "
+                      "bilateral; optional for attention)")
+          ->check(CLI::PositiveNumber);
+  given["--sigma-range"] =
+      cmd->add_option("--sigma-range", f.sigma_range,
+                      "r: bilateral range kernel exp(-(y_i - y_j)^2 / (2 r^2)) (default 0.1)")
+          ->check(CLI::PositiveNumber);
+  given["--patch-radius"] =
+      cmd->add_option("--patch-radius", f.patch_radius,
+                      "pr: patches of (2 pr + 1)^2 pixels, reflected at the border (nlm, "
+                      "attention; default 3)")
+          ->check(CLI::NonNegativeNumber);
+  given["--h"] = cmd->add_option("--h", f.h,
+                                 "h: nlm kernel exp(-|P_i - P_j|^2 / (n h^2)), n pixels per patch "
+                                 "(default 0.1)")
+                     ->check(CLI::PositiveNumber);
+  given["--temperature"] =
+      cmd->add_option("--temperature", f.temperature,
+                      "t: attention kernel exp(P_i . P_j / (n t)) (default 0.1)")
+          ->check(CLI::PositiveNumber);
+  given["--radius"] =
+      cmd->add_option("--radius", f.radius,
+                      "R: keys in the window |dr|, |dc| <= R (default ceil(3 sigma_space))")
+          ->check(CLI::NonNegativeNumber);
+  given["--boost"] = cmd->add_option("--boost", f.boost,
+                                     "k: boosting order, z_{m+1} = z_m + A (y - z_m); 1 is "
+                                     "twicing (default 0)")
+                         ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", args->threads, "Threads (default: OpenMP's default)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--output", args->output,
+                  "Output: .png (8-bit, rounded, clipped) or .safetensors (float32 'image', H x W)")
+      ->required();
+  cmd->add_option("--clean", args->clean, "Clean PNG: print PSNR and SSIM of input and output");
+  given["--add-noise"] =
+      cmd->add_option("--add-noise", args->add_noise,
+                      "Add Gaussian noise of standard deviation SIGMA / 255 before filtering "
+                      "(not clipped; the original is the reference unless --clean is given)")
+          ->check(CLI::NonNegativeNumber);
+  given["--seed"] = cmd->add_option("--seed", args->seed, "Seed of the noise (default 0)");
+  cmd->callback([args] {
+    run_reporting_errors("denoise", [&] {
+      const std::string& m = args->method;
+      args->filter.method = m == "gaussian"    ? ImageFilterMethod::gaussian
+                            : m == "bilateral" ? ImageFilterMethod::bilateral
+                            : m == "nlm"       ? ImageFilterMethod::nlm
+                                               : ImageFilterMethod::attention;
+      detail_denoise::run(*args);
+    });
+  });
+}
+
+}  // namespace attnlens::cli
