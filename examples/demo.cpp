@@ -1,8 +1,10 @@
 // The attnlens tour (scripts/run-demo.sh): multi-head attention on random data, its error
-// against PyTorch on the committed fixtures, its speed, and PNG pictures of 2-D domain kernels.
+// against PyTorch on the committed fixtures, its speed, PNG pictures of 2-D domain kernels, and
+// classical image filters run by the attention engine on camera.png (denoise_demo.hpp).
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -11,6 +13,7 @@
 #include "attnlens/io/safetensors.hpp"
 #include "attnlens/io/state_dict.hpp"
 #include "attnlens/io/torch_masks.hpp"
+#include "denoise_demo.hpp"
 #include "position_pictures.hpp"
 
 namespace {
@@ -108,12 +111,27 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   std::string pictures = "attnlens-pictures";
   app.add_option("--pictures", pictures, "Directory for the PNG pictures")->capture_default_str();
+  // examples/data, next to this file (CMake compiles it by its absolute path).
+  std::string camera =
+      (std::filesystem::path(__FILE__).parent_path() / "data" / "camera.png").string();
+  app.add_option("--camera", camera, "The picture to denoise")->capture_default_str();
+  int threads = 2;
+  app.add_option("--threads", threads, "Threads for the denoising filters (0: OpenMP's default)")
+      ->capture_default_str();
+  bool search = false;
+  app.add_flag("--denoise-search", search,
+               "Only run the grid search that chose the denoising parameters (minutes)");
   CLI11_PARSE(app, argc, argv);
   try {
+    if (search) {
+      attnlens::demo::run_denoise_search(camera, threads);
+      return 0;
+    }
     random_attention();
     pytorch_agreement(fixtures);
     speed(1, 512, 512, 8);
     attnlens::demo::draw_domain_kernels(pictures);
+    attnlens::demo::run_denoise_comparison(camera, pictures, threads);
   } catch (const std::exception& e) {
     std::cerr << "attnlens demo: error: " << e.what() << '\n';
     return 1;
