@@ -31,7 +31,7 @@ enum class ImageFilterMethod {
 
 struct ImageFilterOptions {
   ImageFilterMethod method = ImageFilterMethod::gaussian;
-  double sigma_space = 0;    // s; 0: no domain kernel (allowed for nlm and attention only)
+  double sigma_space = 0;    // s; 0: none (nlm, attention); nlm only takes R = ceil(3 s) from it
   double sigma_range = 0.1;  // r (bilateral)
   Index patch_radius = 3;    // pr (nlm, attention)
   double h = 0.1;            // nlm
