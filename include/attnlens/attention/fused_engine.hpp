@@ -15,7 +15,9 @@
 #include "attnlens/attention/reference_engine.hpp"
 #include "attnlens/attention/window.hpp"
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/gemm.hpp"
 #include "attnlens/core/parallel.hpp"
+#include "attnlens/core/softmax.hpp"
 #include "attnlens/core/types.hpp"
 
 namespace attnlens {
@@ -39,20 +41,27 @@ struct FusedWorkspace {
   Matrix<T> accumulator;    // query_tile x dv, unnormalized output
   Vector<T> row_max;
   Vector<T> row_sum;
+  SerialGemm<T> score_gemm;  // q k^T: query_tile x key_block, depth d
+  SerialGemm<T> value_gemm;  // P V: query_tile x dv, depth key_block
 
-  FusedWorkspace(const FusedTiling& tiling, Index value_dim)
+  FusedWorkspace(const FusedTiling& tiling, Index key_dim, Index value_dim)
       : scores(tiling.query_tile, tiling.key_block),
         probabilities(tiling.query_tile, tiling.key_block),
         finite_values(tiling.key_block, value_dim),
         accumulator(tiling.query_tile, value_dim),
         row_max(tiling.query_tile),
-        row_sum(tiling.query_tile) {}
+        row_sum(tiling.query_tile),
+        score_gemm(tiling.query_tile, tiling.key_block, key_dim),
+        value_gemm(tiling.query_tile, value_dim, tiling.key_block) {}
 
-  static std::size_t bytes(const FusedTiling& tiling, Index value_dim) {
+  // The matrices and vectors; Eigen's packing buffers add about one tile more.
+  static std::size_t bytes(const FusedTiling& tiling, Index key_dim, Index value_dim) {
     const auto q = static_cast<std::size_t>(tiling.query_tile);
     const auto k = static_cast<std::size_t>(tiling.key_block);
+    const auto d = static_cast<std::size_t>(key_dim);
     const auto dv = static_cast<std::size_t>(value_dim);
-    return sizeof(T) * (2 * q * k + k * dv + q * dv + 2 * q);
+    const std::size_t packing = (q + k) * d + (q + dv) * k;
+    return sizeof(T) * (2 * q * k + k * dv + q * dv + 2 * q + packing);
   }
 };
 
@@ -60,14 +69,20 @@ struct FusedWorkspace {
 // one FusedWorkspace per thread, plus a residual and a correction per head when boosting.
 template <class T>
 std::size_t fused_workspace_bytes(const FusedOptions& options, Index heads, Index queries,
-                                  Index value_dim, Index boost) {
-  const auto per_thread = FusedWorkspace<T>::bytes(options.tiling, value_dim);
+                                  Index key_dim, Index value_dim, Index boost) {
+  const auto per_thread = FusedWorkspace<T>::bytes(options.tiling, key_dim, value_dim);
   const std::size_t boosting =
       boost > 0 ? 2 * sizeof(T) * static_cast<std::size_t>(heads * queries * value_dim) : 0;
   return static_cast<std::size_t>(thread_count(options.parallel)) * per_thread + boosting;
 }
 
 namespace detail {
+
+// Eigen's allFinite() is not vectorized; a NaN-propagating max of |x| is.
+template <class T>
+bool all_finite(ConstMatrixRef<T> x) {
+  return x.size() == 0 || std::isfinite(x.cwiseAbs().template maxCoeff<Eigen::PropagateNaN>());
+}
 
 inline void check_tiling(const FusedTiling& tiling) {
   require_argument(tiling.query_tile > 0, "FusedTiling::query_tile", "> 0", tiling.query_tile);
@@ -90,7 +105,7 @@ void fused_key_block(const HeadInputs<T>& head, const AttentionKernel<T>& kernel
   const auto values = head.values.middleRows(key_begin, cols);
   const TileCoords at{head.batch, head.head, query_begin, key_begin};
 
-  range_scores<T>(kernel.range, queries, keys, scores);
+  range_scores<T>(kernel.range, queries, keys, scores, ws.score_gemm);
   if (kernel.terms)
     for (const auto& term : *kernel.terms) term->add(ScoreTile<T>{at, queries, keys}, scores);
   if (kernel.mask) kernel.mask->apply(at, scores);
@@ -109,9 +124,7 @@ void fused_key_block(const HeadInputs<T>& head, const AttentionKernel<T>& kernel
       ws.row_sum[r] *= factor;
       running_max = block_max;
     }
-    // Eigen's vectorized exp clamps -inf to a tiny positive number: select exact zeros.
-    probabilities.row(r) = (scores.row(r).array() == neg_inf)
-                               .select(T(0), (scores.row(r).array() - running_max).exp());
+    detail::exp_shifted(scores.row(r), running_max, probabilities.row(r));
     ws.row_sum[r] += head.denominator_key_weights
                          ? probabilities.row(r).dot(Eigen::Map<const RowVector<T>>(
                                head.denominator_key_weights + key_begin, cols))
@@ -122,7 +135,7 @@ void fused_key_block(const HeadInputs<T>& head, const AttentionKernel<T>& kernel
         head.numerator_key_weights + key_begin, cols);
 
   if (values_finite) {
-    accumulator.noalias() += probabilities * values;
+    ws.value_gemm.add_product(T(1), probabilities, values, accumulator);
   } else {
     // A key whose value is NaN or Inf reaches exactly the queries whose support holds it.
     auto finite = ws.finite_values.topLeftCorner(cols, dv);
@@ -132,7 +145,7 @@ void fused_key_block(const HeadInputs<T>& head, const AttentionKernel<T>& kernel
       else
         finite.row(c).setZero();
     }
-    accumulator.noalias() += probabilities * finite;
+    ws.value_gemm.add_product(T(1), probabilities, finite, accumulator);
     for (Index c = 0; c < cols; ++c) {
       if (values.row(c).allFinite()) continue;
       for (Index r = 0; r < rows; ++r)
@@ -189,15 +202,19 @@ void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
   FusedTiling tiling = options.tiling;
   tiling.query_tile = tiles.max_rows();
 
-  std::vector<FusedWorkspace<T>> workspaces(
-      static_cast<std::size_t>(thread_count(options.parallel)), FusedWorkspace<T>(tiling, dv));
+  const auto threads = static_cast<std::size_t>(thread_count(options.parallel));
+  std::vector<FusedWorkspace<T>> workspaces;
+  workspaces.reserve(threads);
+  while (workspaces.size() < threads) workspaces.emplace_back(tiling, first.queries.cols(), dv);
   std::vector<char> values_finite(static_cast<std::size_t>(count));
 
   // One pass: target_at(t) = F(values of pass) for every head t.
   const auto pass = [&](auto&& values_at, auto&& target_at) {
     parallel_for(
         count,
-        [&](Index t) { values_finite[static_cast<std::size_t>(t)] = values_at(t).allFinite(); },
+        [&](Index t) {
+          values_finite[static_cast<std::size_t>(t)] = detail::all_finite(values_at(t));
+        },
         options.parallel);
     parallel_for(
         count * tiles.count(),

@@ -173,7 +173,7 @@ class MultiHeadAttention {
     const Dims dims = check_inputs(query, key, value);
     MultiHeadCache<T> local;
     MultiHeadCache<T>& state = cache ? *cache : local;
-    project(query, key, value, &query == &key && &key == &value, dims, state);
+    project(query, key, value, &query == &key && &key == &value, dims, options.parallel, state);
     return attend(dims, mask, options, cache != nullptr, stack, state);
   }
 
@@ -290,14 +290,16 @@ class MultiHeadAttention {
 
   // q, k, v = x W^T + b for the three projections; one GEMM when all three read the same x.
   void project(const Tensor<T>& query, const Tensor<T>& key, const Tensor<T>& value,
-               bool self_attention, const Dims& dims, MultiHeadCache<T>& state) const {
+               bool self_attention, const Dims& dims, const ParallelOptions& parallel,
+               MultiHeadCache<T>& state) const {
     const Index E = embed_dim();
     const ConstMatrixMap<T> xq(query.data(), dims.batch * dims.tgt_len, E);
     const ConstMatrixMap<T> xk(key.data(), dims.batch * dims.src_len, kdim());
     const ConstMatrixMap<T> xv(value.data(), dims.batch * dims.src_len, vdim());
     const auto bias = [&](Index part) { return in_proj_bias.segment(part * E, E).transpose(); };
     if (self_attention && packed()) {
-      Matrix<T> qkv = xq * in_proj_weight.transpose();
+      Matrix<T> qkv(xq.rows(), 3 * E);
+      parallel_product_transposed<T>(xq, in_proj_weight, qkv, parallel);
       if (has_bias()) qkv.rowwise() += in_proj_bias.transpose();
       state.queries = qkv.leftCols(E);
       state.keys = qkv.middleCols(E, E);
@@ -308,9 +310,12 @@ class MultiHeadAttention {
       return packed() ? ConstMatrixRef<T>(in_proj_weight.middleRows(part * E, E))
                       : ConstMatrixRef<T>(separate);
     };
-    state.queries.noalias() = xq * weight(0, q_proj_weight).transpose();
-    state.keys.noalias() = xk * weight(1, k_proj_weight).transpose();
-    state.values.noalias() = xv * weight(2, v_proj_weight).transpose();
+    state.queries.resize(xq.rows(), E);
+    state.keys.resize(xk.rows(), E);
+    state.values.resize(xv.rows(), E);
+    parallel_product_transposed<T>(xq, weight(0, q_proj_weight), state.queries, parallel);
+    parallel_product_transposed<T>(xk, weight(1, k_proj_weight), state.keys, parallel);
+    parallel_product_transposed<T>(xv, weight(2, v_proj_weight), state.values, parallel);
     if (has_bias()) {
       state.queries.rowwise() += bias(0);
       state.keys.rowwise() += bias(1);
@@ -506,7 +511,7 @@ class MultiHeadAttention {
     if (options.return_values || uses_stack_values(variant().type)) result.values = state.values;
     result.output = dims.batched ? Tensor<T>({B, L, E}) : Tensor<T>({L, E});
     MatrixMap<T> output(result.output.data(), B * L, E);
-    out_proj.forward(state.context, output);
+    out_proj.forward(state.context, output, options.parallel);
 
     if (options.weights == AttentionWeights::per_head) {
       result.weights = dims.batched ? state.weights : state.weights.reshaped({H, L, S});

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "attnlens/core/gemm.hpp"
 #include "attnlens/core/types.hpp"
 
 namespace attnlens {
@@ -41,18 +42,21 @@ T log_sinc4(T x) {
 
 }  // namespace detail
 
-// scores (queries.rows() x keys.rows()) = range(q_i, k_j), overwriting the tile.
+// scores (queries.rows() x keys.rows()) = range(q_i, k_j), overwriting the tile; `gemm` holds
+// buffers for a product of the tile's size.
 template <class T>
 void range_scores(const RangeKernel<T>& range, ConstMatrixRef<T> queries, ConstMatrixRef<T> keys,
-                  MatrixRef<T> scores) {
+                  MatrixRef<T> scores, SerialGemm<T>& gemm) {
   switch (range.type) {
     case RangeKernelType::dot_product:
-      scores.noalias() = range.scale * (queries * keys.transpose());
+      scores.setZero();
+      gemm.add_product_transposed(range.scale, queries, keys, scores);
       return;
     case RangeKernelType::negative_squared_distance: {
       // |q - k|^2 = |q|^2 + |k|^2 - 2 q.k puts the work in one GEMM; rounding can make it
       // slightly negative for near-equal rows, and a distance is never negative.
-      scores.noalias() = (T(2) * range.scale) * (queries * keys.transpose());
+      scores.setZero();
+      gemm.add_product_transposed(T(2) * range.scale, queries, keys, scores);
       for (Index c = 0; c < scores.cols(); ++c)
         scores.col(c).array() -= range.scale * keys.row(c).squaredNorm();
       for (Index r = 0; r < scores.rows(); ++r)

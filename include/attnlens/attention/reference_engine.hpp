@@ -120,7 +120,8 @@ void reference_attention(const HeadInputs<T>& head, const AttentionKernel<T>& ke
       detail::concat(weights.rows(), " x ", weights.cols()));
   const TileCoords at{head.batch, head.head, 0, 0};
 
-  range_scores<T>(kernel.range, head.queries, head.keys, weights);
+  SerialGemm<T> gemm(head.queries.rows(), head.keys.rows(), head.queries.cols());
+  range_scores<T>(kernel.range, head.queries, head.keys, weights, gemm);
   if (kernel.terms)
     for (const auto& term : *kernel.terms)
       term->add(ScoreTile<T>{at, head.queries, head.keys}, weights);

@@ -5,12 +5,42 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "attnlens/core/types.hpp"
 
 namespace attnlens {
 
 namespace detail {
+
+// Eigen's vectorized exp clamps its argument, so exp(-inf) alone would be a tiny positive
+// number, and Eigen 3.4's select() is not vectorized: masked entries are put back to exactly 0
+// by a second, cheap pass.
+
+// out = exp(scores - shift), exactly 0 where a score is -inf. out must not alias scores.
+template <class Scores, class Out>
+void exp_shifted(const Scores& scores, typename Scores::Scalar shift, Out&& out) {
+  using T = typename Scores::Scalar;
+  constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+  out = (scores.array() - shift).exp().matrix();
+  if (scores.template minCoeff<Eigen::PropagateNumbers>() != neg_inf)
+    return;  // a vectorized test spares the scalar pass
+  for (Index c = 0; c < scores.size(); ++c)
+    if (scores(c) == neg_inf) out(c) = T(0);
+}
+
+// In place: row = exp(row - shift), exactly 0 where the row is -inf.
+template <class Row>
+void exp_shifted_in_place(Row&& row, typename std::decay_t<Row>::Scalar shift) {
+  using T = typename std::decay_t<Row>::Scalar;
+  constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+  if (row.template minCoeff<Eigen::PropagateNumbers>() != neg_inf) {
+    row = (row.array() - shift).exp().matrix();
+    return;
+  }
+  for (Index c = 0; c < row.size(); ++c)
+    row(c) = row(c) == neg_inf ? T(0) : std::exp(row(c) - shift);
+}
 
 // Turns each row of kernel log-values into A_ij = w_j K_ij / (sum_l u_l K_il + epsilon) with
 // K = exp(score): the row maximum is factored out of numerator and denominator (so epsilon is
@@ -27,9 +57,7 @@ void normalize_kernel_rows(MatrixRef<T> scores, const T* numerator_weights,
       row.setZero();
       continue;
     }
-    // Eigen's vectorized exp clamps its argument, so exp(-inf) would be a tiny positive
-    // number, not 0: masked entries are selected to exactly 0 instead.
-    row = (row.array() == neg_inf).select(T(0), (row.array() - row_max).exp());
+    exp_shifted_in_place(row, row_max);
     T denominator = denominator_weights
                         ? row.dot(Eigen::Map<const RowVector<T>>(denominator_weights, S))
                         : row.sum();

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/gemm.hpp"
 #include "attnlens/core/init.hpp"
 #include "attnlens/core/types.hpp"
 
@@ -44,16 +45,17 @@ class Linear {
   bool has_bias() const { return bias.size() != 0; }
 
   // y (n x out) = x (n x in) W^T + b.
-  void forward(ConstMatrixRef<T> x, MatrixRef<T> y) const {
+  // Rows are split across the threads of `parallel`.
+  void forward(ConstMatrixRef<T> x, MatrixRef<T> y, const ParallelOptions& parallel = {}) const {
     check(x.cols(), "Linear input", "columns");
     detail::require_matrix(y, x.rows(), out_features(), "Linear output");
-    y.noalias() = x * weight.transpose();
+    parallel_product_transposed<T>(x, weight, y, parallel);
     if (has_bias()) y.rowwise() += bias.transpose();
   }
 
-  Matrix<T> forward(ConstMatrixRef<T> x) const {
+  Matrix<T> forward(ConstMatrixRef<T> x, const ParallelOptions& parallel = {}) const {
     Matrix<T> y(x.rows(), out_features());
-    forward(x, y);
+    forward(x, y, parallel);
     return y;
   }
 

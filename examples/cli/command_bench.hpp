@@ -1,0 +1,101 @@
+// attnlens bench: times a random MultiHeadAttention<float> self-attention block (QKV projection,
+// attention, output projection) and prints one line in the format of ../shared/bench/anchors.sh,
+// so attnlens and the anchors (ONNX Runtime, PyTorch) compare line by line:
+//   attnlens B=1 L=512 E=512 H=8 threads=1 engine=fused ms=.. gflops=.. workspace_bytes=..
+// FLOPs = B * (8 L E^2 + 4 L^2 E), the anchors' count. The time is the best of --repeat runs
+// after one warm-up run.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include "attnlens/attention/multi_head.hpp"
+#include "attnlens/core/init.hpp"
+#include "cli/errors.hpp"
+
+namespace attnlens::cli {
+
+struct BenchArguments {
+  Index batch = 1, length = 512, embed = 512, heads = 8;
+  std::string engine = "fused";
+  int threads = 0;  // 0: OMP_NUM_THREADS or the core count
+  int repeat = 7;
+  Index query_tile = FusedTiling{}.query_tile, key_block = FusedTiling{}.key_block;
+};
+
+namespace detail_bench {
+
+inline void run(const BenchArguments& args) {
+  detail::require_argument(args.batch > 0 && args.length > 0, "--batch and --len", ">= 1",
+                           detail::concat(args.batch, " and ", args.length));
+  detail::require_argument(args.repeat > 0, "--repeat", ">= 1", args.repeat);
+  detail::require_argument(args.threads >= 0, "--threads", ">= 0", args.threads);
+  Rng rng(0);
+  const MultiHeadAttention<float> mha(MultiHeadAttentionOptions{args.embed, args.heads}, rng);
+  Tensor<float> x({args.batch, args.length, args.embed});
+  for (float& v : x.storage()) v = rng.normal<float>();
+
+  MultiHeadForwardOptions options;
+  options.engine = args.engine == "fused" ? AttentionEngine::fused : AttentionEngine::reference;
+  options.tiling = {args.query_tile, args.key_block};
+  options.parallel.threads = args.threads;
+  const int threads = thread_count(options.parallel);
+
+  double best = 1e300;
+  for (int run = 0; run <= args.repeat; ++run) {  // run 0 warms caches and page tables
+    const auto start = std::chrono::steady_clock::now();
+    const auto result = mha.forward(x, {}, options);
+    const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
+    if (run > 0) best = std::min(best, seconds.count());
+  }
+  const double B = static_cast<double>(args.batch), L = static_cast<double>(args.length),
+               E = static_cast<double>(args.embed);
+  const double flops = B * (8 * L * E * E + 4 * L * L * E);
+  const std::size_t workspace =
+      options.engine == AttentionEngine::fused
+          ? fused_workspace_bytes<float>({options.tiling, options.parallel},
+                                         args.batch * args.heads, args.length, mha.head_dim(),
+                                         mha.head_dim(), 0)
+          : sizeof(float) * static_cast<std::size_t>(args.batch * args.heads) *
+                static_cast<std::size_t>(args.length * args.length);
+  std::printf(
+      "attnlens B=%ld L=%ld E=%ld H=%ld threads=%d engine=%s ms=%.2f gflops=%.1f "
+      "workspace_bytes=%zu\n",
+      static_cast<long>(args.batch), static_cast<long>(args.length), static_cast<long>(args.embed),
+      static_cast<long>(args.heads), threads, args.engine.c_str(), best * 1e3, flops / best * 1e-9,
+      workspace);
+}
+
+}  // namespace detail_bench
+
+inline void add_bench_command(CLI::App& app) {
+  auto args = std::make_shared<BenchArguments>();
+  CLI::App* cmd = app.add_subcommand(
+      "bench",
+      "Time a random multi-head self-attention block (float32) and print one line in the "
+      "format of ../shared/bench/anchors.sh: B, L, E, H, threads, ms (best of --repeat), "
+      "GFLOP/s with FLOPs = B*(8*L*E^2 + 4*L^2*E), and the attention workspace in bytes");
+  cmd->add_option("--batch", args->batch, "Sequences B")->capture_default_str();
+  cmd->add_option("--len", args->length, "Tokens per sequence L")->capture_default_str();
+  cmd->add_option("--embed", args->embed, "Embedding size E")->capture_default_str();
+  cmd->add_option("--heads", args->heads, "Heads H (a divisor of E)")->capture_default_str();
+  cmd->add_option("--engine", args->engine,
+                  "fused (tiled online softmax, O(L d) memory) or reference (materializes the "
+                  "L x L weights of every head)")
+      ->check(CLI::IsMember({"fused", "reference"}))
+      ->capture_default_str();
+  cmd->add_option("--threads", args->threads, "Threads; 0 = OMP_NUM_THREADS or all cores")
+      ->capture_default_str();
+  cmd->add_option("--repeat", args->repeat, "Timed runs; the best is printed")
+      ->capture_default_str();
+  cmd->add_option("--query-tile", args->query_tile, "Fused engine: query rows per tile")
+      ->capture_default_str();
+  cmd->add_option("--key-block", args->key_block, "Fused engine: keys per online-softmax step")
+      ->capture_default_str();
+  cmd->callback([args] { run_reporting_errors("bench", [&] { detail_bench::run(*args); }); });
+}
+
+}  // namespace attnlens::cli
