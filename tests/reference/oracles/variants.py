@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -45,37 +45,39 @@ CASES: Dict[str, dict] = {
 }
 
 
-def split_heads(x: torch.Tensor) -> torch.Tensor:
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """B x N x E -> B x H x N x d."""
-    return x.reshape(x.shape[0], x.shape[1], H, D).transpose(1, 2)
+    return x.reshape(x.shape[0], x.shape[1], num_heads, x.shape[2] // num_heads).transpose(1, 2)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], E)
+    """B x H x N x d -> B x N x E."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], x.shape[1] * x.shape[3])
 
 
-def positions_1d(leading: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """L x 2 positions (i - leading, 0) and which tokens have one."""
-    p = torch.zeros(L, 2, dtype=F64)
-    p[:, 0] = torch.arange(L, dtype=F64) - leading
-    return p, torch.arange(L) >= leading
+def positions_1d(length: int, leading: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """length x 2 positions (i - leading, 0) and which tokens have one."""
+    p = torch.zeros(length, 2, dtype=F64)
+    p[:, 0] = torch.arange(length, dtype=F64) - leading
+    return p, torch.arange(length) >= leading
 
 
-def positions_grid(height: int, width: int, leading: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    p = torch.zeros(L, 2, dtype=F64)
-    for t in range(leading, L):
+def positions_grid(length: int, height: int, width: int,
+                   leading: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    p = torch.zeros(length, 2, dtype=F64)
+    for t in range(leading, length):
         cell = t - leading
         p[t] = torch.tensor([cell // width, cell % width], dtype=F64)
-    return p, torch.arange(L) >= leading
+    return p, torch.arange(length) >= leading
 
 
-def domain_kernel(case: dict, sigma: torch.Tensor) -> torch.Tensor:
+def domain_kernel(case: dict, sigma: torch.Tensor, length: int) -> torch.Tensor:
     """H x L x L log domain kernel: -|p_i - p_j|^2 / (2 sigma^2) or -|p_i - p_j|_1 / sigma,
     0 where the query or the key has no position."""
     if "grid" in case:
-        p, has = positions_grid(*case["grid"])
+        p, has = positions_grid(length, *case["grid"])
     else:
-        p, has = positions_1d(case.get("leading", 0))
+        p, has = positions_1d(length, case.get("leading", 0))
     delta = p[None, :, :] - p[:, None, :]  # L x L x 2, key minus query
     if case["domain"] == "gaussian":
         term = -(delta ** 2).sum(-1)[None] / (2 * sigma[:, None, None] ** 2)
@@ -85,20 +87,22 @@ def domain_kernel(case: dict, sigma: torch.Tensor) -> torch.Tensor:
     return torch.where(both, term, torch.zeros_like(term))
 
 
-def huber_weights(x: torch.Tensor, a: float, key_keep: torch.Tensor) -> torch.Tensor:
+def huber_weights(x: torch.Tensor, a: float, key_keep: torch.Tensor,
+                  head_dim: int) -> torch.Tensor:
     """B x H x N: MATH.md's Huber weights of the rows of x (B x H x N x D) under
-    kappa(x, y) = exp(-|x - y|^2 / sqrt(d)), normalized to sum 1, over each sequence's real
-    keys (key_keep, B x N); padded keys get weight 0."""
+    kappa(x, y) = exp(-|x - y|^2 / sqrt(d)) (d = head_dim, also for the joint [k; v] rows),
+    normalized to sum 1, over each sequence's real keys (key_keep, B x N); padded keys get
+    weight 0."""
     w = torch.zeros(x.shape[:-1], dtype=x.dtype)
     for b in range(x.shape[0]):
         real = key_keep[b].bool()
-        w[b, :, real] = huber_weights_of_all(x[b, :, real], a)
+        w[b, :, real] = huber_weights_of_all(x[b, :, real], a, head_dim)
     return w
 
 
-def huber_weights_of_all(x: torch.Tensor, a: float) -> torch.Tensor:
+def huber_weights_of_all(x: torch.Tensor, a: float, head_dim: int) -> torch.Tensor:
     n = x.shape[-2]
-    kappa = torch.exp(-torch.cdist(x, x) ** 2 / math.sqrt(D))
+    kappa = torch.exp(-torch.cdist(x, x) ** 2 / math.sqrt(head_dim))
     r2 = torch.diagonal(kappa, dim1=-2, dim2=-1) - 2.0 / n * kappa.sum(-1) \
         + kappa.sum((-1, -2))[..., None] / n ** 2
     r = r2.clamp(min=0).sqrt()
@@ -112,44 +116,60 @@ def sinc(x: torch.Tensor) -> torch.Tensor:
 
 
 def variant_forward(case: dict, params: Tensors, x: torch.Tensor, key_keep: torch.Tensor,
-                    first: Optional[torch.Tensor], previous: Optional[torch.Tensor]):
-    """output (B x L x E), the smoother A (B x H x L x L) and the values (B x L x E)."""
+                    first: Optional[torch.Tensor], previous: Optional[torch.Tensor],
+                    num_heads: int = H, score_bias: Optional[torch.Tensor] = None,
+                    rotate: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+    """Self-attention of x (B x L x E, float64) with the variant `case` and num_heads heads:
+    output (B x L x E), the smoother A (B x H x L x L) and the values (B x L x E).
+
+    key_keep: B x L, nonzero = a real key. first / previous: B x L x E values V^0 (NeuTRENO)
+    and V^{l-1} (elliptical), or None (a stack's first layer: no NeuTRENO term, metric 1).
+    A relative position enters the kernel as for softmax: score_bias (H x L x L or
+    B x H x L x L) is added to the log kernel, rotate (RoPE, on B x H x L x d) turns the
+    queries and keys before it is formed. Neither applies to fourier, which has no log kernel."""
+    batch, length, embed = x.shape
+    head_dim = embed // num_heads
     qkv = F.linear(x, params["in_proj_weight"], params["in_proj_bias"])
-    values = qkv[..., 2 * E:]
-    q, k, v = (split_heads(t) for t in qkv.split(E, dim=-1))
+    values = qkv[..., 2 * embed:]
+    q, k, v = (split_heads(t, num_heads) for t in qkv.split(embed, dim=-1))
+    if rotate is not None:
+        q, k = rotate(q), rotate(k)
     t = case["type"]
     masked = ~key_keep[:, None, None, :].bool()  # B x 1 x 1 x S
     key_w = kv_w = None
-    epsilon = 0.0
     if t in ("kde", "robust_kde"):
         k = F.normalize(k, dim=-1)
-        log_kernel = -torch.cdist(q, k) ** 2 / math.sqrt(D)
+        log_kernel = -torch.cdist(q, k) ** 2 / math.sqrt(head_dim)
         if t == "robust_kde":
-            key_w = huber_weights(k, case["huber_a"], key_keep)
-            kv_w = huber_weights(torch.cat([k, v], dim=-1), case["huber_a"], key_keep)
+            key_w = huber_weights(k, case["huber_a"], key_keep, head_dim)
+            kv_w = huber_weights(torch.cat([k, v], dim=-1), case["huber_a"], key_keep, head_dim)
     elif t == "fourier":
+        if score_bias is not None or rotate is not None:
+            raise ValueError("fourier: no position terms in its kernel")
         r = params["fourier_r"][0]
         diff = q[:, :, :, None, :] - k[:, :, None, :, :]  # B x H x L x S x d
         kernel = (sinc(r * diff) ** 4).prod(-1)
         kernel = kernel.masked_fill(masked, 0.0)
-        a = kernel / (kernel.sum(-1, keepdim=True) + 1e-6)
+        a = kernel / (kernel.sum(-1, keepdim=True) + case.get("fourier_epsilon", 1e-6))
         log_kernel = None
     elif t == "elliptical":
         if previous is not None:
             # The mean over each sequence's real tokens, per head and channel.
-            moved = (split_heads(values) - split_heads(previous)).abs()  # B x H x N x d
+            moved = (split_heads(values, num_heads) - split_heads(previous, num_heads)).abs()
             real = key_keep[:, None, :, None].to(F64)
             m = (moved * real).sum(-2) / real.sum(-2) / case.get("elliptical_delta", 5.0)
             m = m / m.max(-1, keepdim=True).values
         else:
-            m = torch.ones(B, H, D, dtype=F64)
-        log_kernel = (q * m[:, :, None, :]) @ k.transpose(-1, -2) / math.sqrt(D)
+            m = torch.ones(batch, num_heads, head_dim, dtype=F64)
+        log_kernel = (q * m[:, :, None, :]) @ k.transpose(-1, -2) / math.sqrt(head_dim)
     else:
-        log_kernel = q @ k.transpose(-1, -2) / math.sqrt(D)
+        log_kernel = q @ k.transpose(-1, -2) / math.sqrt(head_dim)
         if t == "bilateral":
             sigma = F.softplus(params["rho"])
-            log_kernel = log_kernel + domain_kernel(case, sigma)[None]
+            log_kernel = log_kernel + domain_kernel(case, sigma, length)[None]
     if log_kernel is not None:
+        if score_bias is not None:
+            log_kernel = log_kernel + score_bias
         log_kernel = log_kernel.masked_fill(masked, float("-inf"))
         kernel = torch.exp(log_kernel - log_kernel.max(-1, keepdim=True).values)
         if key_w is None:
@@ -157,11 +177,11 @@ def variant_forward(case: dict, params: Tensors, x: torch.Tensor, key_keep: torc
         else:  # A_ij = w^kv_j K_ij / sum_l w^k_l K_il
             a = kv_w[:, :, None, :] * kernel / (kernel * key_w[:, :, None, :]).sum(-1, keepdim=True)
     # Boosting of order k: [I - (I - A)^(k+1)] V, the matrix power written out.
-    eye = torch.eye(L, dtype=F64).expand(B, H, L, L)
+    eye = torch.eye(length, dtype=F64).expand(batch, num_heads, length, length)
     smoother = eye - torch.linalg.matrix_power(eye - a, case.get("boost", 0) + 1)
     context = smoother @ v
     if t == "neutreno" and first is not None:
-        context = context + case["neutreno_lambda"] * (split_heads(first) - v)
+        context = context + case["neutreno_lambda"] * (split_heads(first, num_heads) - v)
     out = F.linear(merge_heads(context), params["out_proj.weight"], params["out_proj.bias"])
     return out, a, values
 
@@ -200,7 +220,7 @@ def variants_fixture(dtype: torch.dtype) -> Tuple[Tensors, Dict[str, str]]:
         output, weights, values = variant_forward(case, params, x, key_keep, first, previous)
         # The matrix power against the iteration the engines run.
         _, a, _ = variant_forward(dict(case, boost=0), params, x, key_keep, None, None)
-        v = split_heads(values)
+        v = split_heads(values, H)
         for order in (case.get("boost", 0),):
             eye = torch.eye(L, dtype=F64)
             power = (eye - torch.linalg.matrix_power(eye - a, order + 1)) @ v
