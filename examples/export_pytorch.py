@@ -25,14 +25,30 @@ From Python:
     export_encoder(encoder, "my_model")
     export_inputs("x.safetensors", encoder, src, src_key_padding_mask=padding)
 
-An encoder with positions or a learned fidelity residual (docs/model-format.md) carries their
-parameters as extra attributes under the documented names, e.g.
-`encoder.layers[i].self_attn.relative_attention_bias = nn.Embedding(32, nhead)` for T5 or
-`encoder.position_embeddings = nn.Embedding(max_len, d_model)`, so that its state_dict holds
-them; pass the matching config objects:
+An encoder with positions, an attention variant or a learned fidelity residual
+(docs/model-format.md) carries their parameters as extra attributes under the documented names,
+e.g. `encoder.layers[i].self_attn.relative_attention_bias = nn.Embedding(32, nhead)` for T5,
+`encoder.position_embeddings = nn.Embedding(max_len, d_model)`, or for the variants
+`encoder.layers[i].self_attn.rho = nn.Parameter(...)` (shape [nhead], bilateral: sigma_h =
+softplus(rho_h)) and `encoder.layers[i].self_attn.fourier_r = nn.Parameter(...)` (shape [1],
+fourier), so that its state_dict holds them; pass the matching config objects:
 
     export_encoder(encoder, "my_model", position={"type": "t5", "num_buckets": 32},
                    residual={"type": "fidelity", "learned": True})
+    export_encoder(encoder, "my_model", attention={"type": "bilateral", "kernel": "laplacian",
+                                                   "leading": 1, "boost": 1})
+
+The attention types are softmax, twicing (softmax with boost 1), bilateral, kde, robust_kde,
+fourier, elliptical and neutreno; every one but twicing takes "boost" (boosting order k >= 0).
+The export writes the object and checks that rho / fourier_r are there with their shapes;
+attnlens computes the variant. PyTorch's own modules know neither the variants nor the
+positions, so pytorch_output() is the plain encoder's output, and --expected-out refuses a
+--position, --attention or --residual other than the default.
+
+From the command line the three objects are JSON strings:
+
+    python3 examples/export_pytorch.py encoder.pt --out my_model \\
+        --position '{"type": "alibi"}' --attention '{"type": "twicing"}'
 
 Needs only torch (and numpy); the safetensors package is not required.
 """
@@ -127,16 +143,50 @@ def encoder_config(encoder: nn.TransformerEncoder) -> dict:
             "residual": {"type": "standard"}}
 
 
+# The attention types config.json names, and the tensor each needs on every layer's self_attn
+# (docs/model-format.md).
+ATTENTION_TYPES = ("softmax", "twicing", "bilateral", "kde", "robust_kde", "fourier",
+                   "elliptical", "neutreno")
+
+
+def _check_attention(encoder: nn.TransformerEncoder, attention: dict) -> None:
+    """The variant's type is known and its tensors are on every layer: self_attn.rho [nhead]
+    for bilateral, self_attn.fourier_r [1] for fourier. The other keys are left to attnlens,
+    which rejects what a type does not read when it loads the model."""
+    if not isinstance(attention, dict) or "type" not in attention:
+        raise ValueError(f"attention must be an object with a 'type', got {attention!r}")
+    kind = attention["type"]
+    if kind not in ATTENTION_TYPES:
+        raise ValueError(f"attention type {kind!r} is not one of {', '.join(ATTENTION_TYPES)}")
+    needed = {"bilateral": ("rho", [encoder.layers[0].self_attn.num_heads]),
+              "fourier": ("fourier_r", [1])}.get(kind)
+    for i, layer in enumerate(encoder.layers):
+        for name in ("rho", "fourier_r"):
+            tensor = getattr(layer.self_attn, name, None)
+            if needed is not None and name == needed[0]:
+                if not isinstance(tensor, torch.Tensor) or list(tensor.shape) != needed[1]:
+                    raise ValueError(f"attention {kind}: layers[{i}].self_attn.{name} must be a "
+                                     f"parameter of shape {needed[1]}, got "
+                                     f"{None if tensor is None else list(tensor.shape)}")
+            elif tensor is not None:
+                raise ValueError(f"attention {kind}: layers[{i}].self_attn.{name} is not read "
+                                 "by this type (attnlens would reject the extra tensor)")
+
+
 def export_encoder(encoder: nn.TransformerEncoder, directory,
                    dtype: Optional[torch.dtype] = torch.float32, position: Optional[dict] = None,
-                   residual: Optional[dict] = None) -> None:
+                   residual: Optional[dict] = None, attention: Optional[dict] = None) -> None:
     """Writes directory/config.json and directory/model.safetensors (in `dtype`, or the
-    parameters' own dtype for None). `position` and `residual` are config.json's objects of
-    those names (default: none and standard); the state_dict must then hold the tensors they
-    need, which attnlens checks when it loads the model."""
+    parameters' own dtype for None). `position`, `residual` and `attention` are config.json's
+    objects of those names (default: none, standard and softmax); the state_dict must then hold
+    the tensors they need (rho or fourier_r on every layer's self_attn for the bilateral and
+    fourier attentions, checked here), which attnlens checks when it loads the model."""
     config = encoder_config(encoder)
     if position is not None:
         config["position"] = dict(position)
+    if attention is not None:
+        _check_attention(encoder, attention)
+        config["attention"] = dict(attention)
     if residual is not None:
         config["residual"] = dict(residual)
     out = Path(directory)
@@ -177,6 +227,16 @@ def pytorch_output(encoder: nn.TransformerEncoder, src: torch.Tensor,
     return out if _batch_first(encoder) else out.transpose(0, 1)
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text}")
+    return value
+
+
 def _load_inputs(path) -> dict:
     loaded = torch.load(path)
     if isinstance(loaded, torch.Tensor):
@@ -201,6 +261,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="model directory to write")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                         help="dtype of the exported weights and inputs (default: %(default)s)")
+    for name, default in (("position", "none"), ("attention", "softmax"),
+                          ("residual", "standard")):
+        parser.add_argument(f"--{name}", metavar="JSON", type=_json_object,
+                            help=f"config.json's \"{name}\" object, e.g. "
+                                 f"'{{\"type\": \"{default}\"}}' (the default); the module "
+                                 "must carry the parameters it needs (docs/model-format.md)")
     parser.add_argument("--inputs", help="torch.save'd src tensor or dict (src, "
                                          "src_key_padding_mask, mask) to export as well")
     parser.add_argument("--inputs-out", help="where to write the inputs (safetensors)")
@@ -209,13 +275,20 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if (args.inputs_out or args.expected_out) and not args.inputs:
         parser.error("--inputs-out and --expected-out need --inputs")
+    defaults = {"position": "none", "attention": "softmax", "residual": "standard"}
+    changed = [f"--{name}" for name, default in defaults.items()
+               if getattr(args, name) not in (None, {"type": default})]
+    if args.expected_out and changed:
+        parser.error(f"--expected-out is PyTorch's plain encoder, which does not compute "
+                     f"{' / '.join(changed)}")
 
     module = torch.load(args.checkpoint, map_location="cpu")
     for part in filter(None, args.attribute.split(".")):
         module = getattr(module, part)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     try:
-        export_encoder(module, args.out, dtype)
+        export_encoder(module, args.out, dtype, position=args.position,
+                       residual=args.residual, attention=args.attention)
     except ValueError as e:
         print(f"export_pytorch: error: {e}", file=sys.stderr)
         return 2
