@@ -644,12 +644,13 @@ def vit() -> FixtureFiles:
 
 
 # ----------------------------------------------------------------------------------------------
-# Encoders with positions and learned residuals in the model format (files
+# Encoders with positions, learned residuals and attention variants in the model format (files
 # blocks_model_<case>/{config.json,model.safetensors}, blocks_model_<case>_{input,expected}
 # .safetensors): nn.TransformerEncoder's layers carry the extra parameters under the names of
 # docs/model-format.md, exported with examples/export_pytorch.py; the expected output is the
 # stack written out with torch operations (MATH.md sections 1-3, the encodings' formulas from
-# oracles/positions.py), checked against PyTorch's own layers wherever PyTorch can run it.
+# oracles/positions.py, the variants' from oracles/variants.py), checked against PyTorch's own
+# layers wherever PyTorch can run it.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -668,7 +669,13 @@ class ModelCase:
     length: int = 7
     key_padding_mask: bool = False
     double: bool = False
+    # config.json's "attention" object (None: not written by the export, i.e. softmax). With a
+    # variant the whole stack is computed in float64 from the parameters and inputs rounded to
+    # the case's dtype, so a float case's expected output carries only its final rounding.
+    attention: Optional[dict] = None
 
+
+NO_POSITION = {"type": "none"}
 
 MODEL_CASES = [
     ModelCase("t5", {"type": "t5", "num_buckets": 8, "max_distance": 16, "bidirectional": True},
@@ -687,15 +694,67 @@ MODEL_CASES = [
     ModelCase("rope_half", {"type": "rope", "base": 100.0, "pairing": "half"}, nhead=2,
               double=True),
     ModelCase("rope_interleaved", {"type": "rope"}, d_model=24, nhead=3, key_padding_mask=True),
+    # Attention variants (MATH.md section 2), alone or with an additive / rotary position.
+    ModelCase("twicing_kpm", NO_POSITION, attention={"type": "twicing"}, key_padding_mask=True),
+    ModelCase("boost2_alibi", {"type": "alibi", "causal": False},
+              attention={"type": "softmax", "boost": 2}, nhead=4, norm_first=True,
+              final_norm=True, double=True),
+    ModelCase("twicing_t5_kpm",
+              {"type": "t5", "num_buckets": 8, "max_distance": 16, "bidirectional": True},
+              attention={"type": "twicing"}, activation="gelu", length=9, key_padding_mask=True),
+    ModelCase("bilateral_gaussian_kpm", NO_POSITION,
+              attention={"type": "bilateral", "kernel": "gaussian"}, nhead=4, length=9,
+              key_padding_mask=True),
+    ModelCase("bilateral_laplacian_leading_twicing", NO_POSITION,
+              attention={"type": "bilateral", "kernel": "laplacian", "leading": 1, "boost": 1,
+                         "sigma_init": 2.0},
+              norm_first=True, final_norm=True, double=True),
+    ModelCase("bilateral_rope", {"type": "rope"}, attention={"type": "bilateral"}, d_model=24,
+              nhead=3, activation="gelu"),
+    ModelCase("kde", NO_POSITION, attention={"type": "kde"}, activation="gelu"),
+    ModelCase("robust_kde_kpm", NO_POSITION, attention={"type": "robust_kde", "huber_a": 0.3},
+              norm_first=True, key_padding_mask=True, double=True),
+    ModelCase("fourier", NO_POSITION, attention={"type": "fourier"}),
+    ModelCase("elliptical_kpm", NO_POSITION, attention={"type": "elliptical", "delta": 2.0},
+              num_layers=3, key_padding_mask=True),
+    ModelCase("neutreno", NO_POSITION, attention={"type": "neutreno", "lambda": 0.6},
+              num_layers=3, norm_first=True, final_norm=True, double=True),
 ]
 
 
+def variant_case(attention: dict) -> dict:
+    """config.json's "attention" object (docs/model-format.md, with its defaults) -> the case
+    settings of oracles/variants.py's variant_forward."""
+    rest = dict(attention)
+    kind = rest.pop("type")
+    if kind == "twicing":  # softmax with boost 1; takes no other key
+        out = dict(type="softmax", boost=1)
+    else:
+        out = dict(type=kind, boost=rest.pop("boost", 0))
+    if kind == "bilateral":
+        out["domain"] = rest.pop("kernel", "gaussian")
+        out["leading"] = rest.pop("leading", 0)
+        rest.pop("sigma_init", None)  # the init of rho only; the file holds rho
+    elif kind == "robust_kde":
+        out["huber_a"] = rest.pop("huber_a", 0.2)
+    elif kind == "fourier":
+        out["fourier_epsilon"] = rest.pop("epsilon", 1e-6)
+    elif kind == "elliptical":
+        out["elliptical_delta"] = rest.pop("delta", 5.0)
+    elif kind == "neutreno":
+        out["neutreno_lambda"] = rest.pop("lambda", 0.6)
+    if rest:
+        raise ValueError(f"attention {attention}: keys {sorted(rest)} are not read by {kind}")
+    return out
+
+
 def add_position_parameters(encoder: nn.TransformerEncoder, case: ModelCase) -> None:
-    """Registers the encoding's (and a learned residual's) parameters under their documented
-    names, so that encoder.state_dict() holds them."""
+    """Registers the encoding's, the attention variant's and a learned residual's parameters
+    under their documented names, so that encoder.state_dict() holds them."""
     e, h = case.d_model, case.nhead
     d, kind, f64 = e // h, case.position["type"], torch.float64
-    for layer in encoder.layers:
+    variant = (case.attention or {"type": "softmax"})["type"]
+    for l, layer in enumerate(encoder.layers):
         attn = layer.self_attn
         if kind == "t5":
             attn.relative_attention_bias = nn.Embedding(case.position["num_buckets"], h,
@@ -708,6 +767,12 @@ def add_position_parameters(encoder: nn.TransformerEncoder, case: ModelCase) -> 
             attn.r_w_bias = nn.Parameter(torch.zeros(h, d, dtype=f64))
             attn.r_r_bias = nn.Parameter(torch.zeros(h, d, dtype=f64))
             attn.r_net = nn.Linear(e, h * d, bias=False, dtype=f64)
+        # Far from their inits (sigma 4, R 1) and different per head and layer: sigma_h from
+        # about 1 (local) to 3 (wide), R 0.6 .. 0.9 (perturb() adds a little noise to both).
+        if variant == "bilateral":
+            attn.rho = nn.Parameter(torch.linspace(0.5, 2.9, h, dtype=f64) + 0.2 * l)
+        elif variant == "fourier":
+            attn.fourier_r = nn.Parameter(torch.tensor([0.6 + 0.3 * l], dtype=f64))
     if kind == "learned":
         encoder.position_embeddings = nn.Embedding(case.position["max_len"], e, dtype=f64)
     if case.residual and case.residual.get("learned"):
@@ -754,22 +819,96 @@ def attention_with_position(attn: nn.MultiheadAttention, x, case: ModelCase, pad
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
-def layer_with_position(layer: nn.TransformerEncoderLayer, x, case: ModelCase, padding):
+def additive_position_bias(attn: nn.MultiheadAttention, case: ModelCase, length: int):
+    """H x L x L score bias of an additive relative encoding (t5, alibi), else None."""
+    from oracles import positions
+    kind, pos = case.position["type"], case.position
+    if kind == "t5":
+        return positions.t5_bias(attn.relative_attention_bias.weight, length, length,
+                                 pos["bidirectional"], pos["max_distance"])
+    if kind == "alibi":
+        return positions.alibi_bias(attn.num_heads, length, length, pos["causal"])
+    return None
+
+
+def attention_variant(attn: nn.MultiheadAttention, x, case: ModelCase, padding, first,
+                      previous):
+    """Self-attention with the case's variant (oracles/variants.py's variant_forward) and
+    relative position (t5 / alibi bias added to the log kernel, RoPE rotating q and k), in
+    float64. first / previous: V^0 and V^{l-1} (B x L x E) or None in layer 0. Returns the
+    output and this layer's values V^l (B x L x E)."""
+    from oracles import positions, variants
+    if x.dtype != torch.float64:
+        raise TypeError("the variant oracle computes in float64")
+    B, L, _ = x.shape
+    kind, pos = case.position["type"], case.position
+    if kind in ("shaw", "transformer_xl") or (kind == "alibi" and pos["causal"]):
+        raise NotImplementedError(f"{case.name}: {kind} with an attention variant")
+    settings = variant_case(case.attention)
+    rotate = None
+    if kind == "rope":
+        base, pairing = pos.get("base", 10000.0), pos.get("pairing", "interleaved")
+        rotate = functools.partial(positions.rope_rotate, base=base, pairing=pairing)
+    key_keep = torch.ones(B, L, dtype=torch.bool) if padding is None else ~padding
+    params = dict(attn.named_parameters())
+    out, _, values = variants.variant_forward(
+        settings, params, x, key_keep, first, previous, num_heads=attn.num_heads,
+        score_bias=additive_position_bias(attn, case, L), rotate=rotate)
+    if settings["type"] in ("softmax", "bilateral", "neutreno") and kind != "rope":
+        check_softmax_family(attn, x, case, padding, first, out, values)
+    return out, values
+
+
+def check_softmax_family(attn: nn.MultiheadAttention, x, case: ModelCase, padding, first,
+                         out, values) -> None:
+    """For the variants whose kernel is softmax's times a domain kernel: PyTorch's
+    nn.MultiheadAttention, given the domain and position terms as a per-head float attn_mask,
+    gives A; boosting by iteration (z_0 = A V, z_{m+1} = z_m + A (V - z_m)) and NeuTRENO's
+    term on it must give the variant's output."""
+    from oracles import variants
+    B, L, E = x.shape
+    H = attn.num_heads
+    settings = variant_case(case.attention)
+    bias = additive_position_bias(attn, case, L)
+    bias = torch.zeros(H, L, L, dtype=x.dtype) if bias is None else bias
+    if settings["type"] == "bilateral":
+        bias = bias + variants.domain_kernel(settings, F.softplus(attn.rho), L)
+    _, a = attn(x, x, x, attn_mask=bias.repeat(B, 1, 1), key_padding_mask=padding,
+                need_weights=True, average_attn_weights=False)
+    v = variants.split_heads(values, H)
+    z = variants.boosted_by_iteration(a, v, settings["boost"])
+    if settings["type"] == "neutreno" and first is not None:
+        z = z + settings["neutreno_lambda"] * (variants.split_heads(first, H) - v)
+    expected = F.linear(variants.merge_heads(z), attn.out_proj.weight, attn.out_proj.bias)
+    assert_close(out, expected, f"{case.name}: {settings['type']} against nn.MultiheadAttention")
+
+
+def layer_with_position(layer: nn.TransformerEncoderLayer, x, case: ModelCase, padding,
+                        first=None, previous=None):
     """nn.TransformerEncoderLayer's composition (both norm_first) around
-    attention_with_position."""
+    attention_with_position, or attention_variant when the case has an attention object.
+    Returns the layer's output and its values V^l (None without a variant)."""
     def ff(y):
         return layer.linear2(activation_module(case.activation)(layer.linear1(y)))
 
+    def sa(y):
+        if case.attention is None:
+            return attention_with_position(layer.self_attn, y, case, padding), None
+        return attention_variant(layer.self_attn, y, case, padding, first, previous)
+
     if case.norm_first:
-        x = x + attention_with_position(layer.self_attn, layer.norm1(x), case, padding)
-        return x + ff(layer.norm2(x))
-    x = layer.norm1(x + attention_with_position(layer.self_attn, x, case, padding))
-    return layer.norm2(x + ff(x))
+        attended, values = sa(layer.norm1(x))
+        x = x + attended
+        return x + ff(layer.norm2(x)), values
+    attended, values = sa(x)
+    x = layer.norm1(x + attended)
+    return layer.norm2(x + ff(x)), values
 
 
 def encoder_with_position(encoder: nn.TransformerEncoder, case: ModelCase, src, padding):
     """x_0 = src + absolute positions; x_{l+1} = layer_l(x_l) + lambda_l (x_0 - x_l); final
-    norm (MATH.md sections 2 and 3)."""
+    norm (MATH.md sections 2 and 3). Layer l's variant sees V^0 (NeuTRENO) and V^{l-1}
+    (elliptical), the values of layers 0 and l - 1 (none in layer 0)."""
     from oracles import positions
     B, L, E = src.shape
     kind = case.position["type"]
@@ -783,34 +922,63 @@ def encoder_with_position(encoder: nn.TransformerEncoder, case: ModelCase, src, 
         lambdas = encoder.fidelity_lambda
     else:
         lambdas = residual.get("lambda", [0.0] * case.num_layers)
-    x = x0
+    x, first, previous = x0, None, None
     for l, layer in enumerate(encoder.layers):
-        y = layer_with_position(layer, x, case, padding)
+        y, values = layer_with_position(layer, x, case, padding, first, previous)
+        if l == 0:
+            first = values
+        previous = values
         x = y + lambdas[l] * (x0 - x) if residual["type"] == "fidelity" else y
     return encoder.norm(x) if encoder.norm is not None else x
 
 
 def check_against_pytorch_layers(encoder, case: ModelCase, src, padding) -> None:
     """Where PyTorch's own modules can compute the layer (no encoding, or an additive one as a
-    per-head float src_mask), they agree with layer_with_position."""
+    per-head float src_mask), they agree with layer_with_position; with a variant, also when
+    the variant path is given plain softmax."""
     from oracles import positions
     B, L, _ = src.shape
     layer = encoder.layers[0]
     kind, pos = case.position["type"], case.position
-    plain = dataclasses.replace(case, position={"type": "none"})
-    expected = run_slow_path(layer, src, src_key_padding_mask=padding)
-    assert_close(layer_with_position(layer, src, plain, padding), expected,
-                 f"{case.name}: layer without positions")
-    if kind in ("t5", "alibi"):
-        if kind == "t5":
-            bias = positions.t5_bias(layer.self_attn.relative_attention_bias.weight, L, L,
-                                     pos["bidirectional"], pos["max_distance"])
-        else:
-            bias = positions.alibi_bias(case.nhead, L, L, pos["causal"]).to(src.dtype)
-        expected = run_slow_path(layer, src, src_mask=bias.repeat(B, 1, 1),
-                                 src_key_padding_mask=padding)
-        assert_close(layer_with_position(layer, src, case, padding), expected,
-                     f"{case.name}: layer with positions")
+    for attention in ([None] if case.attention is None else [None, {"type": "softmax"}]):
+        own = dataclasses.replace(case, attention=attention)
+        plain = dataclasses.replace(own, position={"type": "none"})
+        expected = run_slow_path(layer, src, src_key_padding_mask=padding)
+        assert_close(layer_with_position(layer, src, plain, padding)[0], expected,
+                     f"{case.name}: layer without positions, attention {attention}")
+        if kind in ("t5", "alibi"):
+            if kind == "t5":
+                bias = positions.t5_bias(layer.self_attn.relative_attention_bias.weight, L, L,
+                                         pos["bidirectional"], pos["max_distance"])
+            else:
+                bias = positions.alibi_bias(case.nhead, L, L, pos["causal"]).to(src.dtype)
+            expected = run_slow_path(layer, src, src_mask=bias.repeat(B, 1, 1),
+                                     src_key_padding_mask=padding)
+            assert_close(layer_with_position(layer, src, own, padding)[0], expected,
+                         f"{case.name}: layer with positions, attention {attention}")
+
+
+def check_variant_stack(encoder, case: ModelCase, src, padding, output) -> None:
+    """The variant changes the stack's output (it is not silently softmax); NeuTRENO with
+    lambda 0 is the softmax stack; with no position and the standard residual the softmax
+    variant path is nn.TransformerEncoder itself."""
+    settings = variant_case(case.attention)
+    softmax = dataclasses.replace(case, attention={"type": "softmax"})
+    plain = encoder_with_position(encoder, softmax, src, padding)
+    difference = (output - plain).abs().max().item()
+    if difference < 1e-2:
+        raise AssertionError(f"{case.name}: the variant moves the output by {difference:g} only")
+    if settings["type"] == "neutreno":
+        off = dict(case.attention, **{"lambda": 0.0})
+        assert_close(encoder_with_position(encoder, dataclasses.replace(case, attention=off),
+                                           src, padding),
+                     encoder_with_position(encoder, dataclasses.replace(
+                         case, attention={"type": "softmax", "boost": settings["boost"]}),
+                         src, padding),
+                     f"{case.name}: NeuTRENO with lambda 0 against softmax")
+    if case.position["type"] == "none" and case.residual is None:
+        expected = run_slow_path(encoder, src, src_key_padding_mask=padding)
+        assert_close(plain, expected, f"{case.name}: softmax stack against nn.TransformerEncoder")
 
 
 def model_case_files(case: ModelCase) -> FixtureFiles:
@@ -828,15 +996,24 @@ def model_case_files(case: ModelCase) -> FixtureFiles:
     g = torch.Generator().manual_seed(seed + 1)
     src, padding, _ = make_inputs(case.batch, case.length, case.d_model, case.key_padding_mask,
                                   "none", g)
+    if case.key_padding_mask and not bool(padding.any()):
+        raise AssertionError(f"{case.name}: no key is padded")
     encoder, src = copy.deepcopy(encoder).to(dtype).eval(), src.to(dtype)
     with torch.no_grad():
-        check_against_pytorch_layers(encoder, case, src, padding)
-        output = encoder_with_position(encoder, case, src, padding)
+        if case.attention is None:
+            check_against_pytorch_layers(encoder, case, src, padding)
+            output = encoder_with_position(encoder, case, src, padding)
+        else:  # in float64 from the rounded numbers
+            encoder64, src64 = copy.deepcopy(encoder).double(), src.double()
+            check_against_pytorch_layers(encoder64, case, src64, padding)
+            output = encoder_with_position(encoder64, case, src64, padding)
+            check_variant_stack(encoder64, case, src64, padding, output)
+            output = output.to(dtype)
     stem = f"blocks_model_{case.name}"
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model"
         export_pytorch.export_encoder(encoder, model, dtype, position=case.position,
-                                      residual=case.residual)
+                                      attention=case.attention, residual=case.residual)
         export_pytorch.export_inputs(Path(tmp) / "input.safetensors", encoder, src, padding,
                                      None, dtype)
         files = {f"{stem}/config.json": (model / "config.json").read_bytes(),
