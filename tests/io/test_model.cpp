@@ -1,9 +1,11 @@
 // The model format (docs/model-format.md): save and load round trip, every malformed config.json
 // or model.safetensors named in the issue gives an IoError naming the problem, and encoders with
-// each position type and a learned fidelity residual, exported from PyTorch
-// (tests/reference/data/blocks_model_*), give PyTorch's numbers.
+// each position type, a learned fidelity residual and each attention variant, exported from
+// PyTorch (tests/reference/data/blocks_model_*), give the numbers of the PyTorch oracle
+// (tests/reference/oracles/blocks.py).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -136,8 +138,8 @@ TEST_F(Model, MalformedConfigNamesTheProblem) {
   expect_load_error("2-D encodings need an image grid");
   write_config([](auto& j) { j["position"] = "none"; });
   expect_load_error("position: expected an object");
-  write_config([](auto& j) { j["attention"] = {{"type", "kde"}}; });
-  expect_load_error("attention: type: expected one of \"softmax\", got \"kde\"");
+  write_config([](auto& j) { j["attention"] = {{"type", "performer"}}; });
+  expect_load_error("attention: type: expected one of \"softmax\", \"twicing\"");
   write_config([](auto& j) { j["attention"] = {{"type", "softmax"}, {"sigma", 1}}; });
   expect_load_error("attention: unknown key 'sigma'");
   write_config([](auto& j) { j["residual"] = {{"type", "twicing"}}; });
@@ -300,6 +302,212 @@ TEST_F(Model, PositionTensorsAreCheckedByName) {
   expect_load_error("unexpected tensors 'position_embeddings.weight'");
 }
 
+// small_config() with every layer's attention set to `attention`.
+io::EncoderModelConfig attention_config(const AttentionVariantOptions& attention) {
+  io::EncoderModelConfig config = small_config();
+  config.encoder.layer.attention = attention;
+  return config;
+}
+
+// The attention object config.json holds for these options (as encoder_config_json writes it).
+nlohmann::json attention_json(const AttentionVariantOptions& attention) {
+  return nlohmann::json::parse(io::encoder_config_json(attention_config(attention)))["attention"];
+}
+
+TEST_F(Model, EveryAttentionVariantRoundTripsThroughTheFormat) {
+  std::vector<AttentionVariantOptions> cases(8);
+  cases[0].boost = 1;  // twicing
+  cases[1].type = AttentionVariantType::bilateral;
+  cases[1].domain.type = DistanceKernelType::laplacian;
+  cases[1].domain.leading = 1;
+  cases[1].sigma_init = 2.0;
+  cases[2].type = AttentionVariantType::bilateral;  // gaussian, boost 2
+  cases[2].boost = 2;
+  cases[3].type = AttentionVariantType::kde;
+  cases[4].type = AttentionVariantType::robust_kde;
+  cases[4].huber_a = 0.3;
+  cases[5].type = AttentionVariantType::fourier;
+  cases[5].fourier_epsilon = 1e-5;
+  cases[6].type = AttentionVariantType::elliptical;
+  cases[6].elliptical_delta = 3.0;
+  cases[7].type = AttentionVariantType::neutreno;
+  cases[7].neutreno_lambda = 0.4;
+  cases[7].boost = 1;
+  Rng rng(44);
+  const auto x = testing::random_tensor<double>({2, 7, 8}, rng);
+  for (const auto& attention : cases) {
+    SCOPED_TRACE(attention_json(attention).dump());
+    const auto config = attention_config(attention);
+    TransformerEncoder<double> original(config.encoder, rng);
+    for (std::size_t l = 0; l < original.layers.size(); ++l) {  // away from the inits
+      auto& mha = original.layers[l].self_attn;
+      if (mha.rho.size()) mha.rho << 0.3 + 0.1 * l, 1.7;
+      if (mha.fourier_r.size()) mha.fourier_r << 0.8 - 0.2 * l;
+    }
+    io::save_encoder_model(config, original, dir_.string());
+    const auto loaded = io::load_encoder_model<double>(dir_.string());
+    for (std::size_t l = 0; l < loaded.layers.size(); ++l) {
+      EXPECT_EQ(loaded.layers[l].self_attn.rho, original.layers[l].self_attn.rho);
+      EXPECT_EQ(loaded.layers[l].self_attn.fourier_r, original.layers[l].self_attn.fourier_r);
+    }
+    const auto output = original.forward(x).output;
+    EXPECT_EQ(loaded.forward(x).output, output);
+    const auto reparsed = io::parse_encoder_config(read((dir_ / "config.json").string()));
+    EXPECT_EQ(io::encoder_config_json(reparsed), io::encoder_config_json(config));
+    const auto& a = reparsed.encoder.layer.attention;
+    EXPECT_EQ(a.type, attention.type);
+    EXPECT_EQ(a.boost, attention.boost);
+    EXPECT_EQ(a.domain.type, attention.domain.type);
+    EXPECT_EQ(a.domain.leading, attention.domain.leading);
+    EXPECT_EQ(a.sigma_init, attention.sigma_init);
+    EXPECT_EQ(a.huber_a, attention.huber_a);
+    EXPECT_EQ(a.fourier_epsilon, attention.fourier_epsilon);
+    EXPECT_EQ(a.elliptical_delta, attention.elliptical_delta);
+    EXPECT_EQ(a.neutreno_lambda, attention.neutreno_lambda);
+    // The variant is in force after loading: the same weights under softmax compute otherwise.
+    config_ = read((dir_ / "config.json").string());
+    weights_ = read((dir_ / "model.safetensors").string());
+    write_config([](auto& j) { j["attention"] = {{"type", "softmax"}}; });
+    write_weights([](auto& t) {
+      for (const char* name : {"layers.0.self_attn.rho", "layers.1.self_attn.rho",
+                               "layers.0.self_attn.fourier_r", "layers.1.self_attn.fourier_r"})
+        t.erase(name);
+    });
+    const auto softmax = io::load_encoder_model<double>(dir_.string());
+    EXPECT_GT(testing::max_abs_error(softmax.forward(x).output, output), 1e-3);
+  }
+}
+
+TEST_F(Model, AttentionObjectDefaultsAndTwicing) {
+  const auto parsed = [](const std::string& attention) {
+    return io::parse_encoder_config(
+               R"({"model_type": "transformer_encoder", "d_model": 8, "nhead": 2,
+                   "num_layers": 1, "attention": )" +
+               attention + "}")
+        .encoder.layer.attention;
+  };
+  const auto none = io::parse_encoder_config(
+      R"({"model_type": "transformer_encoder", "d_model": 8, "nhead": 2, "num_layers": 1})");
+  EXPECT_EQ(none.encoder.layer.attention.type, AttentionVariantType::softmax);
+  EXPECT_EQ(none.encoder.layer.attention.boost, 0);
+  const auto twicing = parsed(R"({"type": "twicing"})");
+  EXPECT_EQ(twicing.type, AttentionVariantType::softmax);
+  EXPECT_EQ(twicing.boost, 1);
+  EXPECT_EQ(attention_json(twicing), nlohmann::json::parse(R"({"type": "softmax", "boost": 1})"));
+  EXPECT_EQ(parsed(R"({"type": "softmax", "boost": 3})").boost, 3);
+  const auto bilateral = parsed(R"({"type": "bilateral"})");
+  EXPECT_EQ(bilateral.type, AttentionVariantType::bilateral);
+  EXPECT_EQ(bilateral.domain.type, DistanceKernelType::gaussian);
+  EXPECT_EQ(bilateral.domain.leading, 0);
+  EXPECT_FALSE(bilateral.domain.grid.has_value());
+  EXPECT_EQ(bilateral.sigma_init, 4.0);
+  EXPECT_EQ(bilateral.boost, 0);
+  EXPECT_EQ(parsed(R"({"type": "bilateral", "kernel": "laplacian"})").domain.type,
+            DistanceKernelType::laplacian);
+  EXPECT_EQ(parsed(R"({"type": "kde", "boost": 2})").boost, 2);
+  EXPECT_EQ(parsed(R"({"type": "robust_kde"})").huber_a, 0.2);
+  EXPECT_EQ(parsed(R"({"type": "fourier"})").fourier_epsilon, 1e-6);
+  EXPECT_EQ(parsed(R"({"type": "fourier", "epsilon": 0})").fourier_epsilon, 0.0);
+  EXPECT_EQ(parsed(R"({"type": "elliptical"})").elliptical_delta, 5.0);
+  EXPECT_EQ(parsed(R"({"type": "neutreno"})").neutreno_lambda, 0.6);
+  EXPECT_EQ(parsed(R"({"type": "neutreno", "lambda": -0.25})").neutreno_lambda, -0.25);
+}
+
+TEST_F(Model, MalformedAttentionObjectNamesTheKey) {
+  // Every message names the file, the object and the key: "<dir>/config.json: attention: ...".
+  for (const auto& [attention, word] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"type": "performer"})",
+            R"(config.json: attention: type: expected one of "softmax", "twicing", "bilateral")"},
+           {R"({"type": "performer"})", R"(got "performer")"},
+           {R"({"type": 3})", "config.json: attention: type: expected a string"},
+           {R"({"boost": 1})", "config.json: attention: missing key 'type'"},
+           {R"("twicing")", "config.json: attention: expected an object"},
+           {R"({"type": "bilateral", "huber_a": 0.2})",
+            "config.json: attention: unknown key 'huber_a'"},
+           {R"({"type": "robust_kde", "kernel": "gaussian"})",
+            "config.json: attention: unknown key 'kernel'"},
+           {R"({"type": "kde", "lambda": 0.4})", "config.json: attention: unknown key 'lambda'"},
+           {R"({"type": "softmax", "delta": 5})", "config.json: attention: unknown key 'delta'"},
+           {R"({"type": "twicing", "boost": 2})", "config.json: attention: unknown key 'boost'"},
+           {R"({"type": "bilateral", "kernel": "box"})",
+            R"(config.json: attention: kernel: expected "gaussian" or "laplacian", got "box")"},
+           {R"({"type": "bilateral", "kernel": 2})",
+            "config.json: attention: kernel: expected a string"},
+           {R"({"type": "softmax", "boost": 1.5})",
+            "config.json: attention: boost: expected an integer"},
+           {R"({"type": "softmax", "boost": "1"})",
+            "config.json: attention: boost: expected an integer"},
+           {R"({"type": "softmax", "boost": -1})",
+            "config.json: attention: boost: expected an integer >= 0, got -1"},
+           {R"({"type": "elliptical", "boost": -2})", "config.json: attention: boost"},
+           {R"({"type": "robust_kde", "huber_a": 0})",
+            "config.json: attention: huber_a: expected a number > 0"},
+           {R"({"type": "robust_kde", "huber_a": -0.2})", "config.json: attention: huber_a"},
+           {R"({"type": "robust_kde", "huber_a": "0.2"})",
+            "config.json: attention: huber_a: expected a number"},
+           {R"({"type": "bilateral", "sigma_init": 0})",
+            "config.json: attention: sigma_init: expected a number > 0"},
+           {R"({"type": "bilateral", "leading": -1})", "config.json: attention: leading"},
+           {R"({"type": "bilateral", "leading": true})",
+            "config.json: attention: leading: expected an integer"},
+           {R"({"type": "fourier", "epsilon": -1e-6})", "config.json: attention: epsilon"},
+           {R"({"type": "elliptical", "delta": 0})", "config.json: attention: delta"},
+           {R"({"type": "neutreno", "lambda": "0.6"})",
+            "config.json: attention: lambda: expected a number"}}) {
+    SCOPED_TRACE(attention);
+    write_config([&, a = attention](auto& j) { j["attention"] = nlohmann::json::parse(a); });
+    expect_load_error(word);
+  }
+}
+
+TEST_F(Model, AttentionTensorsAreCheckedByName) {
+  // config.json says bilateral, the file (a softmax encoder's) has no rho.
+  write_config([](auto& j) { j["attention"] = {{"type", "bilateral"}}; });
+  expect_load_error(
+      "model.safetensors: missing tensors 'layers.0.self_attn.rho', 'layers.1.self_attn.rho'");
+  // A softmax config with a fourier_r in the file.
+  write_config([](auto& j) { j["attention"] = {{"type", "softmax"}}; });
+  write_weights([](auto& t) { t["layers.1.self_attn.fourier_r"] = Tensor<double>({1}); });
+  expect_load_error("model.safetensors: unexpected tensors 'layers.1.self_attn.fourier_r'");
+
+  AttentionVariantOptions bilateral;
+  bilateral.type = AttentionVariantType::bilateral;
+  Rng rng(45);
+  io::save_encoder_model(attention_config(bilateral),
+                         TransformerEncoder<double>(attention_config(bilateral).encoder, rng),
+                         dir_.string());
+  config_ = read((dir_ / "config.json").string());
+  weights_ = read((dir_ / "model.safetensors").string());
+  EXPECT_NO_THROW(io::load_encoder_model<float>(dir_.string()));
+  write_weights([](auto& t) { t.erase("layers.1.self_attn.rho"); });
+  expect_load_error("missing tensors 'layers.1.self_attn.rho'");
+  write_weights([](auto& t) { t["layers.0.self_attn.rho"] = Tensor<double>({3}); });  // H = 2
+  expect_load_error("layers.0.self_attn.rho");
+  write_weights([](auto& t) { t["layers.0.self_attn.rho"] = Tensor<double>({1, 2}); });
+  expect_load_error("layers.0.self_attn.rho");
+  write_weights([](auto& t) { t["layers.0.self_attn.fourier_r"] = Tensor<double>({1}); });
+  expect_load_error("unexpected tensors 'layers.0.self_attn.fourier_r'");
+  // The same file under other types: rho is unexpected, fourier's R is missing.
+  write_weights([](auto&) {});
+  write_config([](auto& j) { j["attention"] = {{"type", "fourier"}}; });
+  expect_load_error("missing tensors 'layers.0.self_attn.fourier_r'");
+  expect_load_error("unexpected tensors 'layers.0.self_attn.rho'");
+  write_config([](auto& j) { j["attention"] = {{"type", "twicing"}}; });
+  expect_load_error("unexpected tensors 'layers.0.self_attn.rho', 'layers.1.self_attn.rho'");
+
+  AttentionVariantOptions fourier;
+  fourier.type = AttentionVariantType::fourier;
+  io::save_encoder_model(attention_config(fourier),
+                         TransformerEncoder<double>(attention_config(fourier).encoder, rng),
+                         dir_.string());
+  config_ = read((dir_ / "config.json").string());
+  weights_ = read((dir_ / "model.safetensors").string());
+  write_weights([](auto& t) { t["layers.1.self_attn.fourier_r"] = Tensor<double>({2}); });
+  expect_load_error("layers.1.self_attn.fourier_r");
+  write_weights([](auto& t) { t.erase("layers.0.self_attn.fourier_r"); });
+  expect_load_error("missing tensors 'layers.0.self_attn.fourier_r'");
+}
+
 // An encoder exported from PyTorch (tests/reference/oracles/blocks.py, MODEL_CASES) against
 // PyTorch's output on its input.
 template <class T>
@@ -331,6 +539,60 @@ TEST(ModelFixtures, EncodersWithPositionsMatchPyTorch) {
   EXPECT_LE(model_fixture_error<double>("transformer_xl"), d);
   EXPECT_LE(model_fixture_error<double>("rope_half"), d);
   EXPECT_LE(model_fixture_error<float>("rope_interleaved"), f);
+}
+
+// Encoders with attention variants (MODEL_CASES with an "attention" object), against the
+// oracle's float64 stack rounded to the case's dtype.
+TEST(ModelFixtures, EncodersWithAttentionVariantsMatchPyTorch) {
+  const double f = testing::default_tolerance<float>(), d = testing::default_tolerance<double>();
+  EXPECT_LE(model_fixture_error<float>("twicing_kpm"), f);
+  EXPECT_LE(model_fixture_error<double>("boost2_alibi"), d);
+  EXPECT_LE(model_fixture_error<float>("twicing_t5_kpm"), f);
+  EXPECT_LE(model_fixture_error<float>("bilateral_gaussian_kpm"), f);
+  EXPECT_LE(model_fixture_error<double>("bilateral_laplacian_leading_twicing"), d);
+  EXPECT_LE(model_fixture_error<float>("bilateral_rope"), f);
+  EXPECT_LE(model_fixture_error<float>("kde"), f);
+  EXPECT_LE(model_fixture_error<double>("robust_kde_kpm"), d);
+  EXPECT_LE(model_fixture_error<float>("fourier"), f);
+  EXPECT_LE(model_fixture_error<float>("elliptical_kpm"), f);
+  EXPECT_LE(model_fixture_error<double>("neutreno"), d);
+}
+
+TEST(ModelFixtures, ConfigsNameTheirAttentionVariants) {
+  const auto attention = [](const std::string& name) {
+    return io::parse_encoder_config(
+               Model::read(testing::fixture_path("blocks_model_" + name + "/config.json")))
+        .encoder.layer.attention;
+  };
+  EXPECT_EQ(attention("t5").type, AttentionVariantType::softmax);
+  EXPECT_EQ(attention("twicing_kpm").type, AttentionVariantType::softmax);
+  EXPECT_EQ(attention("twicing_kpm").boost, 1);
+  EXPECT_EQ(attention("boost2_alibi").boost, 2);
+  const auto laplacian = attention("bilateral_laplacian_leading_twicing");
+  EXPECT_EQ(laplacian.type, AttentionVariantType::bilateral);
+  EXPECT_EQ(laplacian.domain.type, DistanceKernelType::laplacian);
+  EXPECT_EQ(laplacian.domain.leading, 1);
+  EXPECT_EQ(laplacian.boost, 1);
+  EXPECT_EQ(laplacian.sigma_init, 2.0);
+  EXPECT_EQ(attention("bilateral_rope").domain.type, DistanceKernelType::gaussian);
+  EXPECT_EQ(attention("robust_kde_kpm").huber_a, 0.3);
+  EXPECT_EQ(attention("elliptical_kpm").elliptical_delta, 2.0);
+  EXPECT_EQ(attention("neutreno").neutreno_lambda, 0.6);
+  // rho and R are the file's, not their inits (sigma 4, R 1): sigmas differ per head.
+  const auto bilateral =
+      io::load_encoder_model<double>(testing::fixture_path("blocks_model_bilateral_rope"));
+  for (const auto& layer : bilateral.layers) {
+    const Vector<double> sigma =
+        layer.self_attn.rho.unaryExpr([](double r) { return std::log1p(std::exp(r)); });
+    ASSERT_EQ(sigma.size(), 3);
+    EXPECT_LT(sigma.minCoeff(), 1.5);
+    EXPECT_GT(sigma.maxCoeff(), 2.5);
+  }
+  const auto fourier = io::load_encoder_model<float>(testing::fixture_path("blocks_model_fourier"));
+  for (const auto& layer : fourier.layers) {
+    ASSERT_EQ(layer.self_attn.fourier_r.size(), 1);
+    EXPECT_GT(std::abs(layer.self_attn.fourier_r[0] - 1.0f), 0.05f);
+  }
 }
 
 TEST(ModelFixtures, ConfigsNameTheirPositionsAndLearnedLambda) {
