@@ -2,7 +2,8 @@
 // optional final LayerNorm `norm`), with a choice of residual between layers (MATH.md section 2:
 // standard, or fidelity x_{l+1} = layer_l(x_l) + lambda_l (x_0 - x_l)), a positional encoding
 // (absolute: added to the input; relative: attached to every layer's self-attention; MATH.md
-// section 3) and per-layer attention maps.
+// section 3), every layer's attention variant (NeuTRENO and elliptical read the first and the
+// previous layer's values) and per-layer attention maps.
 #pragma once
 
 #include <optional>
@@ -78,8 +79,15 @@ EncoderOutput<T> run_encoder_stack(const std::vector<TransformerEncoderLayer<T>>
   if (cache) cache->layers.resize(layers.size());
   EncoderOutput<T> result;
   Tensor<T> x = src;
+  // V^0 and V^{l-1} for the variants that read them (empty for the others).
+  Matrix<T> first_values, previous_values;
   for (std::size_t l = 0; l < layers.size(); ++l) {
-    auto out = layers[l].forward(x, mask, options, cache ? &cache->layers[l] : nullptr);
+    StackValues<T> stack;
+    if (first_values.size()) stack.first = &first_values;
+    if (previous_values.size()) stack.previous = &previous_values;
+    auto out = layers[l].forward(x, mask, options, cache ? &cache->layers[l] : nullptr, stack);
+    if (l == 0 && out.values.size()) first_values = out.values;
+    previous_values = std::move(out.values);
     const Index E = x.shape().back(), n = x.size() / E;
     residual.add_fidelity_term(static_cast<Index>(l), ConstMatrixMap<T>(src.data(), n, E),
                                ConstMatrixMap<T>(x.data(), n, E),

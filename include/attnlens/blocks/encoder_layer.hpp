@@ -1,7 +1,8 @@
 // TransformerEncoderLayer<T>: torch.nn.TransformerEncoderLayer (batch_first, inference: dropout
 // off) with its parameter names. Post-norm: x = norm1(x + sa(x)); x = norm2(x + ff(x)).
 // Pre-norm (norm_first): x = x + sa(norm1(x)); x = x + ff(norm2(x)). sa is MATH.md section 1,
-// with the layer's relative position encoding, if any, attached to it.
+// with the layer's relative position encoding, if any, attached to it, and with the attention
+// variant of EncoderLayerOptions::attention (MATH.md section 2; softmax is PyTorch's).
 #pragma once
 
 #include <string>
@@ -9,6 +10,7 @@
 
 #include "attnlens/attention/mask.hpp"
 #include "attnlens/attention/multi_head.hpp"
+#include "attnlens/attention/variant.hpp"
 #include "attnlens/blocks/position_encoding.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/init.hpp"
@@ -31,6 +33,8 @@ struct EncoderLayerOptions {
   double layer_norm_eps = 1e-5;
   bool norm_first = false;
   bool bias = true;  // every Linear's bias and self_attn's in_proj_bias
+  // attnlens addition: self_attn's kernel (softmax: nn.MultiheadAttention's) and boosting.
+  AttentionVariantOptions attention = {};
 };
 
 struct EncoderForwardOptions {
@@ -42,6 +46,9 @@ template <class T>
 struct EncoderLayerOutput {
   Tensor<T> output;   // shaped like src
   Tensor<T> weights;  // B x H x L x L, B x L x L or empty, as EncoderForwardOptions::weights
+  // B*L x d_model, self_attn's projected values when the variant reads other layers' values
+  // (NeuTRENO, elliptical): the next layers' StackValues. Empty otherwise.
+  Matrix<T> values;
 };
 
 // What a backward pass needs from a forward pass; filled when passed to forward().
@@ -118,9 +125,12 @@ class TransformerEncoderLayer {
 
   // src: B x L x d_model (or unbatched L x d_model). mask: attnlens's typed mask; PyTorch's
   // src_mask and src_key_padding_mask convert with keep_from_torch_mask / read_torch_masks.
+  // stack: the values of earlier layers, for the variants that read them (run_encoder_stack
+  // passes them; a layer on its own is a stack's first layer).
   EncoderLayerOutput<T> forward(const Tensor<T>& src, const AttentionMask<T>& mask = {},
                                 const EncoderForwardOptions& options = {},
-                                EncoderLayerCache<T>* cache = nullptr) const {
+                                EncoderLayerCache<T>* cache = nullptr,
+                                const StackValues<T>& stack = {}) const {
     check_src(src, "src");
     const Index n = src.size() / d_model();
     const ConstMatrixMap<T> x(src.data(), n, d_model());
@@ -137,16 +147,18 @@ class TransformerEncoderLayer {
     if (options_.norm_first) {
       Tensor<T> normed(src.shape());
       norm1.forward(x, MatrixMap<T>(normed.data(), n, d_model()), cache ? &cache->norm1 : nullptr);
-      auto attention = self_attn.forward(normed, mask, attention_options, attention_cache);
+      auto attention = self_attn.forward(normed, mask, attention_options, attention_cache, stack);
       result.weights = std::move(attention.weights);
+      result.values = std::move(attention.values);
       hidden = x + ConstMatrixMap<T>(attention.output.data(), n, d_model());
       const Matrix<T> normed2 = norm2.forward(hidden, cache ? &cache->norm2 : nullptr);
       feed_forward<T>(linear1, options_.activation, linear2, normed2, y,
                       cache ? &cache->feed_forward : nullptr);
       y += hidden;
     } else {
-      auto attention = self_attn.forward(src, mask, attention_options, attention_cache);
+      auto attention = self_attn.forward(src, mask, attention_options, attention_cache, stack);
       result.weights = std::move(attention.weights);
+      result.values = std::move(attention.values);
       hidden = x + ConstMatrixMap<T>(attention.output.data(), n, d_model());
       norm1.forward(hidden, hidden, cache ? &cache->norm1 : nullptr);
       feed_forward<T>(linear1, options_.activation, linear2, hidden, y,
@@ -175,6 +187,7 @@ class TransformerEncoderLayer {
     attention.embed_dim = o.d_model;
     attention.num_heads = o.nhead;
     attention.bias = o.bias;
+    attention.variant = o.attention;
     return attention;
   }
 
@@ -186,6 +199,7 @@ class TransformerEncoderLayer {
                              o.dim_feedforward);
     detail::require_argument(o.layer_norm_eps > 0, "EncoderLayerOptions::layer_norm_eps", "> 0",
                              o.layer_norm_eps);
+    check_variant_options(o.attention, "EncoderLayerOptions::attention");
     return o;
   }
 
@@ -211,6 +225,9 @@ void for_each_parameter(MultiHeadAttention<T>& mha, const std::string& prefix, F
   }
   if (mha.has_bias()) f(prefix + "in_proj_bias", mha.in_proj_bias);
   for_each_parameter(mha.out_proj, prefix + "out_proj.", f);
+  // attnlens's variants (docs/model-format.md): bilateral's rho [H], fourier's R [1].
+  if (mha.rho.size()) f(prefix + "rho", mha.rho);
+  if (mha.fourier_r.size()) f(prefix + "fourier_r", mha.fourier_r);
 }
 
 // In nn.TransformerEncoderLayer's state_dict order; a relative position's parameters follow

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "attnlens/attention/mask.hpp"
+#include "attnlens/attention/variant.hpp"
 #include "attnlens/blocks/encoder.hpp"
 #include "attnlens/blocks/encoder_layer.hpp"
 #include "attnlens/blocks/position_encoding.hpp"
@@ -43,7 +44,9 @@ struct VisionTransformerOptions {
   Index num_classes = 1000;  // 0: no head, the pooled features are the output
   // encoder.layer.d_model is the embedding width. timm's blocks are norm_first with GELU and
   // a final norm: set those here for timm-like models. encoder.position must stay none: the
-  // two options below say where a ViT's positions go.
+  // two options below say where a ViT's positions go. A bilateral attention variant's
+  // domain kernel acts on the patch grid (leading = the CLS token), whatever its domain's
+  // grid and leading hold.
   EncoderOptions encoder;
   bool class_token = true;
   VitPosition position = VitPosition::learned;  // absolute
@@ -71,7 +74,7 @@ class VisionTransformer {
       : options_(checked(options)),
         patch_embed(PatchEmbeddingOptions{options.in_chans, options.encoder.layer.d_model,
                                           options.patch_size, true}),
-        blocks(options.encoder.num_layers, TransformerEncoderLayer<T>(options.encoder.layer)),
+        blocks(options.encoder.num_layers, TransformerEncoderLayer<T>(options_.encoder.layer)),
         residual(options.encoder.residual, options.encoder.num_layers) {
     const Index E = embed_dim();
     if (options.class_token) cls_token = Matrix<T>::Zero(1, E);
@@ -185,7 +188,13 @@ class VisionTransformer {
     detail::require_argument(o.class_token || o.pooling != VitPooling::token,
                              "VisionTransformerOptions::pooling",
                              "mean pooling without a class token", "token");
-    return o;
+    // A bilateral variant's domain kernel acts on the patch grid, as the 2-D positions do.
+    VisionTransformerOptions out = o;
+    DistanceKernelOptions& domain = out.encoder.layer.attention.domain;
+    domain.leading = 0;
+    domain.grid =
+        Grid2d{o.image_height / o.patch_size, o.image_width / o.patch_size, o.class_token ? 1 : 0};
+    return out;
   }
 };
 

@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "attnlens/attention/variant.hpp"
 #include "attnlens/blocks/encoder.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/io/encoder_state_dict.hpp"
@@ -118,35 +119,10 @@ inline std::string quoted_list(const std::vector<std::string>& names, std::size_
 
 }  // namespace detail
 
-// The attention variants config.json can name ("attention": {"type": ..., parameters}). To add
-// one: a value here and its name in attention_type_name, a case in parse_attention_config that
-// reads its parameters into AttentionConfig (every key it does not read is rejected), one in
-// attention_config_json that writes them, and one in apply_attention that sets the variant on
-// a built encoder.
-enum class AttentionType {
-  softmax,  // nn.MultiheadAttention's, MATH.md section 1
-};
-
-inline constexpr AttentionType k_attention_types[] = {AttentionType::softmax};
-
-inline const char* attention_type_name(AttentionType type) {
-  switch (type) {
-    case AttentionType::softmax:
-      return "softmax";
-  }
-  return "?";
-}
-
-struct AttentionConfig {
-  AttentionType type = AttentionType::softmax;
-  // A variant's parameters go here.
-};
-
-// The options an encoder model's config.json describes: the encoder (with its position and
-// residual) and the attention variant.
+// The options an encoder model's config.json describes: the encoder with its position, its
+// residual and every layer's attention variant (encoder.layer.attention).
 struct EncoderModelConfig {
   EncoderOptions encoder;
-  AttentionConfig attention;
 };
 
 namespace detail {
@@ -163,22 +139,89 @@ Type type_from_name(const ConfigReader& reader, const std::string& name, const T
   reader.fail("type", concat("one of ", names, note), "\"" + name + "\"");
 }
 
-inline AttentionConfig parse_attention_config(const ConfigReader& reader) {
-  AttentionConfig out;
-  out.type = type_from_name(reader, reader.get<std::string>("type"), k_attention_types,
-                            attention_type_name);
+// The attention types config.json names: the variants, and twicing (softmax with boost 1).
+inline constexpr const char* k_attention_type_names =
+    "\"softmax\", \"twicing\", \"bilateral\", \"kde\", \"robust_kde\", \"fourier\", "
+    "\"elliptical\", \"neutreno\"";
+
+// "attention": {"type": ..., "boost": k, the type's parameters} (docs/model-format.md).
+inline AttentionVariantOptions parse_attention_config(const ConfigReader& reader) {
+  AttentionVariantOptions out;
+  const auto type = reader.get<std::string>("type");
+  const auto positive = [&](const char* key, double value) {
+    if (!(value > 0)) reader.fail(key, "a number > 0", concat(value));
+    return value;
+  };
+  if (type == "twicing") {
+    out.boost = 1;
+  } else {
+    try {
+      out.type = attention_variant_from_name(type);
+    } catch (const ArgumentError&) {
+      reader.fail("type", concat("one of ", k_attention_type_names), "\"" + type + "\"");
+    }
+    out.boost = reader.get<Index>("boost", 0);
+    if (out.boost < 0) reader.fail("boost", "an integer >= 0", concat(out.boost));
+  }
   switch (out.type) {
-    case AttentionType::softmax:
+    case AttentionVariantType::bilateral: {
+      const auto kernel = reader.get<std::string>("kernel", "gaussian");
+      try {
+        out.domain.type = distance_kernel_from_name(kernel);
+      } catch (const ArgumentError&) {
+        reader.fail("kernel", "\"gaussian\" or \"laplacian\"", "\"" + kernel + "\"");
+      }
+      out.domain.leading = reader.get<Index>("leading", 0);
+      if (out.domain.leading < 0)
+        reader.fail("leading", "an integer >= 0", concat(out.domain.leading));
+      out.sigma_init = positive("sigma_init", reader.get<double>("sigma_init", out.sigma_init));
+      break;
+    }
+    case AttentionVariantType::robust_kde:
+      out.huber_a = positive("huber_a", reader.get<double>("huber_a", out.huber_a));
+      break;
+    case AttentionVariantType::fourier:
+      out.fourier_epsilon = reader.get<double>("epsilon", out.fourier_epsilon);
+      if (!(out.fourier_epsilon >= 0))
+        reader.fail("epsilon", "a number >= 0", concat(out.fourier_epsilon));
+      break;
+    case AttentionVariantType::elliptical:
+      out.elliptical_delta = positive("delta", reader.get<double>("delta", out.elliptical_delta));
+      break;
+    case AttentionVariantType::neutreno:
+      out.neutreno_lambda = reader.get<double>("lambda", out.neutreno_lambda);
+      break;
+    case AttentionVariantType::softmax:
+    case AttentionVariantType::kde:
       break;  // no parameters
   }
   reader.reject_unknown_keys();
   return out;
 }
 
-inline nlohmann::ordered_json attention_config_json(const AttentionConfig& config) {
-  nlohmann::ordered_json json{{"type", attention_type_name(config.type)}};
-  switch (config.type) {
-    case AttentionType::softmax:
+inline nlohmann::ordered_json attention_config_json(const AttentionVariantOptions& o) {
+  nlohmann::ordered_json json{{"type", attention_variant_name(o.type)}};
+  if (o.boost) json["boost"] = o.boost;
+  switch (o.type) {
+    case AttentionVariantType::bilateral:
+      json["kernel"] = o.domain.type == DistanceKernelType::gaussian ? "gaussian" : "laplacian";
+      json["leading"] = o.domain.leading;
+      json["sigma_init"] = o.sigma_init;
+      break;
+    case AttentionVariantType::robust_kde:
+      json["huber_a"] = o.huber_a;
+      break;
+    case AttentionVariantType::fourier:
+      json["epsilon"] = o.fourier_epsilon;
+      break;
+    case AttentionVariantType::elliptical:
+      json["delta"] = o.elliptical_delta;
+      break;
+    case AttentionVariantType::neutreno:
+      json["lambda"] = o.neutreno_lambda;
+      break;
+    case AttentionVariantType::softmax:
+    case AttentionVariantType::kde:
       break;
   }
   return json;
@@ -319,7 +362,7 @@ inline EncoderModelConfig parse_encoder_config(const std::string& text,
   layer.bias = config.get<bool>("bias", true);
   out.encoder.final_norm = config.get<bool>("final_norm", false);
   out.encoder.position = detail::parse_position_config(config.object("position", "none"));
-  out.attention = detail::parse_attention_config(config.object("attention", "softmax"));
+  layer.attention = detail::parse_attention_config(config.object("attention", "softmax"));
   out.encoder.residual = detail::parse_residual_config(config.object("residual", "standard"));
   config.reject_unknown_keys();
   return out;
@@ -340,22 +383,13 @@ inline std::string encoder_config_json(const EncoderModelConfig& config) {
   json["bias"] = o.layer.bias;
   json["final_norm"] = o.final_norm;
   json["position"] = detail::position_config_json(o.position);
-  json["attention"] = detail::attention_config_json(config.attention);
+  json["attention"] = detail::attention_config_json(o.layer.attention);
   json["residual"] = {{"type", residual_type_name(o.residual.type)}};
   if (o.residual.type == ResidualType::fidelity) {
     if (o.residual.learned) json["residual"]["learned"] = true;
     if (!o.residual.lambda.empty()) json["residual"]["lambda"] = o.residual.lambda;
   }
   return json.dump(2) + "\n";
-}
-
-// Sets the configured attention variant on every layer of a built encoder.
-template <class T>
-void apply_attention(const AttentionConfig& config, TransformerEncoder<T>&) {
-  switch (config.type) {
-    case AttentionType::softmax:
-      break;  // what MultiHeadAttention computes
-  }
 }
 
 // Reads the encoder's parameters from `weights`: every tensor the encoder has must be there
@@ -419,7 +453,6 @@ TransformerEncoder<T> load_encoder_model(const std::string& directory) {
   } catch (const ArgumentError& e) {  // d_model, nhead, ... out of their domain
     throw IoError(detail::concat(config_path, ": ", e.what()));
   }
-  apply_attention(config.attention, *encoder);
   load_encoder_weights(SafeTensors::load(weights_path), *encoder, weights_path);
   return std::move(*encoder);
 }
