@@ -117,29 +117,6 @@ TEST(ImageFilter, PatchesReflectLikeNumpy) {
   EXPECT_EQ(patches.row(0), corner);
 }
 
-TEST(ImageFilter, GaussianGridTermSkipsTokensWithoutPosition) {
-  const Grid2d grid{2, 3, 1};
-  const FixedGaussianGridTerm<double> term(grid, 2.0);
-  Matrix<double> scores = Matrix<double>::Zero(grid.tokens(), grid.tokens());
-  const Matrix<double> none(grid.tokens(), 1);
-  term.add(ScoreTile<double>{{0, 0, 0, 0}, none, none}, scores);
-  for (Index i = 0; i < grid.tokens(); ++i)
-    for (Index j = 0; j < grid.tokens(); ++j) {
-      double expected = 0;
-      if (i > 0 && j > 0) {
-        const auto p = grid.position(i), q = grid.position(j);
-        expected = -double((p[0] - q[0]) * (p[0] - q[0]) + (p[1] - q[1]) * (p[1] - q[1])) / 8.0;
-      }
-      EXPECT_DOUBLE_EQ(scores(i, j), expected) << i << ", " << j;
-    }
-  // A tile in the middle walks the same offsets.
-  Matrix<double> tile = Matrix<double>::Zero(2, 4);
-  term.add(ScoreTile<double>{{0, 0, 3, 2}, none.topRows(2), none.topRows(4)}, tile);
-  EXPECT_EQ(tile, scores.block(3, 2, 2, 4));
-  EXPECT_THROW(term.check({1, 1, 6, 7}), ShapeError);
-  EXPECT_THROW(FixedGaussianGridTerm<double>(grid, 0.0), ArgumentError);
-}
-
 TEST(ImageFilter, RejectsBadOptionsAndImages) {
   const Matrix<double> y = testing::test_picture(6, 6, 6);
   const auto rejects = [&](ImageFilterOptions o, const char* word) {

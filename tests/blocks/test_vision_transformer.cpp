@@ -148,6 +148,37 @@ TEST(VisionTransformer, ClsTokenGetsNoDomainTerm) {
   EXPECT_EQ(copy.forward(images, maps).logits.storage(), b.logits.storage());
 }
 
+// A bilateral variant's distance kernel acts on the patch grid after the CLS token: the CLS
+// query's map is softmax's, patch queries' maps are not, and sigma -> infinity is softmax.
+TEST(VisionTransformer, BilateralAttentionActsOnThePatchGrid) {
+  auto o = small_options();
+  o.encoder.num_layers = 1;
+  Rng seed_a(54), seed_b(54);  // the same parameters in both
+  VisionTransformer<double> softmax(o, seed_a);
+  o.encoder.layer.attention.type = AttentionVariantType::bilateral;
+  o.encoder.layer.attention.domain.type = DistanceKernelType::laplacian;
+  o.encoder.layer.attention.sigma_init = 0.8;
+  VisionTransformer<double> bilateral(o, seed_b);
+  const auto& grid = bilateral.options().encoder.layer.attention.domain.grid;
+  ASSERT_TRUE(grid.has_value());
+  EXPECT_EQ(grid->height, 4);
+  EXPECT_EQ(grid->width, 2);
+  EXPECT_EQ(grid->leading, 1);
+
+  Rng rng(55);
+  const auto images = testing::random_tensor<double>({1, 1, 8, 4}, rng);
+  const EncoderForwardOptions maps{AttentionWeights::per_head, {}};
+  const auto a = bilateral.forward(images, maps);
+  const auto b = softmax.forward(images, maps);
+  for (Index h = 0; h < 2; ++h) {
+    const auto with = a.weights[0].matrix({0, h}), without = b.weights[0].matrix({0, h});
+    EXPECT_LE((with.row(0) - without.row(0)).cwiseAbs().maxCoeff(), 1e-14);
+    EXPECT_GT((with.row(4) - without.row(4)).cwiseAbs().maxCoeff(), 1e-3);
+  }
+  bilateral.blocks[0].self_attn.rho.setConstant(1e300);  // sigma = softplus(rho) = 1e300
+  EXPECT_LE(testing::max_abs_error(bilateral.forward(images).logits, b.logits), 1e-14);
+}
+
 TEST(VisionTransformer, AttentionMapsCoverTheClsTokenAndEveryPatch) {
   Rng rng(52);
   const VisionTransformer<double> vit(small_options(), rng);

@@ -82,15 +82,19 @@ class DistanceKernel final : public ScoreTerm<T> {
     };
     if (options_.grid) {
       const Grid2d& grid = *options_.grid;
+      const Index cols = scores.cols();
+      const Index first = std::clamp<Index>(grid.leading - tile.at.key_begin, 0, cols);
+      if (first == cols) return;
+      const auto start = grid.position(tile.at.key_begin + first);
       for (Index r = 0; r < scores.rows(); ++r) {
         const Index i = tile.at.query_begin + r;
         if (!grid.has_position(i)) continue;
         const auto p_i = grid.position(i);
-        for (Index c = 0; c < scores.cols(); ++c) {
-          const Index j = tile.at.key_begin + c;
-          if (!grid.has_position(j)) continue;
-          const auto p_j = grid.position(j);
-          scores(r, c) -= coefficient * distance(p_j[0] - p_i[0], p_j[1] - p_i[1]);
+        // Walk the keys' cells in token order: no division per entry.
+        Index dr = start[0] - p_i[0], col = start[1] - grid.first_col;
+        for (Index c = first; c < cols; ++c) {
+          scores(r, c) -= coefficient * distance(dr, grid.first_col + col - p_i[1]);
+          if (++col == grid.width) col = 0, ++dr;
         }
       }
       return;

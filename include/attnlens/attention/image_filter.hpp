@@ -10,6 +10,7 @@
 #include <string>
 #include <utility>
 
+#include "attnlens/attention/distance_kernel.hpp"
 #include "attnlens/attention/fused_engine.hpp"
 #include "attnlens/attention/range_kernel.hpp"
 #include "attnlens/attention/reference_engine.hpp"
@@ -112,47 +113,6 @@ Matrix<T> image_patches(ConstMatrixRef<T> image, Index patch_radius) {
   return patches;
 }
 
-// A Gaussian domain kernel with one fixed sigma for every head, -|p_j - p_i|^2 / (2 sigma^2),
-// on a self-attention grid; tokens without a position get 0. (Learned per-head sigmas belong
-// to bilateral self-attention; this one is the spatial kernel of a classical filter.)
-template <class T>
-class FixedGaussianGridTerm : public ScoreTerm<T> {
- public:
-  FixedGaussianGridTerm(const Grid2d& grid, T sigma)
-      : grid_(grid), coefficient_(T(1) / (T(2) * sigma * sigma)) {
-    grid_.check("FixedGaussianGridTerm grid");
-    detail::require_argument(sigma > T(0), "FixedGaussianGridTerm sigma", "> 0", sigma);
-  }
-
-  void check(const ScoreShape& shape) const override {
-    grid_.check_tokens(shape.queries, "queries of FixedGaussianGridTerm");
-    grid_.check_tokens(shape.keys, "keys of FixedGaussianGridTerm");
-  }
-
-  void add(const ScoreTile<T>& tile, MatrixRef<T> scores) const override {
-    const Index cols = scores.cols();
-    const Index first = std::clamp<Index>(grid_.leading - tile.at.key_begin, 0, cols);
-    if (first == cols) return;
-    const auto start = grid_.position(tile.at.key_begin + first);
-    for (Index r = 0; r < scores.rows(); ++r) {
-      const Index i = tile.at.query_begin + r;
-      if (!grid_.has_position(i)) continue;
-      const auto p = grid_.position(i);
-      // Walk the keys' cells incrementally: no division per entry.
-      Index dr = start[0] - p[0], col = start[1] - grid_.first_col;
-      for (Index c = first; c < cols; ++c) {
-        const Index dc = grid_.first_col + col - p[1];
-        scores(r, c) -= coefficient_ * static_cast<T>(dr * dr + dc * dc);
-        if (++col == grid_.width) col = 0, ++dr;
-      }
-    }
-  }
-
- private:
-  Grid2d grid_;
-  T coefficient_;
-};
-
 // One filter of one H x W image as an attention problem: the tokens (queries = keys), the
 // values and the kernel. It copies what it needs from the image.
 template <class T>
@@ -187,8 +147,9 @@ class ImageFilter {
         break;
     }
     if (options.sigma_space > 0 && options.method != ImageFilterMethod::nlm)
-      terms_.push_back(
-          std::make_shared<FixedGaussianGridTerm<T>>(grid_, static_cast<T>(options.sigma_space)));
+      terms_.push_back(std::make_shared<DistanceKernel<T>>(
+          DistanceKernelOptions{DistanceKernelType::gaussian, grid_},
+          Vector<T>::Constant(1, static_cast<T>(options.sigma_space))));
   }
 
   const Grid2d& grid() const { return grid_; }
