@@ -17,22 +17,10 @@
 #include "attnlens/position/rope.hpp"
 #include "attnlens/position/shaw.hpp"
 #include "attnlens/position/t5.hpp"
+#include "support/random_head.hpp"
 
 namespace attnlens {
 namespace {
-
-struct Head {
-  Matrix<float> q, k, v;
-};
-
-Head random_head(Index L, Index S, Index d, Index dv, std::uint64_t seed) {
-  Rng rng(seed);
-  Head h{Matrix<float>(L, d), Matrix<float>(S, d), Matrix<float>(S, dv)};
-  init::normal(h.q, rng);
-  init::normal(h.k, rng);
-  init::normal(h.v, rng);
-  return h;
-}
 
 const std::vector<FusedTiling> k_tilings{{64, 256}, {3, 5}, {1, 1}, {7, 64}};
 
@@ -63,7 +51,7 @@ const std::vector<ShapeCase> k_shapes{{1, 1, 1, 1},     {1, 9, 3, 5},     {13, 2
 
 TEST(FusedEngine, EqualsReferenceOnOddShapes) {
   for (const auto& s : k_shapes) {
-    const auto h = random_head(s.L, s.S, s.d, s.dv, 1);
+    const auto h = testing::random_head<float>(s.L, s.S, s.d, s.dv, 1);
     SCOPED_TRACE(::testing::Message() << s.L << " x " << s.S << " d=" << s.d);
     fused_error({0, 0, h.q, h.k, h.v}, {dot_product_range(1.0f / std::sqrt(float(s.d)))});
   }
@@ -71,7 +59,7 @@ TEST(FusedEngine, EqualsReferenceOnOddShapes) {
 
 TEST(FusedEngine, EqualsReferenceForEveryMaskType) {
   const Index L = 23, S = 31;
-  auto h = random_head(L, S, 5, 4, 2);
+  auto h = testing::random_head<float>(L, S, 5, 4, 2);
   Rng rng(3);
   std::vector<std::pair<std::string, AttentionMask<float>>> masks(6);
   masks[0].first = "causal";
@@ -111,7 +99,7 @@ TEST(FusedEngine, EqualsReferenceForEveryMaskType) {
 }
 
 TEST(FusedEngine, EqualsReferenceForEveryRangeKernelAndNormalization) {
-  const auto h = random_head(29, 41, 6, 5, 4);
+  const auto h = testing::random_head<float>(29, 41, 6, 5, 4);
   const ScoreTerms<float> alibi{std::make_shared<Alibi<float>>(AlibiOptions{1})};
   RangeKernel<float> distance{RangeKernelType::negative_squared_distance, 0.3f};
   RangeKernel<float> sinc{RangeKernelType::sinc4, 1.0f, 0.7f};
@@ -133,7 +121,7 @@ TEST(FusedEngine, EqualsReferenceForEveryRangeKernelAndNormalization) {
 
 TEST(FusedEngine, EqualsReferenceForScoreAndValueTerms) {
   const Index L = 26, S = 26, d = 8;
-  const auto h = random_head(L, S, d, d, 6);
+  const auto h = testing::random_head<float>(L, S, d, d, 6);
   Rng rng(7);
   auto t5 = std::make_shared<T5RelativeBias<float>>(T5BiasOptions{1, 8, 20});
   init::normal(t5->relative_attention_bias, rng);
@@ -156,7 +144,7 @@ TEST(FusedEngine, EqualsReferenceForScoreAndValueTerms) {
 TEST(FusedEngine, EqualsReferenceForWindowsAndBoosting) {
   const Grid2d grid{5, 7, 1};  // a CLS token, then a 5 x 7 grid
   const Index L = grid.tokens();
-  const auto h = random_head(L, L, 3, 2, 8);
+  const auto h = testing::random_head<float>(L, L, 3, 2, 8);
   auto quadratic = std::make_shared<QuadraticEncoding<float>>(QuadraticEncodingOptions{1, grid});
   quadratic->alpha[0] = 0.3f;
   quadratic->center_shift << 1.0f, -0.5f;
@@ -179,8 +167,51 @@ TEST(FusedEngine, EqualsReferenceForWindowsAndBoosting) {
       }
 }
 
+// Plain softmax takes the AVX-512 tile loop where the CPU has it: wide tiles, several key
+// blocks, and heads as strided column blocks of one packed matrix.
+TEST(FusedEngine, PlainSoftmaxOnWideTilesEqualsReference) {
+  Rng rng(11);
+  const Index L = 300, S = 517, E = 3 * 40;
+  Matrix<float> qkv(std::max(L, S), E);
+  init::normal(qkv, rng);
+  for (const FusedTiling& tiling : {FusedTiling{128, 256}, FusedTiling{100, 96}, FusedTiling{33, 7}}) {
+    SCOPED_TRACE(::testing::Message() << tiling.query_tile << " x " << tiling.key_block);
+    const HeadInputs<float> head{0, 0, qkv.block(0, 0, L, 40), qkv.block(0, 40, S, 40),
+                                 qkv.block(0, 80, S, 37)};
+    const AttentionKernel<float> kernel{dot_product_range(0.3f)};
+    Matrix<float> weights(L, S), expected(L, 37), out(L, 37);
+    reference_attention<float>(head, kernel, weights, expected);
+    fused_attention<float>(head, kernel, out, {tiling, {2}});
+    EXPECT_LE((out - expected).cwiseAbs().maxCoeff(), 1e-5f);
+  }
+}
+
+// Without a mask every key reaches every query: a NaN or Inf in the values or keys reaches the
+// outputs as in the reference engine (the fast path hands such heads to the portable one).
+TEST(FusedEngine, PlainSoftmaxWithNonFiniteInputsMatchesReference) {
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int where = 0; where < 3; ++where) {
+    auto h = testing::random_head<float>(20, 30, 8, 5, 4);
+    if (where == 0) h.v(7, 2) = std::nanf("");
+    if (where == 1) h.v(3, 0) = inf;
+    if (where == 2) h.k(5, 1) = inf;
+    const HeadInputs<float> head{0, 0, h.q, h.k, h.v};
+    const AttentionKernel<float> kernel{dot_product_range(0.5f)};
+    Matrix<float> weights(20, 30), expected(20, 5), out(20, 5);
+    reference_attention<float>(head, kernel, weights, expected);
+    fused_attention<float>(head, kernel, out, {{8, 16}, {1}});
+    for (Index n = 0; n < out.size(); ++n) {
+      const float x = out.data()[n], y = expected.data()[n];
+      if (std::isfinite(y))
+        EXPECT_NEAR(x, y, 1e-5f) << "case " << where << ", entry " << n;
+      else
+        EXPECT_FALSE(std::isfinite(x)) << "case " << where << ", entry " << n;
+    }
+  }
+}
+
 TEST(FusedEngine, RejectsBadKernelsAndShapes) {
-  const auto h = random_head(4, 5, 3, 2, 9);
+  const auto h = testing::random_head<float>(4, 5, 3, 2, 9);
   Matrix<float> out(4, 2);
   AttentionKernel<float> boosted{dot_product_range(1.0f)};
   boosted.boost = 1;

@@ -10,6 +10,8 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "attnlens/attention/reference_engine.hpp"
@@ -23,7 +25,7 @@
 namespace attnlens {
 
 struct FusedTiling {
-  Index query_tile = 64;  // query rows per tile (one thread's unit of work)
+  Index query_tile = 128;  // query rows per tile (one thread's unit of work)
   Index key_block = 256;  // keys per online-softmax step
 };
 
@@ -78,10 +80,37 @@ std::size_t fused_workspace_bytes(const FusedOptions& options, Index heads, Inde
 
 namespace detail {
 
+#if ATTNLENS_HAS_AVX512_KERNELS
+// x - x is 0 for a finite x and NaN for Inf or NaN: one subtraction and one add per vector.
+ATTNLENS_AVX512 inline bool all_finite_avx512(const float* x, Index rows, Index cols, Index ld) {
+  __m512 acc = _mm512_setzero_ps();
+  for (Index r = 0; r < rows; ++r, x += ld)
+    for (Index c = 0; c < cols; c += 16) {
+      const __m512 v = _mm512_maskz_loadu_ps(avx512::tail_mask(cols - c), x + c);
+      acc = _mm512_add_ps(acc, _mm512_sub_ps(v, v));
+    }
+  return _mm512_cmp_ps_mask(acc, acc, _CMP_ORD_Q) == 0xFFFF;
+}
+#endif
+
 // Eigen's allFinite() is not vectorized; a NaN-propagating max of |x| is.
 template <class T>
 bool all_finite(ConstMatrixRef<T> x) {
+#if ATTNLENS_HAS_AVX512_KERNELS
+  if constexpr (std::is_same_v<T, float>)
+    if (use_avx512()) return all_finite_avx512(x.data(), x.rows(), x.cols(), x.outerStride());
+#endif
   return x.size() == 0 || std::isfinite(x.cwiseAbs().template maxCoeff<Eigen::PropagateNaN>());
+}
+
+// Whether the kernel is softmax(scale q.k) alone: no score or value terms, mask, window, key
+// weights or epsilon.
+template <class T>
+bool is_plain_softmax(const AttentionKernel<T>& kernel, const HeadInputs<T>& head) {
+  return kernel.range.type == RangeKernelType::dot_product &&
+         (!kernel.terms || kernel.terms->empty()) && !kernel.mask && !kernel.window.active() &&
+         (!kernel.value_terms || kernel.value_terms->empty()) && kernel.epsilon == T(0) &&
+         !head.numerator_key_weights && !head.denominator_key_weights;
 }
 
 inline void check_tiling(const FusedTiling& tiling) {
@@ -156,6 +185,161 @@ void fused_key_block(const HeadInputs<T>& head, const AttentionKernel<T>& kernel
     for (const auto& term : *kernel.value_terms) term->add(at, probabilities, accumulator);
 }
 
+#if ATTNLENS_HAS_AVX512_KERNELS
+namespace avx512 {
+
+// exp(x) for x <= 0 (scores minus their running maximum), about 1 ulp (Cephes' polynomial on
+// [-ln2/2, ln2/2], scaled by 2^n with vscalefps). Arguments below -87.3 give at most 1.2e-38.
+ATTNLENS_AVX512 inline __m512 exp_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.33654f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// Scratch of the AVX-512 tile loop for plain softmax attention. Scores are kept transposed,
+// keys x queries, so the online softmax runs along vectors of queries (no horizontal
+// reductions), and the transposed probabilities are already the packed left operand of P V.
+struct SoftmaxTileWorkspace {
+  Index query_tile, key_block, key_dim, value_dim, ld;  // ld: queries rounded up to 32
+  std::unique_ptr<float[]> queries;  // ld / 32 panels of key_dim x 32: scale * Q^T
+  std::unique_ptr<float[]> keys;     // K of a key block in row panels (pack_row_panels)
+  std::unique_ptr<float[]> values;   // V of a key block in 32-column panels of key_block x 32
+  std::unique_ptr<float[]> scores;   // key_block x ld: S^T, then P^T in place
+  std::unique_ptr<float[]> accumulator;  // query_tile x value_dim
+  std::unique_ptr<float[]> row_max, row_sum, factor;  // ld each
+
+  SoftmaxTileWorkspace(Index query_tile_, Index key_block_, Index key_dim_, Index value_dim_)
+      : query_tile(query_tile_),
+        key_block(key_block_),
+        key_dim(key_dim_),
+        value_dim(value_dim_),
+        ld(round_up(query_tile_)),
+        queries(new float[size(ld * key_dim)]),
+        keys(new float[size(row_panels(key_block) * k_nr * key_dim)]),
+        values(new float[size(key_block * round_up(value_dim))]),
+        scores(new float[size(key_block * ld)]),
+        accumulator(new float[size(query_tile * value_dim)]),
+        row_max(new float[size(ld)]),
+        row_sum(new float[size(ld)]),
+        factor(new float[size(ld)]) {
+    // Columns past a tile's queries are computed on but never read; keep them finite.
+    std::fill(scores.get(), scores.get() + key_block * ld, 0.0f);
+  }
+
+  static Index round_up(Index n) { return (n + k_nr - 1) / k_nr * k_nr; }
+  static std::size_t size(Index n) { return static_cast<std::size_t>(n); }
+
+  static std::size_t bytes(Index query_tile, Index key_block, Index key_dim, Index value_dim) {
+    const Index ld = round_up(query_tile);
+    return sizeof(float) *
+           size(ld * key_dim + row_panels(key_block) * k_nr * key_dim +
+                key_block * round_up(value_dim) + key_block * ld + query_tile * value_dim + 3 * ld);
+  }
+};
+
+// out (rows x dv) = softmax(scale Q K^T) V for the queries [query_begin, query_begin + rows) of
+// one head over the keys [0, key_end): no score terms, mask, window or key weights, and finite
+// inputs (the caller checks).
+ATTNLENS_AVX512 inline void softmax_tile(const float* q, Index ldq, const float* k, Index ldk,
+                                         const float* v, Index ldv, float scale,
+                                         Index query_begin, Index rows, Index key_end,
+                                         SoftmaxTileWorkspace& ws, float* out, Index ldo) {
+  const Index d = ws.key_dim, dv = ws.value_dim, ld = ws.ld, vectors = ld / 16;
+  const Index value_panels = (dv + k_nr - 1) / k_nr;
+  float* const qt = ws.queries.get();
+  float* const kp = ws.keys.get();
+  float* const vp = ws.values.get();
+  float* const st = ws.scores.get();
+  float* const acc = ws.accumulator.get();
+  float* const row_max = ws.row_max.get();
+  float* const row_sum = ws.row_sum.get();
+  float* const factor = ws.factor.get();
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (Index p = 0; p * k_nr < rows; ++p) {
+    float* panel = qt + p * d * k_nr;
+    pack_panel_transposed(q + (query_begin + p * k_nr) * ldq, ldq,
+                          std::min(k_nr, rows - p * k_nr), d, panel);
+    for (Index i = 0; i < d * k_nr; i += 16)
+      _mm512_storeu_ps(panel + i, _mm512_mul_ps(vscale, _mm512_loadu_ps(panel + i)));
+  }
+  for (Index i = 0; i < ld; i += 16) {
+    _mm512_storeu_ps(row_max + i, _mm512_set1_ps(-std::numeric_limits<float>::infinity()));
+    _mm512_storeu_ps(row_sum + i, _mm512_setzero_ps());
+  }
+  std::fill(acc, acc + rows * dv, 0.0f);
+
+  for (Index j0 = 0; j0 < key_end; j0 += ws.key_block) {
+    const Index cols = std::min(ws.key_block, key_end - j0);
+    // S^T = K (scale Q)^T.
+    pack_row_panels(k + j0 * ldk, ldk, cols, d, kp);
+    kernel_panels(cols, rows, d, kp, qt, k_nr, d * k_nr, st, ld, nullptr, false);
+    // The block's values in 32-column panels: contiguous rows for the P V kernel.
+    for (Index j = 0; j < cols; ++j) {
+      const float* row = v + (j0 + j) * ldv;
+      for (Index p = 0; p < value_panels; ++p) {
+        const Index c0 = p * k_nr;
+        float* dst = vp + (p * ws.key_block + j) * k_nr;
+        _mm512_storeu_ps(dst, _mm512_maskz_loadu_ps(tail_mask(dv - c0), row + c0));
+        _mm512_storeu_ps(dst + 16, _mm512_maskz_loadu_ps(tail_mask(dv - c0 - 16), row + c0 + 16));
+      }
+    }
+    // Online softmax along the queries: new maximum, rescale factor, P^T = exp(S^T - max) and
+    // its sums, all on vectors of 16 queries. Columns past `rows` are never read.
+    for (Index vq = 0; vq < vectors; ++vq) {
+      __m512 block_max = _mm512_loadu_ps(st + 16 * vq);
+      for (Index j = 1; j < cols; ++j)
+        block_max = _mm512_max_ps(block_max, _mm512_loadu_ps(st + j * ld + 16 * vq));
+      const __m512 old_max = _mm512_loadu_ps(row_max + 16 * vq);
+      const __m512 new_max = _mm512_max_ps(old_max, block_max);
+      const __m512 f = exp_nonpositive(_mm512_sub_ps(old_max, new_max));
+      __m512 sum = _mm512_setzero_ps();
+      for (Index j = 0; j < cols; ++j) {
+        float* s = st + j * ld + 16 * vq;
+        const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s), new_max));
+        _mm512_storeu_ps(s, e);
+        sum = _mm512_add_ps(sum, e);
+      }
+      _mm512_storeu_ps(row_max + 16 * vq, new_max);
+      _mm512_storeu_ps(row_sum + 16 * vq,
+                       _mm512_fmadd_ps(_mm512_loadu_ps(row_sum + 16 * vq), f, sum));
+      _mm512_storeu_ps(factor + 16 * vq, f);
+    }
+    // acc = factor * acc + P V.
+    for (Index r = 0; r < rows; ++r) {
+      const __m512 f = _mm512_set1_ps(factor[r]);
+      float* row = acc + r * dv;
+      for (Index c = 0; c < dv; c += 16) {
+        const __mmask16 mask = tail_mask(dv - c);
+        _mm512_mask_storeu_ps(row + c, mask, _mm512_mul_ps(f, _mm512_maskz_loadu_ps(mask, row + c)));
+      }
+    }
+    // P^T is already k-major: the queries go in even tiles of at most 14.
+    const Index query_tiles = (rows + k_mr - 1) / k_mr;
+    for (Index t = 0; t < query_tiles; ++t) {
+      const Index first = rows * t / query_tiles, count = rows * (t + 1) / query_tiles - first;
+      kernel_block(count, dv, cols, st + first, ld, vp, k_nr, ws.key_block * k_nr,
+                   acc + first * dv, dv, nullptr, true);
+    }
+  }
+  for (Index r = 0; r < rows; ++r) {
+    const float inverse = 1.0f / row_sum[r];
+    for (Index c = 0; c < dv; ++c) out[r * ldo + c] = acc[r * dv + c] * inverse;
+  }
+}
+
+}  // namespace avx512
+#endif
+
 }  // namespace detail
 
 // out (rows x dv) = F(values) for the queries [query_begin, query_end) of one head, where
@@ -208,6 +392,33 @@ void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
   while (workspaces.size() < threads) workspaces.emplace_back(tiling, first.queries.cols(), dv);
   std::vector<char> values_finite(static_cast<std::size_t>(count));
 
+  // Plain softmax attention (scale q.k, no terms, mask, window, weights or epsilon) runs on
+  // the AVX-512 tile loop, head by head where queries and keys are finite (the portable path
+  // handles Inf and NaN exactly as the reference engine does).
+  bool softmax_kernel = false;
+#if ATTNLENS_HAS_AVX512_KERNELS
+  std::vector<detail::avx512::SoftmaxTileWorkspace> softmax_workspaces;
+  std::vector<char> inputs_finite;
+  if constexpr (std::is_same_v<T, float>) {
+    softmax_kernel = detail::use_avx512() && detail::is_plain_softmax(kernel, first);
+    if (softmax_kernel) {
+      softmax_workspaces.reserve(threads);
+      while (softmax_workspaces.size() < threads)
+        softmax_workspaces.emplace_back(tiling.query_tile, options.tiling.key_block,
+                                        first.queries.cols(), dv);
+      inputs_finite.resize(static_cast<std::size_t>(count));
+      parallel_for(
+          count,
+          [&](Index t) {
+            const HeadInputs<T> head = head_at(t);
+            inputs_finite[static_cast<std::size_t>(t)] =
+                detail::all_finite(head.queries) && detail::all_finite(head.keys);
+          },
+          options.parallel);
+    }
+  }
+#endif
+
   // One pass: target_at(t) = F(values of pass) for every head t.
   const auto pass = [&](auto&& values_at, auto&& target_at) {
     parallel_for(
@@ -229,9 +440,24 @@ void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
                                    values_at(t),
                                    inputs.numerator_key_weights,
                                    inputs.denominator_key_weights};
+          MatrixRef<T> target = target_at(t).middleRows(begin, end - begin);
+#if ATTNLENS_HAS_AVX512_KERNELS
+          if constexpr (std::is_same_v<T, float>) {
+            if (softmax_kernel && values_finite[static_cast<std::size_t>(t)] &&
+                inputs_finite[static_cast<std::size_t>(t)]) {
+              detail::avx512::softmax_tile(
+                  head.queries.data(), head.queries.outerStride(), head.keys.data(),
+                  head.keys.outerStride(), head.values.data(), head.values.outerStride(),
+                  kernel.range.scale, begin, end - begin, head.keys.rows(),
+                  softmax_workspaces[static_cast<std::size_t>(thread_index())], target.data(),
+                  target.outerStride());
+              return;
+            }
+          }
+#endif
           fused_attention_tile<T>(head, kernel, values_finite[static_cast<std::size_t>(t)], begin,
                                   end, tiling, workspaces[static_cast<std::size_t>(thread_index())],
-                                  target_at(t).middleRows(begin, end - begin));
+                                  target);
         },
         options.parallel);
   };

@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "attnlens/attention/distance_kernel.hpp"
@@ -298,6 +299,23 @@ class MultiHeadAttention {
     const ConstMatrixMap<T> xv(value.data(), dims.batch * dims.src_len, vdim());
     const auto bias = [&](Index part) { return in_proj_bias.segment(part * E, E).transpose(); };
     if (self_attention && packed()) {
+#if ATTNLENS_HAS_AVX512_KERNELS
+      if constexpr (std::is_same_v<T, float>) {
+        if (detail::use_avx512() && E % detail::avx512::k_nr == 0) {
+          // One GEMM whose column panels land in q, k and v directly, the bias added on the way.
+          state.queries.resize(xq.rows(), E);
+          state.keys.resize(xq.rows(), E);
+          state.values.resize(xq.rows(), E);
+          detail::avx512::Destination qkv{nullptr, E, E,
+                                          {state.queries.data(), state.keys.data(),
+                                           state.values.data()}};
+          detail::avx512::product_transposed(xq.data(), E, in_proj_weight.data(), E,
+                                             has_bias() ? in_proj_bias.data() : nullptr,
+                                             xq.rows(), 3 * E, E, qkv, parallel);
+          return;
+        }
+      }
+#endif
       Matrix<T> qkv(xq.rows(), 3 * E);
       parallel_product_transposed<T>(xq, in_proj_weight, qkv, parallel);
       if (has_bias()) qkv.rowwise() += in_proj_bias.transpose();
@@ -412,7 +430,8 @@ class MultiHeadAttention {
     for (const auto& transform : factors.transforms) transform->check(shape);
     for (const auto& term : value_terms) term->check(shape, d);
     const BoundMask<T> bound(mask, shape);
-    const AttentionKernel<T> kernel = attention_kernel(bound, factors.terms);
+    AttentionKernel<T> kernel = attention_kernel(bound, factors.terms);
+    if (mask.empty()) kernel.mask = nullptr;  // lets the engines take their unmasked paths
     check_kernel<T>(kernel, shape);
 
     const bool keep_weights = caching || options.weights != AttentionWeights::none;
@@ -511,7 +530,9 @@ class MultiHeadAttention {
     if (options.return_values || uses_stack_values(variant().type)) result.values = state.values;
     result.output = dims.batched ? Tensor<T>({B, L, E}) : Tensor<T>({L, E});
     MatrixMap<T> output(result.output.data(), B * L, E);
-    out_proj.forward(state.context, output, options.parallel);
+    out_proj.check_parameters("out_proj");
+    parallel_product_transposed<T>(state.context, out_proj.weight, output, options.parallel,
+                                   out_proj.has_bias() ? out_proj.bias.data() : nullptr);
 
     if (options.weights == AttentionWeights::per_head) {
       result.weights = dims.batched ? state.weights : state.weights.reshaped({H, L, S});
