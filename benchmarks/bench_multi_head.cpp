@@ -7,6 +7,10 @@
 
 #include <array>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include "attnlens/attention/multi_head.hpp"
 
 namespace {
@@ -14,6 +18,12 @@ namespace {
 using attnlens::Index;
 
 void BM_MultiHeadAttention(benchmark::State& state) {
+#if defined(__GLIBC__)
+  // Freed megabyte buffers stay in the process, as with ONNX Runtime's arena (see attnlens
+  // bench): otherwise every call faults its q, k, v and outputs in again.
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
   const Index B = state.range(0), L = state.range(1), E = state.range(2), H = state.range(3);
   const int threads = static_cast<int>(state.range(4));
   attnlens::Rng rng(0);

@@ -4,6 +4,12 @@
 //   attnlens B=1 L=512 E=512 H=8 threads=1 engine=fused ms=.. gflops=.. workspace_bytes=..
 // FLOPs = B * (8 L E^2 + 4 L^2 E), the anchors' count. The time is the best of --repeat runs
 // after one warm-up run.
+//
+// Memory: each forward() allocates its outputs and q, k, v (megabytes). glibc returns freed
+// blocks of that size to the kernel, so every call would fault its buffers in again, page by
+// page (about 4 us a page in a VM here: a third of the time at L = 2048). The command keeps
+// freed memory in the process instead, as ONNX Runtime's arena allocator does; --system-malloc
+// turns that off.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -11,6 +17,10 @@
 #include <chrono>
 #include <cstdio>
 #include <string>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/core/init.hpp"
@@ -24,6 +34,7 @@ struct BenchArguments {
   int threads = 0;  // 0: OMP_NUM_THREADS or the core count
   int repeat = 7;
   Index query_tile = FusedTiling{}.query_tile, key_block = FusedTiling{}.key_block;
+  bool system_malloc = false;
 };
 
 namespace detail_bench {
@@ -33,6 +44,12 @@ inline void run(const BenchArguments& args) {
                            detail::concat(args.batch, " and ", args.length));
   detail::require_argument(args.repeat > 0, "--repeat", ">= 1", args.repeat);
   detail::require_argument(args.threads >= 0, "--threads", ">= 0", args.threads);
+#if defined(__GLIBC__)
+  if (!args.system_malloc) {
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);  // large blocks from the heap, not fresh mappings
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);  // and the heap not shrunk after each call
+  }
+#endif
   Rng rng(0);
   const MultiHeadAttention<float> mha(MultiHeadAttentionOptions{args.embed, args.heads}, rng);
   Tensor<float> x({args.batch, args.length, args.embed});
@@ -95,6 +112,9 @@ inline void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--key-block", args->key_block, "Fused engine: keys per online-softmax step")
       ->capture_default_str();
+  cmd->add_flag("--system-malloc", args->system_malloc,
+                "Leave glibc's malloc at its defaults (freed megabyte blocks go back to the "
+                "kernel and are faulted in again on the next call)");
   cmd->callback([args] { run_reporting_errors("bench", [&] { detail_bench::run(*args); }); });
 }
 

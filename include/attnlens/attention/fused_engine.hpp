@@ -67,17 +67,6 @@ struct FusedWorkspace {
   }
 };
 
-// Bytes of attention workspace fused_attention_heads allocates beyond its inputs and outputs:
-// one FusedWorkspace per thread, plus a residual and a correction per head when boosting.
-template <class T>
-std::size_t fused_workspace_bytes(const FusedOptions& options, Index heads, Index queries,
-                                  Index key_dim, Index value_dim, Index boost) {
-  const auto per_thread = FusedWorkspace<T>::bytes(options.tiling, key_dim, value_dim);
-  const std::size_t boosting =
-      boost > 0 ? 2 * sizeof(T) * static_cast<std::size_t>(heads * queries * value_dim) : 0;
-  return static_cast<std::size_t>(thread_count(options.parallel)) * per_thread + boosting;
-}
-
 namespace detail {
 
 #if ATTNLENS_HAS_AVX512_KERNELS
@@ -341,6 +330,23 @@ ATTNLENS_AVX512 inline void softmax_tile(const float* q, Index ldq, const float*
 #endif
 
 }  // namespace detail
+
+// Bytes of attention workspace fused_attention_heads allocates beyond its inputs and outputs:
+// per thread one FusedWorkspace (and for float on AVX-512 one softmax tile workspace), plus a
+// residual and a correction per head when boosting.
+template <class T>
+std::size_t fused_workspace_bytes(const FusedOptions& options, Index heads, Index queries,
+                                  Index key_dim, Index value_dim, Index boost) {
+  std::size_t per_thread = FusedWorkspace<T>::bytes(options.tiling, key_dim, value_dim);
+#if ATTNLENS_HAS_AVX512_KERNELS
+  if (std::is_same_v<T, float> && detail::use_avx512())
+    per_thread += detail::avx512::SoftmaxTileWorkspace::bytes(
+        options.tiling.query_tile, options.tiling.key_block, key_dim, value_dim);
+#endif
+  const std::size_t boosting =
+      boost > 0 ? 2 * sizeof(T) * static_cast<std::size_t>(heads * queries * value_dim) : 0;
+  return static_cast<std::size_t>(thread_count(options.parallel)) * per_thread + boosting;
+}
 
 // out (rows x dv) = F(values) for the queries [query_begin, query_end) of one head, where
 // F(X) = A X + value terms; the tile must come from a QueryTiling of the kernel's window.

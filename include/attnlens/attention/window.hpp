@@ -132,6 +132,22 @@ void apply_window(const LocalWindow& window, const TileCoords& at, MatrixRef<T> 
     const Grid2d& grid = *window.grid;
     if (!grid.has_position(i)) continue;
     const auto [ri, ci] = detail::grid_cell(grid, i);
+    if (at.key_begin >= grid.leading && cols > 0) {
+      const auto [first_row, first_col] = detail::grid_cell(grid, at.key_begin);
+      if (first_col + cols <= grid.width) {
+        // The block lies in one grid row (as the ranges of for_each_key_range do): the window
+        // keeps one contiguous run of it.
+        if (std::abs(first_row - ri) > R) {
+          scores.row(r).setConstant(neg_inf);
+          continue;
+        }
+        const Index keep_begin = std::clamp<Index>(ci - R - first_col, 0, cols);
+        const Index keep_end = std::clamp<Index>(ci + R + 1 - first_col, 0, cols);
+        scores.row(r).head(keep_begin).setConstant(neg_inf);
+        scores.row(r).tail(cols - std::max(keep_begin, keep_end)).setConstant(neg_inf);
+        continue;
+      }
+    }
     // Walk the keys' cells incrementally: one division per row, not per entry.
     Index c = std::clamp<Index>(grid.leading - at.key_begin, 0, cols);
     if (c == cols) continue;

@@ -3,6 +3,7 @@
 // A row whose every entry is -inf (every key masked) becomes all zeros, never NaN.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -16,13 +17,23 @@ namespace detail {
 // Eigen's vectorized exp clamps its argument, so exp(-inf) alone would be a tiny positive
 // number, and Eigen 3.4's select() is not vectorized: masked entries are put back to exactly 0
 // by a second, cheap pass.
+//
+// Arguments are clamped below at log of the smallest normal number: a masked (-inf) or far
+// away key would otherwise make exp compute a subnormal result, which costs a microcode assist
+// of about a hundred cycles per entry on x86 (a third of the time of a windowed image filter).
+// The clamp changes a weight by less than that smallest normal (1e-38 in float).
+template <class T>
+constexpr T k_log_min_normal = std::is_same_v<T, float> ? T(-87.33) : T(-708.39);
 
 // out = exp(scores - shift), exactly 0 where a score is -inf. out must not alias scores.
 template <class Scores, class Out>
 void exp_shifted(const Scores& scores, typename Scores::Scalar shift, Out&& out) {
   using T = typename Scores::Scalar;
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
-  out = (scores.array() - shift).exp().matrix();
+  out = (scores.array() - shift)
+            .max(k_log_min_normal<T>)  // std::max order: NaN stays NaN
+            .exp()
+            .matrix();
   if (scores.template minCoeff<Eigen::PropagateNumbers>() != neg_inf)
     return;  // a vectorized test spares the scalar pass
   for (Index c = 0; c < scores.size(); ++c)
@@ -35,11 +46,14 @@ void exp_shifted_in_place(Row&& row, typename std::decay_t<Row>::Scalar shift) {
   using T = typename std::decay_t<Row>::Scalar;
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
   if (row.template minCoeff<Eigen::PropagateNumbers>() != neg_inf) {
-    row = (row.array() - shift).exp().matrix();
+    row = (row.array() - shift)
+              .max(k_log_min_normal<T>)  // std::max order: NaN stays NaN
+              .exp()
+              .matrix();
     return;
   }
   for (Index c = 0; c < row.size(); ++c)
-    row(c) = row(c) == neg_inf ? T(0) : std::exp(row(c) - shift);
+    row(c) = row(c) == neg_inf ? T(0) : std::exp(std::max(row(c) - shift, k_log_min_normal<T>));
 }
 
 // Turns each row of kernel log-values into A_ij = w_j K_ij / (sum_l u_l K_il + epsilon) with
