@@ -102,6 +102,37 @@ TEST(MultiHeadAttention, PackedSelfAttentionEqualsSeparateProjections) {
   ATTNLENS_EXPECT_CLOSE(a.output, b.output, 1e-12);
 }
 
+// The float fast paths (projection kernel with q, k, v written in place, fused softmax tiles)
+// against the separate-projection path and the reference engine; and FrozenMultiHeadAttention
+// (weights packed once) equal to its module, and a snapshot that later changes do not reach.
+TEST(MultiHeadAttention, FloatFastPathsAndFrozenModule) {
+  for (const Index E : {64, 48}) {  // 48: not a multiple of the 32-column panels
+    SCOPED_TRACE(::testing::Message() << "E = " << E);
+    Rng rng(17);
+    MultiHeadAttention<float> mha({E, 4}, rng);
+    for (Matrix<float>* m : {&mha.in_proj_weight, &mha.out_proj.weight})
+      for (Index i = 0; i < m->size(); ++i) m->data()[i] += 0.1f * rng.normal<float>();
+    for (Vector<float>* v : {&mha.in_proj_bias, &mha.out_proj.bias})
+      for (Index i = 0; i < v->size(); ++i) (*v)[i] = 0.2f * rng.normal<float>();
+    const auto x = random_tensor<float>({2, 150, E}, rng);
+    const Tensor<float> copy = x;
+    MultiHeadForwardOptions reference;
+    reference.engine = AttentionEngine::reference;
+    const auto fused = mha.forward(x);
+    ATTNLENS_EXPECT_CLOSE(fused.output, mha.forward(x, copy, copy, {}, reference).output, 1e-5);
+
+    const FrozenMultiHeadAttention<float> frozen(mha, ParallelOptions{2});
+    MultiHeadForwardOptions two;
+    two.parallel.threads = 2;
+    ATTNLENS_EXPECT_CLOSE(frozen.forward(x, {}, two).output, fused.output, 1e-5);
+    mha.in_proj_weight *= 2.0f;
+    mha.out_proj.bias.setZero();
+    ATTNLENS_EXPECT_CLOSE(frozen.forward(x).output, fused.output, 1e-5);
+    EXPECT_GT((mha.forward(x).output.matrix({0}) - fused.output.matrix({0})).cwiseAbs().maxCoeff(),
+              1e-2);
+  }
+}
+
 TEST(MultiHeadAttention, PermutingTokensPermutesOutputs) {
   Rng rng(8);
   const auto mha = perturbed_module({12, 3}, rng);

@@ -97,6 +97,9 @@ struct MultiHeadCache {
 };
 
 template <class T>
+class FrozenMultiHeadAttention;
+
+template <class T>
 class MultiHeadAttention {
   MultiHeadAttentionOptions options_;  // first: checked before any member is sized from it
 
@@ -171,11 +174,7 @@ class MultiHeadAttention {
                              const MultiHeadForwardOptions& options = {},
                              MultiHeadCache<T>* cache = nullptr,
                              const StackValues<T>& stack = {}) const {
-    const Dims dims = check_inputs(query, key, value);
-    MultiHeadCache<T> local;
-    MultiHeadCache<T>& state = cache ? *cache : local;
-    project(query, key, value, &query == &key && &key == &value, dims, options.parallel, state);
-    return attend(dims, mask, options, cache != nullptr, stack, state);
+    return forward_impl(query, key, value, mask, options, cache, stack, nullptr);
   }
 
   // Self-attention: query = key = value = x; one GEMM projects q, k and v together.
@@ -239,10 +238,32 @@ class MultiHeadAttention {
   ValueTerms<T> value_terms;
 
  private:
+  template <class U>
+  friend class FrozenMultiHeadAttention;
+
+  // Projection weights packed once for the AVX-512 GEMM (FrozenMultiHeadAttention); null
+  // members are packed per call.
+  struct PackedWeights {
+    std::unique_ptr<float[]> in_proj, out_proj;
+  };
+
   struct Dims {
     bool batched;
     Index batch, tgt_len, src_len;
   };
+
+  MultiHeadOutput<T> forward_impl(const Tensor<T>& query, const Tensor<T>& key,
+                                  const Tensor<T>& value, const AttentionMask<T>& mask,
+                                  const MultiHeadForwardOptions& options, MultiHeadCache<T>* cache,
+                                  const StackValues<T>& stack, const PackedWeights* packed) const {
+    const Dims dims = check_inputs(query, key, value);
+    MultiHeadCache<T> local;
+    MultiHeadCache<T>& state = cache ? *cache : local;
+    project(query, key, value, &query == &key && &key == &value, dims, options.parallel, state,
+            packed ? packed->in_proj.get() : nullptr);
+    return attend(dims, mask, options, cache != nullptr, stack, state,
+                  packed ? packed->out_proj.get() : nullptr);
+  }
 
   static MultiHeadAttentionOptions checked(const MultiHeadAttentionOptions& o) {
     detail::require_argument(o.embed_dim > 0, "MultiHeadAttentionOptions::embed_dim", "> 0",
@@ -292,7 +313,7 @@ class MultiHeadAttention {
   // q, k, v = x W^T + b for the three projections; one GEMM when all three read the same x.
   void project(const Tensor<T>& query, const Tensor<T>& key, const Tensor<T>& value,
                bool self_attention, const Dims& dims, const ParallelOptions& parallel,
-               MultiHeadCache<T>& state) const {
+               MultiHeadCache<T>& state, const float* packed_in_proj) const {
     const Index E = embed_dim();
     const ConstMatrixMap<T> xq(query.data(), dims.batch * dims.tgt_len, E);
     const ConstMatrixMap<T> xk(key.data(), dims.batch * dims.src_len, kdim());
@@ -311,7 +332,8 @@ class MultiHeadAttention {
                                            state.values.data()}};
           detail::avx512::product_transposed(xq.data(), E, in_proj_weight.data(), E,
                                              has_bias() ? in_proj_bias.data() : nullptr,
-                                             xq.rows(), 3 * E, E, qkv, parallel);
+                                             xq.rows(), 3 * E, E, qkv, parallel,
+                                             packed_in_proj);
           return;
         }
       }
@@ -421,7 +443,8 @@ class MultiHeadAttention {
 
   MultiHeadOutput<T> attend(const Dims& dims, const AttentionMask<T>& mask,
                             const MultiHeadForwardOptions& options, bool caching,
-                            const StackValues<T>& stack, MultiHeadCache<T>& state) const {
+                            const StackValues<T>& stack, MultiHeadCache<T>& state,
+                            const float* packed_out_proj) const {
     const Index B = dims.batch, H = num_heads(), L = dims.tgt_len, S = dims.src_len;
     const Index d = head_dim(), E = embed_dim();
     const ScoreShape shape{B, H, L, S, d};
@@ -531,8 +554,24 @@ class MultiHeadAttention {
     result.output = dims.batched ? Tensor<T>({B, L, E}) : Tensor<T>({L, E});
     MatrixMap<T> output(result.output.data(), B * L, E);
     out_proj.check_parameters("out_proj");
-    parallel_product_transposed<T>(state.context, out_proj.weight, output, options.parallel,
-                                   out_proj.has_bias() ? out_proj.bias.data() : nullptr);
+    const T* out_bias = out_proj.has_bias() ? out_proj.bias.data() : nullptr;
+    bool projected = false;
+#if ATTNLENS_HAS_AVX512_KERNELS
+    if constexpr (std::is_same_v<T, float>) {
+      if (packed_out_proj) {
+        detail::avx512::product_transposed(state.context.data(), E, nullptr, E, out_bias, B * L, E,
+                                           E, {output.data(), E}, options.parallel,
+                                           packed_out_proj);
+        projected = true;
+      }
+    }
+#else
+    (void)packed_out_proj;
+#endif
+    if (!projected)
+      parallel_product_transposed<T>(state.context, out_proj.weight, output, options.parallel,
+                                     out_bias);
+
 
     if (options.weights == AttentionWeights::per_head) {
       result.weights = dims.batched ? state.weights : state.weights.reshaped({H, L, S});
@@ -547,6 +586,48 @@ class MultiHeadAttention {
     }
     return result;
   }
+};
+
+// A MultiHeadAttention for inference with fixed parameters: it keeps its own copy of the
+// module with the projection weights packed once for the AVX-512 GEMM kernel (float), where
+// MultiHeadAttention::forward packs them on every call (one pass over 4 E^2 floats, about 6%
+// of a call at L = 128, E = 512). It is a snapshot, as an ONNX Runtime session is of its
+// model: later changes to the original module's parameters do not reach it, so it can never
+// use stale packed weights; build a new one after changing them. Elsewhere (double, no
+// AVX-512, E not a multiple of 32, separate q/k/v weights) it simply forwards to its copy.
+template <class T>
+class FrozenMultiHeadAttention {
+ public:
+  explicit FrozenMultiHeadAttention(const MultiHeadAttention<T>& module,
+                                    const ParallelOptions& parallel = {})
+      : module_(module) {
+    module_.check_parameters();
+#if ATTNLENS_HAS_AVX512_KERNELS
+    if constexpr (std::is_same_v<T, float>) {
+      const Index E = module_.embed_dim();
+      if (detail::use_avx512() && module_.packed() && E % detail::avx512::k_nr == 0) {
+        packed_.in_proj = detail::avx512::pack_transposed(module_.in_proj_weight.data(), E, 3 * E,
+                                                          E, parallel);
+        packed_.out_proj = detail::avx512::pack_transposed(module_.out_proj.weight.data(), E, E,
+                                                           E, parallel);
+      }
+    }
+#else
+    (void)parallel;
+#endif
+  }
+
+  // Self-attention, as MultiHeadAttention::forward(x, mask, options) of the snapshot.
+  MultiHeadOutput<T> forward(const Tensor<T>& x, const AttentionMask<T>& mask = {},
+                             const MultiHeadForwardOptions& options = {}) const {
+    return module_.forward_impl(x, x, x, mask, options, nullptr, {}, &packed_);
+  }
+
+  const MultiHeadAttention<T>& module() const { return module_; }
+
+ private:
+  MultiHeadAttention<T> module_;
+  typename MultiHeadAttention<T>::PackedWeights packed_;
 };
 
 }  // namespace attnlens

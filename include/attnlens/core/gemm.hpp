@@ -277,22 +277,44 @@ ATTNLENS_AVX512 inline void gemm_packed(Index m, Index n, Index depth, const flo
 }
 
 // c = a * b^T + bias on the threads of `parallel` (see parallel_product_transposed).
-inline void product_transposed(const float* a, Index lda, const float* b, Index ldb,
-                               const float* bias, Index m, Index n, Index depth,
-                               const Destination& c, const ParallelOptions& parallel) {
-  const Index chunks =
-      std::max<Index>(1, std::min<Index>(thread_count(parallel), std::max(m, n) / 32));
-  const Index panels = (n + k_nr - 1) / k_nr;
-  const std::unique_ptr<float[]> packed(new float[static_cast<std::size_t>(panels * depth * k_nr)]);
+// Floats of b (n x depth) packed into 32-column panels.
+inline Index packed_size(Index n, Index depth) { return (n + k_nr - 1) / k_nr * k_nr * depth; }
+
+// b (n x depth, row-major) packed into 32-column panels, once, for product_transposed.
+inline std::unique_ptr<float[]> pack_transposed(const float* b, Index ldb, Index n, Index depth,
+                                                const ParallelOptions& parallel) {
+  std::unique_ptr<float[]> packed(new float[static_cast<std::size_t>(packed_size(n, depth))]);
   parallel_for(
-      panels,
+      (n + k_nr - 1) / k_nr,
       [&](Index p) {
         pack_panel_transposed(b + p * k_nr * ldb, ldb, std::min(k_nr, n - p * k_nr), depth,
                               packed.get() + p * depth * k_nr);
       },
       parallel);
-  // Split along the longer side; column chunks hold whole panels.
+  return packed;
+}
+
+// prepacked: b already packed by pack_transposed (b is then not read), or null.
+inline void product_transposed(const float* a, Index lda, const float* b, Index ldb,
+                               const float* bias, Index m, Index n, Index depth,
+                               const Destination& c, const ParallelOptions& parallel,
+                               const float* prepacked = nullptr) {
+  const Index chunks =
+      std::max<Index>(1, std::min<Index>(thread_count(parallel), std::max(m, n) / 32));
+  const std::unique_ptr<float[]> storage(
+      prepacked ? nullptr : new float[static_cast<std::size_t>(packed_size(n, depth))]);
+  float* const packed_data = storage.get();
+  const float* const panels_data = prepacked ? prepacked : packed_data;
+  const auto pack = [&](Index p) {
+    if (prepacked) return;
+    pack_panel_transposed(b + p * k_nr * ldb, ldb, std::min(k_nr, n - p * k_nr), depth,
+                          packed_data + p * depth * k_nr);
+  };
+  // Split along the longer side. Row chunks share all of b's panels, packed first by all
+  // threads; column chunks hold whole panels, and each thread packs its own (they stay in its
+  // cache, and one fork-join is saved).
   const bool by_rows = m >= n;
+  if (by_rows && !prepacked) parallel_for((n + k_nr - 1) / k_nr, pack, parallel);
   const Index unit = by_rows ? 1 : k_nr, extent = by_rows ? m : n;
   const Index units = (extent + unit - 1) / unit;
   const Index per_chunk = (units + chunks - 1) / chunks;
@@ -302,13 +324,16 @@ inline void product_transposed(const float* a, Index lda, const float* b, Index 
         const Index begin = part * per_chunk * unit;
         const Index count = std::min(per_chunk * unit, extent - begin);
         if (count <= 0) return;
-        const std::unique_ptr<float[]> a_pack(new float[static_cast<std::size_t>(row_panels(k_mc) * k_nr * k_kc)]);
-        if (by_rows)
-          gemm_packed(count, n, depth, a + begin * lda, lda, packed.get(), bias, c, begin, 0,
+        const std::unique_ptr<float[]> a_pack(
+            new float[static_cast<std::size_t>(row_panels(k_mc) * k_nr * k_kc)]);
+        if (by_rows) {
+          gemm_packed(count, n, depth, a + begin * lda, lda, panels_data, bias, c, begin, 0,
                       a_pack.get());
-        else
-          gemm_packed(m, count, depth, a, lda, packed.get() + (begin / k_nr) * depth * k_nr,
-                      bias ? bias + begin : nullptr, c, 0, begin, a_pack.get());
+          return;
+        }
+        for (Index p = begin / k_nr; p * k_nr < begin + count; ++p) pack(p);
+        gemm_packed(m, count, depth, a, lda, panels_data + (begin / k_nr) * depth * k_nr,
+                    bias ? bias + begin : nullptr, c, 0, begin, a_pack.get());
       },
       parallel);
 }
