@@ -5,35 +5,23 @@
 
 #include "attnlens/attention/reference_engine.hpp"
 #include "attnlens/core/init.hpp"
+#include "support/random_head.hpp"
 
 namespace attnlens {
 namespace {
-
-struct Head {
-  Matrix<double> q, k, v;
-};
-
-Head random_head(Index L, Index S, Index d, Index dv, std::uint64_t seed) {
-  Rng rng(seed);
-  Head h{Matrix<double>(L, d), Matrix<double>(S, d), Matrix<double>(S, dv)};
-  init::normal(h.q, rng);
-  init::normal(h.k, rng);
-  init::normal(h.v, rng);
-  return h;
-}
 
 struct Result {
   Matrix<double> weights, out;
 };
 
-Result run(const Head& h, const AttentionKernel<double>& kernel) {
+Result run(const testing::RandomHead<double>& h, const AttentionKernel<double>& kernel) {
   Result r{Matrix<double>(h.q.rows(), h.k.rows()), Matrix<double>(h.q.rows(), h.v.cols())};
   reference_attention<double>({0, 0, h.q, h.k, h.v}, kernel, r.weights, r.out);
   return r;
 }
 
 TEST(ReferenceEngine, IsTheNormalizedKernelSmoother) {
-  const auto h = random_head(5, 7, 4, 3, 1);
+  const auto h = testing::random_head<double>(5, 7, 4, 3, 1);
   const double scale = 0.5;
   const auto r = run(h, {dot_product_range(scale)});
   // u_i = sum_j K_ij v_j / sum_j K_ij with K_ij = exp(scale q_i.k_j), written out by loops.
@@ -51,7 +39,7 @@ TEST(ReferenceEngine, IsTheNormalizedKernelSmoother) {
 }
 
 TEST(ReferenceEngine, FullyMaskedRowsAreZeroAndMaskedNanValuesNeverLeak) {
-  auto h = random_head(3, 4, 2, 2, 2);
+  auto h = testing::random_head<double>(3, 4, 2, 2, 2);
   AttentionMask<double> mask;
   mask.keep = Tensor<std::uint8_t>({3, 4}, {1, 1, 0, 1,  //
                                             0, 0, 0, 0,  // fully masked

@@ -17,7 +17,7 @@ using testing::expect_error_naming;
 using testing::random_tensor;
 
 template <class T>
-void check_against_pytorch() {
+void check_encoder_layer_against_pytorch() {
   const io::SafeTensors file = testing::load_typed_fixture<T>("encoder_layer");
   const double tol = testing::default_tolerance<T>();
   const int checked = testing::for_each_case(file, "", [&](const auto& c, const auto& prefix) {
@@ -32,8 +32,10 @@ void check_against_pytorch() {
   EXPECT_EQ(checked, 7);
 }
 
-TEST(TransformerEncoderLayer, MatchesPyTorchFloat) { check_against_pytorch<float>(); }
-TEST(TransformerEncoderLayer, MatchesPyTorchDouble) { check_against_pytorch<double>(); }
+TEST(TransformerEncoderLayer, MatchesPyTorchFloat) { check_encoder_layer_against_pytorch<float>(); }
+TEST(TransformerEncoderLayer, MatchesPyTorchDouble) {
+  check_encoder_layer_against_pytorch<double>();
+}
 
 EncoderLayerOptions small_options(bool norm_first) {
   EncoderLayerOptions o;

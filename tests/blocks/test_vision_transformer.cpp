@@ -36,7 +36,7 @@ VisionTransformerOptions vit_options(const nlohmann::json& c) {
 }
 
 template <class T>
-void check_against_pytorch() {
+void check_vit_against_pytorch() {
   const io::SafeTensors file = testing::load_typed_fixture<T>("vit");
   const double tol = testing::default_tolerance<T>();
   const int checked = testing::for_each_case(file, "", [&](const auto& c, const auto& prefix) {
@@ -58,8 +58,10 @@ void check_against_pytorch() {
   EXPECT_EQ(checked, 6);
 }
 
-TEST(VisionTransformer, MatchesAnIndependentPyTorchViTFloat) { check_against_pytorch<float>(); }
-TEST(VisionTransformer, MatchesAnIndependentPyTorchViTDouble) { check_against_pytorch<double>(); }
+TEST(VisionTransformer, MatchesAnIndependentPyTorchViTFloat) { check_vit_against_pytorch<float>(); }
+TEST(VisionTransformer, MatchesAnIndependentPyTorchViTDouble) {
+  check_vit_against_pytorch<double>();
+}
 
 VisionTransformerOptions small_options() {
   VisionTransformerOptions o;

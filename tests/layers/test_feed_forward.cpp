@@ -14,7 +14,7 @@ namespace {
 using testing::expect_error_naming;
 
 template <class T>
-void check_against_pytorch() {
+void check_feed_forward_against_pytorch() {
   const io::SafeTensors file = testing::load_typed_fixture<T>("layers");
   const int checked =
       testing::for_each_case(file, "feed_forward", [&](const auto& c, const auto& prefix) {
@@ -28,8 +28,8 @@ void check_against_pytorch() {
   EXPECT_EQ(checked, 3);
 }
 
-TEST(FeedForward, MatchesPyTorchFloat) { check_against_pytorch<float>(); }
-TEST(FeedForward, MatchesPyTorchDouble) { check_against_pytorch<double>(); }
+TEST(FeedForward, MatchesPyTorchFloat) { check_feed_forward_against_pytorch<float>(); }
+TEST(FeedForward, MatchesPyTorchDouble) { check_feed_forward_against_pytorch<double>(); }
 
 TEST(FeedForward, CacheHoldsTheHiddenLayer) {
   Rng rng(3);

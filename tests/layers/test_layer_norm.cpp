@@ -19,7 +19,7 @@ using testing::expect_error_naming;
 // 4.9e-6 from the exact one and attnlens's (moments in double) 5.2e-6 from PyTorch's, within
 // DESIGN.md's 1e-5.
 template <class T>
-void check_against_pytorch() {
+void check_layer_norm_against_pytorch() {
   const io::SafeTensors file = testing::load_typed_fixture<T>("layers");
   const int checked =
       testing::for_each_case(file, "layer_norm", [&](const auto& c, const auto& prefix) {
@@ -32,8 +32,8 @@ void check_against_pytorch() {
   EXPECT_EQ(checked, 4);
 }
 
-TEST(LayerNorm, MatchesPyTorchFloat) { check_against_pytorch<float>(); }
-TEST(LayerNorm, MatchesPyTorchDouble) { check_against_pytorch<double>(); }
+TEST(LayerNorm, MatchesPyTorchFloat) { check_layer_norm_against_pytorch<float>(); }
+TEST(LayerNorm, MatchesPyTorchDouble) { check_layer_norm_against_pytorch<double>(); }
 
 TEST(LayerNorm, InPlaceEqualsOutOfPlaceAndCacheHoldsTheNormalizedRows) {
   Rng rng(1);

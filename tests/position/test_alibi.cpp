@@ -6,6 +6,7 @@
 
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/position/alibi.hpp"
+#include "support/scalar_types.hpp"
 #include "support/score_terms.hpp"
 
 namespace attnlens {
@@ -15,8 +16,7 @@ using testing::term_bias;
 
 template <class T>
 class AlibiTest : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(AlibiTest, Scalars);
+TYPED_TEST_SUITE(AlibiTest, testing::Scalars, testing::ScalarName);
 
 TYPED_TEST(AlibiTest, SlopesMatchPressEtAlForAnyHeadCount) {
   using T = TypeParam;

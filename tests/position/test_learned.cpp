@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "attnlens/position/learned.hpp"
+#include "support/scalar_types.hpp"
 #include "support/score_terms.hpp"
 
 namespace attnlens {
@@ -9,8 +10,7 @@ namespace {
 
 template <class T>
 class LearnedTest : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(LearnedTest, Scalars);
+TYPED_TEST_SUITE(LearnedTest, testing::Scalars, testing::ScalarName);
 
 TYPED_TEST(LearnedTest, AddsTheTableLikeEmbedding) {
   using T = TypeParam;

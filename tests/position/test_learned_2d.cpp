@@ -4,6 +4,7 @@
 
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/position/learned_2d.hpp"
+#include "support/scalar_types.hpp"
 #include "support/score_terms.hpp"
 
 namespace attnlens {
@@ -13,8 +14,7 @@ using testing::term_bias;
 
 template <class T>
 class Learned2dTest : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(Learned2dTest, Scalars);
+TYPED_TEST_SUITE(Learned2dTest, testing::Scalars, testing::ScalarName);
 
 template <class T>
 LearnedRelative2d<T> loaded_term(const io::SafeTensors& file) {

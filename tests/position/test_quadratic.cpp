@@ -5,6 +5,7 @@
 
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/position/quadratic.hpp"
+#include "support/scalar_types.hpp"
 #include "support/score_terms.hpp"
 
 namespace attnlens {
@@ -14,8 +15,7 @@ using testing::term_bias;
 
 template <class T>
 class QuadraticTest : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(QuadraticTest, Scalars);
+TYPED_TEST_SUITE(QuadraticTest, testing::Scalars, testing::ScalarName);
 
 TYPED_TEST(QuadraticTest, IsotropicMatchesOracle) {
   using T = TypeParam;

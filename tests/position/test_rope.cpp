@@ -5,6 +5,7 @@
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/io/state_dict.hpp"
 #include "attnlens/position/rope.hpp"
+#include "support/scalar_types.hpp"
 #include "support/score_terms.hpp"
 
 namespace attnlens {
@@ -12,8 +13,7 @@ namespace {
 
 template <class T>
 class RopeTest : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(RopeTest, Scalars);
+TYPED_TEST_SUITE(RopeTest, testing::Scalars, testing::ScalarName);
 
 TYPED_TEST(RopeTest, RotationsAndScoresMatchOracle) {
   using T = TypeParam;

@@ -5,6 +5,7 @@
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/attention/reference_engine.hpp"
 #include "attnlens/position/shaw.hpp"
+#include "support/scalar_types.hpp"
 #include "support/score_terms.hpp"
 
 namespace attnlens {
@@ -12,8 +13,7 @@ namespace {
 
 template <class T>
 class ShawTest : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(ShawTest, Scalars);
+TYPED_TEST_SUITE(ShawTest, testing::Scalars, testing::ScalarName);
 
 TYPED_TEST(ShawTest, EngineWithShawTermsMatchesOracle) {
   using T = TypeParam;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "attnlens/position/sinusoidal.hpp"
+#include "support/scalar_types.hpp"
 #include "support/score_terms.hpp"
 
 namespace attnlens {
@@ -10,8 +11,7 @@ namespace {
 
 template <class T>
 class SinusoidalTest : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(SinusoidalTest, Scalars);
+TYPED_TEST_SUITE(SinusoidalTest, testing::Scalars, testing::ScalarName);
 
 TYPED_TEST(SinusoidalTest, TablesMatchOracle) {
   using T = TypeParam;

@@ -4,6 +4,7 @@
 
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/position/t5.hpp"
+#include "support/scalar_types.hpp"
 #include "support/score_terms.hpp"
 
 namespace attnlens {
@@ -32,8 +33,7 @@ TEST(T5RelativeBias, BucketsMatchHuggingFaceForEveryOffset) {
 
 template <class T>
 class T5Test : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(T5Test, Scalars);
+TYPED_TEST_SUITE(T5Test, testing::Scalars, testing::ScalarName);
 
 TYPED_TEST(T5Test, BiasMatchesComputeBias) {
   using T = TypeParam;

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "attnlens/position/transformer_xl.hpp"
+#include "support/scalar_types.hpp"
 #include "support/score_terms.hpp"
 
 namespace attnlens {
@@ -9,8 +10,7 @@ namespace {
 
 template <class T>
 class TransformerXlTest : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(TransformerXlTest, Scalars);
+TYPED_TEST_SUITE(TransformerXlTest, testing::Scalars, testing::ScalarName);
 
 TYPED_TEST(TransformerXlTest, MatchesOracleTileByTile) {
   using T = TypeParam;

@@ -1,5 +1,5 @@
 // Test helpers for the transformer-block fixtures (tests/reference/oracles/blocks.py): the
-// fixture file of a scalar type, and a check that an exception names what it should.
+// fixture file of a scalar type and the options a fixture case was built with.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -10,6 +10,7 @@
 
 #include "attnlens/blocks/encoder.hpp"
 #include "attnlens/io/torch_masks.hpp"
+#include "support/expect_error.hpp"
 #include "support/fixtures.hpp"
 
 namespace attnlens::testing {
@@ -18,17 +19,6 @@ namespace attnlens::testing {
 template <class T>
 io::SafeTensors load_typed_fixture(const std::string& stem) {
   return load_fixture(stem + (std::is_same_v<T, float> ? "_f32" : "_f64") + ".safetensors");
-}
-
-// Runs body, expecting an exception of type E whose message contains `word`.
-template <class E, class Body>
-void expect_error_naming(Body&& body, const std::string& word) {
-  try {
-    body();
-    ADD_FAILURE() << "no exception; expected one naming '" << word << "'";
-  } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(word), std::string::npos) << e.what();
-  }
 }
 
 // The encoder-layer options a fixture case (EncoderLayerCase / EncoderCase) was built with.

@@ -9,6 +9,7 @@
 
 #include "attnlens/attention/score_term.hpp"
 #include "attnlens/core/tensor.hpp"
+#include "support/expect_error.hpp"
 #include "support/fixtures.hpp"
 
 namespace attnlens::testing {
@@ -42,17 +43,6 @@ template <class T>
 io::SafeTensors load_positions_fixture() {
   return load_fixture(std::is_same_v<T, float> ? "positions_f32.safetensors"
                                                : "positions_f64.safetensors");
-}
-
-// Runs body and expects an exception of type E whose message contains `word`.
-template <class E, class Body>
-void expect_error_naming(Body&& body, const std::string& word) {
-  try {
-    body();
-    ADD_FAILURE() << "no exception naming " << word;
-  } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(word), std::string::npos) << e.what();
-  }
 }
 
 }  // namespace attnlens::testing
