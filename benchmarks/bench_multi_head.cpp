@@ -21,7 +21,7 @@ void BM_MultiHeadAttention(benchmark::State& state) {
 #if defined(__GLIBC__)
   // Freed megabyte buffers stay in the process, as with ONNX Runtime's arena (see attnlens
   // bench): otherwise every call faults its q, k, v and outputs in again.
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_MMAP_MAX, 0);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
 #endif
   const Index B = state.range(0), L = state.range(1), E = state.range(2), H = state.range(3);

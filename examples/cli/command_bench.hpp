@@ -48,7 +48,7 @@ inline void run(const BenchArguments& args) {
   detail::require_argument(args.threads >= 0, "--threads", ">= 0", args.threads);
 #if defined(__GLIBC__)
   if (!args.system_malloc) {
-    mallopt(M_MMAP_THRESHOLD, 1 << 30);  // large blocks from the heap, not fresh mappings
+    mallopt(M_MMAP_MAX, 0);              // large blocks from the heap, not fresh mappings
     mallopt(M_TRIM_THRESHOLD, 1 << 30);  // and the heap not shrunk after each call
   }
 #endif
