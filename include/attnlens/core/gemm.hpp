@@ -243,47 +243,34 @@ struct Destination {
   }
 };
 
-// Rows of the left operand go in chunks of at most k_mc, split evenly.
-struct RowChunks {
-  Index m, count;
-  explicit RowChunks(Index rows) : m(rows), count((rows + k_mc - 1) / k_mc) {}
-  Index begin(Index chunk) const { return m * chunk / count; }
-  Index rows(Index chunk) const { return begin(chunk + 1) - begin(chunk); }
-  // Floats of one packed chunk (pack_chunk).
-  static Index size(Index depth) { return row_panels(k_mc) * k_nr * depth; }
-};
-
-// rows x depth of a (row-major) packed for gemm_chunk: per depth block pc of k_kc, the rows'
-// panels (pack_row_panels) at dst + row_panels(rows) * 32 * pc.
-ATTNLENS_AVX512 inline void pack_chunk(const float* a, Index lda, Index rows, Index depth,
-                                       float* dst) {
-  const Index panels = row_panels(rows);
-  for (Index pc = 0; pc < depth; pc += k_kc)
-    pack_row_panels(a + pc, lda, rows, std::min(k_kc, depth - pc), dst + panels * k_nr * pc);
-}
-
-// c rows [row0, row0 + rows) x columns [col0, col0 + n) = A B + bias, A packed by pack_chunk,
-// B packed by pack_panel_transposed (panel p, columns col0 + 32p.., at bp + p * depth * 32).
-ATTNLENS_AVX512 inline void gemm_chunk(Index rows, Index n, Index depth, const float* a_chunk,
-                                       const float* bp, const float* bias, const Destination& c,
-                                       Index row0, Index col0) {
-  const Index panels = row_panels(rows);
-  for (Index pc = 0; pc < depth; pc += k_kc) {
-    const Index kb = std::min(k_kc, depth - pc);
-    const float* a_block = a_chunk + panels * k_nr * pc;
-    for (Index j = 0; j < n; j += k_nr) {
-      const float* panel = bp + (j / k_nr) * depth * k_nr + pc * k_nr;
-      const float* init = pc == 0 && bias ? bias + j : nullptr;
-      const Index cols = std::min(k_nr, n - j);
-      for (Index p = 0; p < panels; ++p) {
-        const Index begin = rows * p / panels, count = rows * (p + 1) / panels - begin;
-        const Index first = (count + 1) / 2;
-        const float* a_panel = a_block + p * kb * k_nr;
-        kernel_block(first, cols, kb, a_panel, k_nr, panel, k_nr, 0,
-                     c.at(row0 + begin, col0 + j), c.stride, init, pc > 0);
-        if (count > first)
-          kernel_block(count - first, cols, kb, a_panel + first, k_nr, panel, k_nr, 0,
-                       c.at(row0 + begin + first, col0 + j), c.stride, init, pc > 0);
+// c (m x n) = a (m x depth, row-major) * bp + bias, bp packed by pack_panel_transposed: panel p
+// (columns 32p..32p+31) at bp + p * depth * 32. a_pack holds row_panels(k_mc) * 32 * k_kc floats. Columns and
+// rows count from (row0, col0) of c.
+ATTNLENS_AVX512 inline void gemm_packed(Index m, Index n, Index depth, const float* a, Index lda,
+                                        const float* bp, const float* bias, const Destination& c,
+                                        Index row0, Index col0, float* a_pack) {
+  // Rows go in chunks of at most k_mc, split evenly; each chunk in panels of at most 28 rows.
+  const Index chunks = (m + k_mc - 1) / k_mc;
+  for (Index chunk = 0; chunk < chunks; ++chunk) {
+    const Index ic = m * chunk / chunks, mb = m * (chunk + 1) / chunks - ic;
+    const Index panels = row_panels(mb);
+    for (Index pc = 0; pc < depth; pc += k_kc) {
+      const Index kb = std::min(k_kc, depth - pc);
+      pack_row_panels(a + ic * lda + pc, lda, mb, kb, a_pack);
+      for (Index j = 0; j < n; j += k_nr) {
+        const float* panel = bp + (j / k_nr) * depth * k_nr + pc * k_nr;
+        const float* init = pc == 0 && bias ? bias + j : nullptr;
+        const Index cols = std::min(k_nr, n - j);
+        for (Index p = 0; p < panels; ++p) {
+          const Index begin = mb * p / panels, count = mb * (p + 1) / panels - begin;
+          const Index first = (count + 1) / 2;
+          const float* a_panel = a_pack + p * kb * k_nr;
+          kernel_block(first, cols, kb, a_panel, k_nr, panel, k_nr, 0,
+                       c.at(row0 + ic + begin, col0 + j), c.stride, init, pc > 0);
+          if (count > first)
+            kernel_block(count - first, cols, kb, a_panel + first, k_nr, panel, k_nr, 0,
+                         c.at(row0 + ic + begin + first, col0 + j), c.stride, init, pc > 0);
+        }
       }
     }
   }
@@ -312,9 +299,8 @@ inline void product_transposed(const float* a, Index lda, const float* b, Index 
                                const float* bias, Index m, Index n, Index depth,
                                const Destination& c, const ParallelOptions& parallel,
                                const float* prepacked = nullptr) {
-  const Index threads = thread_count(parallel);
-  const Index panels = (n + k_nr - 1) / k_nr;
-  const RowChunks chunks(m);
+  const Index chunks =
+      std::max<Index>(1, std::min<Index>(thread_count(parallel), std::max(m, n) / 32));
   const std::unique_ptr<float[]> storage(
       prepacked ? nullptr : new float[static_cast<std::size_t>(packed_size(n, depth))]);
   float* const packed_data = storage.get();
@@ -324,46 +310,30 @@ inline void product_transposed(const float* a, Index lda, const float* b, Index 
     pack_panel_transposed(b + p * k_nr * ldb, ldb, std::min(k_nr, n - p * k_nr), depth,
                           packed_data + p * depth * k_nr);
   };
-  // Tasks are taken dynamically, several per thread, so that a thread that loses its core for
-  // a while (the machine is shared) holds up less than half of the product.
-  if (chunks.count >= 2 * threads) {
-    // Row chunks: all of b's panels are packed first, by all threads, and shared.
-    if (!prepacked) parallel_for(panels, pack, parallel);
-    parallel_for(
-        chunks.count,
-        [&](Index t) {
-          const std::unique_ptr<float[]> a_chunk(
-              new float[static_cast<std::size_t>(RowChunks::size(depth))]);
-          pack_chunk(a + chunks.begin(t) * lda, lda, chunks.rows(t), depth, a_chunk.get());
-          gemm_chunk(chunks.rows(t), n, depth, a_chunk.get(), panels_data, bias, c,
-                     chunks.begin(t), 0);
-        },
-        parallel);
-    return;
-  }
-  // Few rows: a is packed once and shared; groups of b's panels are packed by the task that
-  // uses them, so they stay in that thread's cache.
-  const std::unique_ptr<float[]> a_packed(
-      new float[static_cast<std::size_t>(chunks.count * RowChunks::size(depth))]);
+  // Split along the longer side. Row chunks share all of b's panels, packed first by all
+  // threads; column chunks hold whole panels, and each thread packs its own (they stay in its
+  // cache, and one fork-join is saved).
+  const bool by_rows = m >= n;
+  if (by_rows && !prepacked) parallel_for((n + k_nr - 1) / k_nr, pack, parallel);
+  const Index unit = by_rows ? 1 : k_nr, extent = by_rows ? m : n;
+  const Index units = (extent + unit - 1) / unit;
+  const Index per_chunk = (units + chunks - 1) / chunks;
   parallel_for(
-      chunks.count,
-      [&](Index t) {
-        pack_chunk(a + chunks.begin(t) * lda, lda, chunks.rows(t), depth,
-                   a_packed.get() + t * RowChunks::size(depth));
-      },
-      parallel);
-  const Index groups = std::min(panels, threads > 1 ? 4 * threads : Index(1));
-  parallel_for(
-      groups,
-      [&](Index g) {
-        const Index p0 = panels * g / groups, p1 = panels * (g + 1) / groups;
-        if (p0 == p1) return;
-        for (Index p = p0; p < p1; ++p) pack(p);
-        const Index col0 = p0 * k_nr, cols = std::min(n, p1 * k_nr) - col0;
-        for (Index t = 0; t < chunks.count; ++t)
-          gemm_chunk(chunks.rows(t), cols, depth, a_packed.get() + t * RowChunks::size(depth),
-                     panels_data + p0 * depth * k_nr, bias ? bias + col0 : nullptr, c,
-                     chunks.begin(t), col0);
+      chunks,
+      [&](Index part) {
+        const Index begin = part * per_chunk * unit;
+        const Index count = std::min(per_chunk * unit, extent - begin);
+        if (count <= 0) return;
+        const std::unique_ptr<float[]> a_pack(
+            new float[static_cast<std::size_t>(row_panels(k_mc) * k_nr * k_kc)]);
+        if (by_rows) {
+          gemm_packed(count, n, depth, a + begin * lda, lda, panels_data, bias, c, begin, 0,
+                      a_pack.get());
+          return;
+        }
+        for (Index p = begin / k_nr; p * k_nr < begin + count; ++p) pack(p);
+        gemm_packed(m, count, depth, a, lda, panels_data + (begin / k_nr) * depth * k_nr,
+                    bias ? bias + begin : nullptr, c, 0, begin, a_pack.get());
       },
       parallel);
 }
