@@ -6,6 +6,10 @@
 
 #include <array>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include "attnlens/blocks/encoder.hpp"
 
 namespace {
@@ -13,6 +17,12 @@ namespace {
 using attnlens::Index;
 
 void BM_TransformerEncoder(benchmark::State& state) {
+#if defined(__GLIBC__)
+  // As in bench_multi_head: freed activation buffers stay in the process instead of being
+  // unmapped and faulted in again on the next call (PyTorch keeps them in its allocator).
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
   const Index B = state.range(0), L = state.range(1), E = state.range(2), H = state.range(3);
   const Index FF = state.range(4), layers = state.range(5);
   const int threads = static_cast<int>(state.range(6));
