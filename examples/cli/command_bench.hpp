@@ -23,6 +23,7 @@
 #include <malloc.h>
 #endif
 
+#include "attnlens/attention/frozen_multi_head.hpp"
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/core/init.hpp"
 #include "cli/errors.hpp"
@@ -88,8 +89,7 @@ inline void run(const BenchArguments& args) {
       "workspace_bytes=%zu\n",
       static_cast<long>(args.batch), static_cast<long>(args.length), static_cast<long>(args.embed),
       static_cast<long>(args.heads), threads, args.engine.c_str(), args.prepack ? "+prepack" : "",
-      best * 1e3, flops / best * 1e-9,
-      workspace);
+      best * 1e3, flops / best * 1e-9, workspace);
 }
 
 }  // namespace detail_bench

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "attnlens/attention/frozen_multi_head.hpp"
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/io/state_dict.hpp"
 #include "attnlens/io/torch_masks.hpp"
