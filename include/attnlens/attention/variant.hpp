@@ -87,10 +87,16 @@ inline AttentionVariantType attention_variant_from_name(
                       name + "'");
 }
 
+inline const char* distance_kernel_name(DistanceKernelType type) {
+  return type == DistanceKernelType::gaussian ? "gaussian" : "laplacian";
+}
+
+// The type named `name` (as distance_kernel_name writes it); throws ArgumentError naming `what`
+// otherwise.
 inline DistanceKernelType distance_kernel_from_name(const std::string& name,
                                                     const std::string& what = "domain kernel") {
-  if (name == "gaussian") return DistanceKernelType::gaussian;
-  if (name == "laplacian") return DistanceKernelType::laplacian;
+  for (auto type : {DistanceKernelType::gaussian, DistanceKernelType::laplacian})
+    if (name == distance_kernel_name(type)) return type;
   throw ArgumentError(what + ": expected gaussian or laplacian, got '" + name + "'");
 }
 

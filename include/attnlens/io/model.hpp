@@ -204,7 +204,7 @@ inline nlohmann::ordered_json attention_config_json(const AttentionVariantOption
   if (o.boost) json["boost"] = o.boost;
   switch (o.type) {
     case AttentionVariantType::bilateral:
-      json["kernel"] = o.domain.type == DistanceKernelType::gaussian ? "gaussian" : "laplacian";
+      json["kernel"] = distance_kernel_name(o.domain.type);
       json["leading"] = o.domain.leading;
       json["sigma_init"] = o.sigma_init;
       break;
