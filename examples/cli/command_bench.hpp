@@ -23,7 +23,6 @@
 #include <malloc.h>
 #endif
 
-#include "attnlens/attention/frozen_multi_head.hpp"
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/core/init.hpp"
 #include "cli/errors.hpp"
@@ -37,7 +36,6 @@ struct BenchArguments {
   int repeat = 7;
   Index query_tile = FusedTiling{}.query_tile, key_block = FusedTiling{}.key_block;
   bool system_malloc = false;
-  bool prepack = false;
 };
 
 namespace detail_bench {
@@ -64,13 +62,10 @@ inline void run(const BenchArguments& args) {
   options.parallel.threads = args.threads;
   const int threads = thread_count(options.parallel);
 
-  const std::unique_ptr<FrozenMultiHeadAttention<float>> frozen(
-      args.prepack ? new FrozenMultiHeadAttention<float>(mha, options.parallel) : nullptr);
-
   double best = 1e300;
   for (int run = 0; run <= args.repeat; ++run) {  // run 0 warms caches and page tables
     const auto start = std::chrono::steady_clock::now();
-    const auto result = frozen ? frozen->forward(x, {}, options) : mha.forward(x, {}, options);
+    const auto result = mha.forward(x, {}, options);
     const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
     if (run > 0) best = std::min(best, seconds.count());
   }
@@ -85,10 +80,10 @@ inline void run(const BenchArguments& args) {
           : sizeof(float) * static_cast<std::size_t>(args.batch * args.heads) *
                 static_cast<std::size_t>(args.length * args.length);
   std::printf(
-      "attnlens B=%ld L=%ld E=%ld H=%ld threads=%d engine=%s%s ms=%.2f gflops=%.1f "
+      "attnlens B=%ld L=%ld E=%ld H=%ld threads=%d engine=%s ms=%.2f gflops=%.1f "
       "workspace_bytes=%zu\n",
       static_cast<long>(args.batch), static_cast<long>(args.length), static_cast<long>(args.embed),
-      static_cast<long>(args.heads), threads, args.engine.c_str(), args.prepack ? "+prepack" : "",
+      static_cast<long>(args.heads), threads, args.engine.c_str(),
       best * 1e3, flops / best * 1e-9, workspace);
 }
 
@@ -118,9 +113,6 @@ inline void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--key-block", args->key_block, "Fused engine: keys per online-softmax step")
       ->capture_default_str();
-  cmd->add_flag("--prepack", args->prepack,
-                "Time a FrozenMultiHeadAttention: the projection weights packed once, not on "
-                "every call (as ONNX Runtime packs them when it creates a session)");
   cmd->add_flag("--system-malloc", args->system_malloc,
                 "Leave glibc's malloc at its defaults (freed megabyte blocks go back to the "
                 "kernel and are faulted in again on the next call)");

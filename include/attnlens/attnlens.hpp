@@ -4,7 +4,6 @@
 
 #include "attnlens/attention/distance_kernel.hpp"
 #include "attnlens/attention/elliptical.hpp"
-#include "attnlens/attention/frozen_multi_head.hpp"
 #include "attnlens/attention/fused_engine.hpp"
 #include "attnlens/attention/image_filter.hpp"
 #include "attnlens/attention/image_quality.hpp"

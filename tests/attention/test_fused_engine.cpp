@@ -190,11 +190,16 @@ TEST(FusedEngine, PlainSoftmaxOnWideTilesEqualsReference) {
 // outputs as in the reference engine (the fast path hands such heads to the portable one).
 TEST(FusedEngine, PlainSoftmaxWithNonFiniteInputsMatchesReference) {
   const float inf = std::numeric_limits<float>::infinity();
-  for (int where = 0; where < 3; ++where) {
+  // Query tiles of 8 and key blocks of 16: a bad query spoils one tile (rows 8-15), a bad key
+  // or value in the second block is met after the first block has been accumulated.
+  for (int where = 0; where < 6; ++where) {
     auto h = testing::random_head<float>(20, 30, 8, 5, 4);
     if (where == 0) h.v(7, 2) = std::nanf("");
     if (where == 1) h.v(3, 0) = inf;
     if (where == 2) h.k(5, 1) = inf;
+    if (where == 3) h.q(11, 3) = -inf;
+    if (where == 4) h.k(25, 0) = std::nanf("");
+    if (where == 5) h.v(29, 4) = -inf;
     const HeadInputs<float> head{0, 0, h.q, h.k, h.v};
     const AttentionKernel<float> kernel{dot_product_range(0.5f)};
     Matrix<float> weights(20, 30), expected(20, 5), out(20, 5);

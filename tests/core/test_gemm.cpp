@@ -1,6 +1,7 @@
 // parallel_product_transposed (and so the AVX-512 kernel where the CPU has it) against Eigen's
-// product: odd sizes that leave partial micro-tiles and panels, both split directions, bias
-// on and off, strided views, one and two threads.
+// product: odd sizes that leave partial micro-tiles, row chunks and depth blocks, both split
+// directions, bias on and off, strided views, one and two threads; and the product whose columns
+// go to three matrices (q, k and v).
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -15,7 +16,8 @@ TEST(Gemm, ProductTransposedEqualsEigen) {
     Index m, n, depth;
   };
   const std::vector<Case> cases{{1, 1, 1},     {3, 5, 7},      {14, 32, 16},  {29, 33, 17},
-                                {37, 100, 19}, {300, 61, 257}, {64, 1536, 40}, {250, 48, 600}};
+                                {37, 100, 19}, {300, 61, 257}, {64, 1536, 40}, {250, 48, 600},
+                                {130, 29, 1000}, {257, 15, 769}};  // depth in two blocks
   for (const Case& s : cases)
     for (int threads : {1, 2})
       for (bool with_bias : {false, true}) {
@@ -45,6 +47,29 @@ TEST(Gemm, ProductTransposedEqualsEigen) {
         EXPECT_LE((c_double.cast<float>() - expected).cwiseAbs().maxCoeff(), tolerance);
       }
 }
+
+#if ATTNLENS_HAS_AVX512_KERNELS
+TEST(Gemm, ProductIntoThreePartsEqualsEigen) {
+  if (!detail::use_avx512()) GTEST_SKIP() << "no AVX-512 on this CPU (or ATTNLENS_NO_AVX512)";
+  for (const Index width : {5, 14, 40, 64})
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(::testing::Message() << "parts of " << width << ", " << threads << " threads");
+      const Index m = 70, depth = 33;
+      const Matrix<float> x = Matrix<float>::Random(m, depth);
+      const Matrix<float> w = Matrix<float>::Random(3 * width, depth);
+      const Vector<float> bias = Vector<float>::Random(3 * width);
+      Matrix<float> expected = x * w.transpose();
+      expected.rowwise() += bias.transpose();
+      Matrix<float> q(m, width), k(m, width), v(m, width);
+      const detail::avx512::Destination parts{nullptr, width, width, {q.data(), k.data(), v.data()}};
+      detail::avx512::product_transposed(x.data(), depth, w.data(), depth, bias.data(), m,
+                                         3 * width, depth, parts, ParallelOptions{threads});
+      EXPECT_LE((q - expected.leftCols(width)).cwiseAbs().maxCoeff(), 1e-4f);
+      EXPECT_LE((k - expected.middleCols(width, width)).cwiseAbs().maxCoeff(), 1e-4f);
+      EXPECT_LE((v - expected.rightCols(width)).cwiseAbs().maxCoeff(), 1e-4f);
+    }
+}
+#endif
 
 }  // namespace
 }  // namespace attnlens

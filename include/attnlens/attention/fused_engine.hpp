@@ -70,15 +70,21 @@ struct FusedWorkspace {
 namespace detail {
 
 #if ATTNLENS_HAS_AVX512_KERNELS
-// x - x is 0 for a finite x and NaN for Inf or NaN: one subtraction and one add per vector.
+// x - x is 0 for a finite x and NaN for Inf or NaN: a sum of such differences over vectors says
+// whether all of them were finite, at one subtraction and one add per vector.
+ATTNLENS_AVX512 inline __m512 add_nonfinite(__m512 sum, __m512 x) {
+  return _mm512_add_ps(sum, _mm512_sub_ps(x, x));
+}
+ATTNLENS_AVX512 inline bool none_nonfinite(__m512 sum) {
+  return _mm512_cmp_ps_mask(sum, sum, _CMP_ORD_Q) == __mmask16(0xFFFF);
+}
+
 ATTNLENS_AVX512 inline bool all_finite_avx512(const float* x, Index rows, Index cols, Index ld) {
-  __m512 acc = _mm512_setzero_ps();
+  __m512 sum = _mm512_setzero_ps();
   for (Index r = 0; r < rows; ++r, x += ld)
-    for (Index c = 0; c < cols; c += 16) {
-      const __m512 v = _mm512_maskz_loadu_ps(avx512::tail_mask(cols - c), x + c);
-      acc = _mm512_add_ps(acc, _mm512_sub_ps(v, v));
-    }
-  return _mm512_cmp_ps_mask(acc, acc, _CMP_ORD_Q) == 0xFFFF;
+    for (Index c = 0; c < cols; c += 16)
+      sum = add_nonfinite(sum, _mm512_maskz_loadu_ps(avx512::tail_mask(cols - c), x + c));
+  return none_nonfinite(sum);
 }
 #endif
 
@@ -237,9 +243,10 @@ struct SoftmaxTileWorkspace {
 };
 
 // out (rows x dv) = softmax(scale Q K^T) V for the queries [query_begin, query_begin + rows) of
-// one head over the keys [0, key_end): no score terms, mask, window or key weights, and finite
-// inputs (the caller checks).
-ATTNLENS_AVX512 inline void softmax_tile(const float* q, Index ldq, const float* k, Index ldk,
+// one head over the keys [0, key_end): no score terms, mask, window or key weights. Returns false,
+// with out untouched, when the tile's queries or the keys or values hold an Inf or NaN (checked
+// on the packed copies, while they are in cache): the caller then takes the portable path.
+ATTNLENS_AVX512 inline bool softmax_tile(const float* q, Index ldq, const float* k, Index ldk,
                                          const float* v, Index ldv, float scale,
                                          Index query_begin, Index rows, Index key_end,
                                          SoftmaxTileWorkspace& ws, float* out, Index ldo) {
@@ -254,13 +261,18 @@ ATTNLENS_AVX512 inline void softmax_tile(const float* q, Index ldq, const float*
   float* const row_sum = ws.row_sum.get();
   float* const factor = ws.factor.get();
   const __m512 vscale = _mm512_set1_ps(scale);
+  __m512 nonfinite = _mm512_setzero_ps();  // add_nonfinite over every input the tile reads
   for (Index p = 0; p * k_nr < rows; ++p) {
     float* panel = qt + p * d * k_nr;
     pack_panel_transposed(q + (query_begin + p * k_nr) * ldq, ldq,
                           std::min(k_nr, rows - p * k_nr), d, panel);
-    for (Index i = 0; i < d * k_nr; i += 16)
-      _mm512_storeu_ps(panel + i, _mm512_mul_ps(vscale, _mm512_loadu_ps(panel + i)));
+    for (Index i = 0; i < d * k_nr; i += 16) {
+      const __m512 x = _mm512_loadu_ps(panel + i);
+      nonfinite = add_nonfinite(nonfinite, x);
+      _mm512_storeu_ps(panel + i, _mm512_mul_ps(vscale, x));
+    }
   }
+  if (!none_nonfinite(nonfinite)) return false;
   for (Index i = 0; i < ld; i += 16) {
     _mm512_storeu_ps(row_max + i, _mm512_set1_ps(-std::numeric_limits<float>::infinity()));
     _mm512_storeu_ps(row_sum + i, _mm512_setzero_ps());
@@ -271,6 +283,8 @@ ATTNLENS_AVX512 inline void softmax_tile(const float* q, Index ldq, const float*
     const Index cols = std::min(ws.key_block, key_end - j0);
     // S^T = K (scale Q)^T.
     pack_row_panels(k + j0 * ldk, ldk, cols, d, kp);
+    for (Index i = 0; i < row_panels(cols) * d * k_nr; i += 16)
+      nonfinite = add_nonfinite(nonfinite, _mm512_loadu_ps(kp + i));
     kernel_panels(cols, rows, d, kp, qt, k_nr, d * k_nr, st, ld, nullptr, false);
     // The block's values in 32-column panels: contiguous rows for the P V kernel.
     for (Index j = 0; j < cols; ++j) {
@@ -278,10 +292,14 @@ ATTNLENS_AVX512 inline void softmax_tile(const float* q, Index ldq, const float*
       for (Index p = 0; p < value_panels; ++p) {
         const Index c0 = p * k_nr;
         float* dst = vp + (p * ws.key_block + j) * k_nr;
-        _mm512_storeu_ps(dst, _mm512_maskz_loadu_ps(tail_mask(dv - c0), row + c0));
-        _mm512_storeu_ps(dst + 16, _mm512_maskz_loadu_ps(tail_mask(dv - c0 - 16), row + c0 + 16));
+        const __m512 low = _mm512_maskz_loadu_ps(tail_mask(dv - c0), row + c0);
+        const __m512 high = _mm512_maskz_loadu_ps(tail_mask(dv - c0 - 16), row + c0 + 16);
+        nonfinite = add_nonfinite(add_nonfinite(nonfinite, low), high);
+        _mm512_storeu_ps(dst, low);
+        _mm512_storeu_ps(dst + 16, high);
       }
     }
+    if (!none_nonfinite(nonfinite)) return false;
     // Online softmax along the queries: new maximum, rescale factor, P^T = exp(S^T - max) and
     // its sums, all on vectors of 16 queries. Columns past `rows` are never read.
     for (Index vq = 0; vq < vectors; ++vq) {
@@ -324,6 +342,7 @@ ATTNLENS_AVX512 inline void softmax_tile(const float* q, Index ldq, const float*
     const float inverse = 1.0f / row_sum[r];
     for (Index c = 0; c < dv; ++c) out[r * ldo + c] = acc[r * dv + c] * inverse;
   }
+  return true;
 }
 
 }  // namespace avx512
@@ -404,7 +423,6 @@ void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
   bool softmax_kernel = false;
 #if ATTNLENS_HAS_AVX512_KERNELS
   std::vector<detail::avx512::SoftmaxTileWorkspace> softmax_workspaces;
-  std::vector<char> inputs_finite;
   if constexpr (std::is_same_v<T, float>) {
     softmax_kernel = detail::use_avx512() && detail::is_plain_softmax(kernel, first);
     if (softmax_kernel) {
@@ -412,27 +430,20 @@ void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
       while (softmax_workspaces.size() < threads)
         softmax_workspaces.emplace_back(tiling.query_tile, options.tiling.key_block,
                                         first.queries.cols(), dv);
-      inputs_finite.resize(static_cast<std::size_t>(count));
-      parallel_for(
-          count,
-          [&](Index t) {
-            const HeadInputs<T> head = head_at(t);
-            inputs_finite[static_cast<std::size_t>(t)] =
-                detail::all_finite(head.queries) && detail::all_finite(head.keys);
-          },
-          options.parallel);
     }
   }
 #endif
 
-  // One pass: target_at(t) = F(values of pass) for every head t.
+  // One pass: target_at(t) = F(values of pass) for every head t. The portable path is told
+  // whether a head's values are finite; the softmax tiles check their inputs themselves.
   const auto pass = [&](auto&& values_at, auto&& target_at) {
-    parallel_for(
-        count,
-        [&](Index t) {
-          values_finite[static_cast<std::size_t>(t)] = detail::all_finite(values_at(t));
-        },
-        options.parallel);
+    if (!softmax_kernel)
+      parallel_for(
+          count,
+          [&](Index t) {
+            values_finite[static_cast<std::size_t>(t)] = detail::all_finite(values_at(t));
+          },
+          options.parallel);
     parallel_for(
         count * tiles.count(),
         [&](Index task) {
@@ -449,21 +460,20 @@ void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
           MatrixRef<T> target = target_at(t).middleRows(begin, end - begin);
 #if ATTNLENS_HAS_AVX512_KERNELS
           if constexpr (std::is_same_v<T, float>) {
-            if (softmax_kernel && values_finite[static_cast<std::size_t>(t)] &&
-                inputs_finite[static_cast<std::size_t>(t)]) {
-              detail::avx512::softmax_tile(
-                  head.queries.data(), head.queries.outerStride(), head.keys.data(),
-                  head.keys.outerStride(), head.values.data(), head.values.outerStride(),
-                  kernel.range.scale, begin, end - begin, head.keys.rows(),
-                  softmax_workspaces[static_cast<std::size_t>(thread_index())], target.data(),
-                  target.outerStride());
+            if (softmax_kernel &&
+                detail::avx512::softmax_tile(
+                    head.queries.data(), head.queries.outerStride(), head.keys.data(),
+                    head.keys.outerStride(), head.values.data(), head.values.outerStride(),
+                    kernel.range.scale, begin, end - begin, head.keys.rows(),
+                    softmax_workspaces[static_cast<std::size_t>(thread_index())], target.data(),
+                    target.outerStride()))
               return;
-            }
           }
 #endif
-          fused_attention_tile<T>(head, kernel, values_finite[static_cast<std::size_t>(t)], begin,
-                                  end, tiling, workspaces[static_cast<std::size_t>(thread_index())],
-                                  target);
+          const bool finite_values = softmax_kernel ? detail::all_finite(head.values)
+                                                    : values_finite[static_cast<std::size_t>(t)];
+          fused_attention_tile<T>(head, kernel, finite_values, begin, end, tiling,
+                                  workspaces[static_cast<std::size_t>(thread_index())], target);
         },
         options.parallel);
   };

@@ -97,9 +97,6 @@ struct MultiHeadCache {
 };
 
 template <class T>
-class FrozenMultiHeadAttention;
-
-template <class T>
 class MultiHeadAttention {
   MultiHeadAttentionOptions options_;  // first: checked before any member is sized from it
 
@@ -174,7 +171,11 @@ class MultiHeadAttention {
                              const MultiHeadForwardOptions& options = {},
                              MultiHeadCache<T>* cache = nullptr,
                              const StackValues<T>& stack = {}) const {
-    return forward_impl(query, key, value, mask, options, cache, stack, nullptr);
+    const Dims dims = check_inputs(query, key, value);
+    MultiHeadCache<T> local;
+    MultiHeadCache<T>& state = cache ? *cache : local;
+    project(query, key, value, &query == &key && &key == &value, dims, options.parallel, state);
+    return attend(dims, mask, options, cache != nullptr, stack, state);
   }
 
   // Self-attention: query = key = value = x; one GEMM projects q, k and v together.
@@ -238,32 +239,10 @@ class MultiHeadAttention {
   ValueTerms<T> value_terms;
 
  private:
-  template <class U>
-  friend class FrozenMultiHeadAttention;
-
-  // Projection weights packed once for the AVX-512 GEMM (frozen_multi_head.hpp); null
-  // members are packed per call.
-  struct PackedWeights {
-    std::unique_ptr<float[]> in_proj, out_proj;
-  };
-
   struct Dims {
     bool batched;
     Index batch, tgt_len, src_len;
   };
-
-  MultiHeadOutput<T> forward_impl(const Tensor<T>& query, const Tensor<T>& key,
-                                  const Tensor<T>& value, const AttentionMask<T>& mask,
-                                  const MultiHeadForwardOptions& options, MultiHeadCache<T>* cache,
-                                  const StackValues<T>& stack, const PackedWeights* packed) const {
-    const Dims dims = check_inputs(query, key, value);
-    MultiHeadCache<T> local;
-    MultiHeadCache<T>& state = cache ? *cache : local;
-    project(query, key, value, &query == &key && &key == &value, dims, options.parallel, state,
-            packed ? packed->in_proj.get() : nullptr);
-    return attend(dims, mask, options, cache != nullptr, stack, state,
-                  packed ? packed->out_proj.get() : nullptr);
-  }
 
   static MultiHeadAttentionOptions checked(const MultiHeadAttentionOptions& o) {
     detail::require_argument(o.embed_dim > 0, "MultiHeadAttentionOptions::embed_dim", "> 0",
@@ -313,7 +292,7 @@ class MultiHeadAttention {
   // q, k, v = x W^T + b for the three projections; one GEMM when all three read the same x.
   void project(const Tensor<T>& query, const Tensor<T>& key, const Tensor<T>& value,
                bool self_attention, const Dims& dims, const ParallelOptions& parallel,
-               MultiHeadCache<T>& state, const float* packed_in_proj) const {
+               MultiHeadCache<T>& state) const {
     const Index E = embed_dim();
     const ConstMatrixMap<T> xq(query.data(), dims.batch * dims.tgt_len, E);
     const ConstMatrixMap<T> xk(key.data(), dims.batch * dims.src_len, kdim());
@@ -322,8 +301,8 @@ class MultiHeadAttention {
     if (self_attention && packed()) {
 #if ATTNLENS_HAS_AVX512_KERNELS
       if constexpr (std::is_same_v<T, float>) {
-        if (detail::use_avx512() && E % detail::avx512::k_nr == 0) {
-          // One GEMM whose column panels land in q, k and v directly, the bias added on the way.
+        if (detail::use_avx512()) {
+          // One GEMM whose column tiles land in q, k and v directly, the bias added on the way.
           state.queries.resize(xq.rows(), E);
           state.keys.resize(xq.rows(), E);
           state.values.resize(xq.rows(), E);
@@ -331,7 +310,7 @@ class MultiHeadAttention {
               nullptr, E, E, {state.queries.data(), state.keys.data(), state.values.data()}};
           detail::avx512::product_transposed(xq.data(), E, in_proj_weight.data(), E,
                                              has_bias() ? in_proj_bias.data() : nullptr, xq.rows(),
-                                             3 * E, E, qkv, parallel, packed_in_proj);
+                                             3 * E, E, qkv, parallel);
           return;
         }
       }
@@ -441,8 +420,7 @@ class MultiHeadAttention {
 
   MultiHeadOutput<T> attend(const Dims& dims, const AttentionMask<T>& mask,
                             const MultiHeadForwardOptions& options, bool caching,
-                            const StackValues<T>& stack, MultiHeadCache<T>& state,
-                            const float* packed_out_proj) const {
+                            const StackValues<T>& stack, MultiHeadCache<T>& state) const {
     const Index B = dims.batch, H = num_heads(), L = dims.tgt_len, S = dims.src_len;
     const Index d = head_dim(), E = embed_dim();
     const ScoreShape shape{B, H, L, S, d};
@@ -552,23 +530,8 @@ class MultiHeadAttention {
     result.output = dims.batched ? Tensor<T>({B, L, E}) : Tensor<T>({L, E});
     MatrixMap<T> output(result.output.data(), B * L, E);
     out_proj.check_parameters("out_proj");
-    const T* out_bias = out_proj.has_bias() ? out_proj.bias.data() : nullptr;
-    bool projected = false;
-#if ATTNLENS_HAS_AVX512_KERNELS
-    if constexpr (std::is_same_v<T, float>) {
-      if (packed_out_proj) {
-        detail::avx512::product_transposed(state.context.data(), E, nullptr, E, out_bias, B * L, E,
-                                           E, {output.data(), E}, options.parallel,
-                                           packed_out_proj);
-        projected = true;
-      }
-    }
-#else
-    (void)packed_out_proj;
-#endif
-    if (!projected)
-      parallel_product_transposed<T>(state.context, out_proj.weight, output, options.parallel,
-                                     out_bias);
+    parallel_product_transposed<T>(state.context, out_proj.weight, output, options.parallel,
+                                   out_proj.has_bias() ? out_proj.bias.data() : nullptr);
 
     if (options.weights == AttentionWeights::per_head) {
       result.weights = dims.batched ? state.weights : state.weights.reshaped({H, L, S});

@@ -20,11 +20,12 @@
 // attribute and picked at run time, so every build uses it on a CPU that has AVX-512 (Eigen
 // 3.4's kernel uses 12 of the 32 vector registers and runs at about 60% of this one's speed).
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-// GCC 12's AVX-512 intrinsics trip -Wmaybe-uninitialized on their own _mm512_undefined_ps()
+// GCC 12's AVX-512 intrinsics trip -W(maybe-)uninitialized on their own _mm512_undefined_ps()
 // when compiled through a target attribute (GCC bug 105593, fixed in GCC 13).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <immintrin.h>
 #if defined(__GNUC__) && !defined(__clang__)
@@ -69,35 +70,46 @@ ATTNLENS_AVX512 inline __mmask16 tail_mask(Index n) {
 // init is a row of n entries added to every row (a bias), or null.
 template <int M, int V>
 ATTNLENS_AVX512 inline void micro_kernel(Index depth, const float* a, Index lda, const float* b,
-                                         Index ldb, Index n, float* c, Index ldc,
-                                         const float* init, bool accumulate) {
+                                         Index ldb, Index n, float* c, Index ldc, const float* init,
+                                         bool accumulate) {
   __mmask16 mask[2] = {tail_mask(n), tail_mask(n - 16)};
   __m512 acc[M][V];
   __m512 start[V];
+#pragma GCC unroll 16
   for (int v = 0; v < V; ++v)
     start[v] = init ? _mm512_maskz_loadu_ps(mask[v], init + 16 * v) : _mm512_setzero_ps();
+#pragma GCC unroll 16
   for (int r = 0; r < M; ++r)
+#pragma GCC unroll 16
     for (int v = 0; v < V; ++v) acc[r][v] = start[v];
   if (n == 16 * V) {
     for (Index k = 0; k < depth; ++k, a += lda, b += ldb) {
       __m512 bv[V];
+#pragma GCC unroll 16
       for (int v = 0; v < V; ++v) bv[v] = _mm512_loadu_ps(b + 16 * v);
+#pragma GCC unroll 16
       for (int r = 0; r < M; ++r) {
         const __m512 ar = _mm512_set1_ps(a[r]);
+#pragma GCC unroll 16
         for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
       }
     }
   } else {
     for (Index k = 0; k < depth; ++k, a += lda, b += ldb) {
       __m512 bv[V];
+#pragma GCC unroll 16
       for (int v = 0; v < V; ++v) bv[v] = _mm512_maskz_loadu_ps(mask[v], b + 16 * v);
+#pragma GCC unroll 16
       for (int r = 0; r < M; ++r) {
         const __m512 ar = _mm512_set1_ps(a[r]);
+#pragma GCC unroll 16
         for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
       }
     }
   }
+#pragma GCC unroll 16
   for (int r = 0; r < M; ++r)
+#pragma GCC unroll 16
     for (int v = 0; v < V; ++v) {
       float* target = c + r * ldc + 16 * v;
       __m512 x = acc[r][v];
@@ -151,6 +163,36 @@ ATTNLENS_AVX512 inline void kernel_block(Index m, Index n, Index depth, const fl
   }
 }
 
+// r[q] becomes column q of the 16 x 16 matrix whose rows were r[0..15]: interleave 32-bit,
+// 64-bit, then 128-bit lanes twice, and undo the lane order that leaves.
+// Always inlined: a call would send the 16 registers through memory.
+__attribute__((always_inline)) ATTNLENS_AVX512 inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4)
+    for (int j = 0; j < 2; ++j) {
+      r[i + j] = _mm512_castpd_ps(
+          _mm512_unpacklo_pd(_mm512_castps_pd(t[i + j]), _mm512_castps_pd(t[i + j + 2])));
+      r[i + j + 2] = _mm512_castpd_ps(
+          _mm512_unpackhi_pd(_mm512_castps_pd(t[i + j]), _mm512_castps_pd(t[i + j + 2])));
+    }
+  for (int i = 0; i < 16; i += 8)
+    for (int j = 0; j < 4; ++j) {
+      t[i + j] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0x88);
+      t[i + j + 4] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xDD);
+  }
+  constexpr int order[16] = {0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15};
+  for (int q = 0; q < 16; ++q) t[order[q]] = r[q];
+  for (int q = 0; q < 16; ++q) r[q] = t[q];
+}
+
 // dst[k * 32 + c] = src[c * ld + k] for c < cols (zero beyond), k < depth: 32 rows of a row-major
 // matrix (a panel of W for x W^T) turned into a 32-column panel. 16 x 16 transposes in registers.
 ATTNLENS_AVX512 inline void pack_panel_transposed(const float* src, Index ld, Index cols,
@@ -164,31 +206,8 @@ ATTNLENS_AVX512 inline void pack_panel_transposed(const float* src, Index ld, In
       __m512 r[16];
       for (int i = 0; i < 16; ++i)
         r[i] = i < rows ? _mm512_loadu_ps(base + i * ld + k) : _mm512_setzero_ps();
-      // 16 x 16 transpose: interleave 32-bit, 64-bit, then 128-bit lanes twice.
-      __m512 t[16];
-      for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-      }
-      for (int i = 0; i < 16; i += 4)
-        for (int j = 0; j < 2; ++j) {
-          r[i + j] = _mm512_castpd_ps(
-              _mm512_unpacklo_pd(_mm512_castps_pd(t[i + j]), _mm512_castps_pd(t[i + j + 2])));
-          r[i + j + 2] = _mm512_castpd_ps(
-              _mm512_unpackhi_pd(_mm512_castps_pd(t[i + j]), _mm512_castps_pd(t[i + j + 2])));
-        }
-      for (int i = 0; i < 16; i += 8)
-        for (int j = 0; j < 4; ++j) {
-          t[i + j] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0x88);
-          t[i + j + 4] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0xDD);
-        }
-      for (int j = 0; j < 8; ++j) {
-        r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
-        r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xDD);
-      }
-      // r[q] now holds column k + lane(q) of the 16 rows, where the lanes come out permuted.
-      constexpr int order[16] = {0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15};
-      for (int q = 0; q < 16; ++q) _mm512_storeu_ps(out + (k + order[q]) * k_nr, r[q]);
+      transpose16(r);
+      for (int q = 0; q < 16; ++q) _mm512_storeu_ps(out + (k + q) * k_nr, r[q]);
     }
     for (; k < depth; ++k)
       for (Index i = 0; i < 16; ++i) out[k * k_nr + i] = i < rows ? base[i * ld + k] : 0.0f;
@@ -230,8 +249,89 @@ ATTNLENS_AVX512 inline void kernel_panels(Index rows, Index n, Index depth, cons
   }
 }
 
+// Products with a weight read in place: c = x w^T + bias, with w row-major n x depth (a Linear's
+// weight, PyTorch's layout). Each micro-tile holds 14 columns x 32 rows of c transposed: the
+// broadcast operand walks 14 rows of w straight from memory, the vector operand is x packed per
+// call into k-major panels of 32 rows (pack_panel_transposed), and the tile is transposed in
+// registers when it is stored. w is never packed or cached, so the product costs no pass over
+// the weights and can never see stale parameters.
+constexpr int k_weight_cols = 14;      // columns of c per micro-tile: 28 accumulators
+constexpr Index k_weight_rows = 32;    // rows of c per micro-tile: two vectors
+constexpr Index k_weight_depth = 768;  // most depth per block: 14 rows of w (42 KiB) stay in L1
+constexpr Index k_weight_chunk = 128;  // rows of x packed at once (at most 384 KiB, in L2)
+
+// c (rows <= 32 x M, row stride ldc) [+]= x w^T (+ bias): w's M rows at stride ldw from w, x as a
+// k-major panel of 32 rows at xp. Not inlined: inside a large caller the 28 accumulators and 14
+// row addresses get spilled.
+template <int M>
+__attribute__((noinline)) ATTNLENS_AVX512 void weight_kernel(Index depth, const float* w, Index ldw,
+                                                             const float* xp, Index rows, float* c,
+                                                             Index ldc, const float* bias,
+                                                             bool accumulate) {
+  __m512 acc[M][2];
+#pragma GCC unroll 16
+  for (int r = 0; r < M; ++r) {
+    const __m512 start = bias ? _mm512_set1_ps(bias[r]) : _mm512_setzero_ps();
+    acc[r][0] = start;
+    acc[r][1] = start;
+  }
+  for (Index k = 0; k < depth; ++k, xp += k_weight_rows, ++w) {
+    const __m512 x0 = _mm512_loadu_ps(xp), x1 = _mm512_loadu_ps(xp + 16);
+#pragma GCC unroll 16
+    for (int r = 0; r < M; ++r) {
+      const __m512 wr = _mm512_set1_ps(w[r * ldw]);
+      acc[r][0] = _mm512_fmadd_ps(wr, x0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(wr, x1, acc[r][1]);
+    }
+  }
+  const __mmask16 columns = tail_mask(M);
+#pragma GCC unroll 2
+  for (int v = 0; v < 2; ++v) {
+    __m512 t[16];
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; ++r) t[r] = r < M ? acc[r][v] : _mm512_setzero_ps();
+    transpose16(t);
+#pragma GCC unroll 16
+    for (int q = 0; q < 16; ++q) {
+      const Index row = 16 * v + q;
+      if (row >= rows) break;
+      float* target = c + row * ldc;
+      __m512 sum = t[q];
+      if (accumulate) sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(columns, target));
+      _mm512_mask_storeu_ps(target, columns, sum);
+    }
+  }
+}
+
+ATTNLENS_AVX512 inline void weight_tile(Index cols, Index depth, const float* w, Index ldw,
+                                        const float* xp, Index rows, float* c, Index ldc,
+                                        const float* bias, bool accumulate) {
+#define ATTNLENS_COLS(M) \
+  case M:                \
+    return weight_kernel<M>(depth, w, ldw, xp, rows, c, ldc, bias, accumulate);
+  switch (cols) {
+    ATTNLENS_COLS(1)
+    ATTNLENS_COLS(2)
+    ATTNLENS_COLS(3)
+    ATTNLENS_COLS(4)
+    ATTNLENS_COLS(5)
+    ATTNLENS_COLS(6)
+    ATTNLENS_COLS(7)
+    ATTNLENS_COLS(8)
+    ATTNLENS_COLS(9)
+    ATTNLENS_COLS(10)
+    ATTNLENS_COLS(11)
+    ATTNLENS_COLS(12)
+    ATTNLENS_COLS(13)
+    ATTNLENS_COLS(14)
+    default:
+      return;
+  }
+#undef ATTNLENS_COLS
+}
+
 // A destination of a product: entry (i, j) of c. Plain matrices, or q, k and v as three
-// matrices that together are the columns of one product (a panel never straddles two of them).
+// matrices that together are the columns of one product (a column tile never straddles two).
 struct Destination {
   float* data;
   Index stride;
@@ -243,97 +343,72 @@ struct Destination {
   }
 };
 
-// c (m x n) = a (m x depth, row-major) * bp + bias, bp packed by pack_panel_transposed: panel p
-// (columns 32p..32p+31) at bp + p * depth * 32. a_pack holds row_panels(k_mc) * 32 * k_kc floats. Columns and
-// rows count from (row0, col0) of c.
-ATTNLENS_AVX512 inline void gemm_packed(Index m, Index n, Index depth, const float* a, Index lda,
-                                        const float* bp, const float* bias, const Destination& c,
-                                        Index row0, Index col0, float* a_pack) {
-  // Rows go in chunks of at most k_mc, split evenly; each chunk in panels of at most 28 rows.
-  const Index chunks = (m + k_mc - 1) / k_mc;
-  for (Index chunk = 0; chunk < chunks; ++chunk) {
-    const Index ic = m * chunk / chunks, mb = m * (chunk + 1) / chunks - ic;
-    const Index panels = row_panels(mb);
-    for (Index pc = 0; pc < depth; pc += k_kc) {
-      const Index kb = std::min(k_kc, depth - pc);
-      pack_row_panels(a + ic * lda + pc, lda, mb, kb, a_pack);
-      for (Index j = 0; j < n; j += k_nr) {
-        const float* panel = bp + (j / k_nr) * depth * k_nr + pc * k_nr;
-        const float* init = pc == 0 && bias ? bias + j : nullptr;
-        const Index cols = std::min(k_nr, n - j);
-        for (Index p = 0; p < panels; ++p) {
-          const Index begin = mb * p / panels, count = mb * (p + 1) / panels - begin;
-          const Index first = (count + 1) / 2;
-          const float* a_panel = a_pack + p * kb * k_nr;
-          kernel_block(first, cols, kb, a_panel, k_nr, panel, k_nr, 0,
-                       c.at(row0 + ic + begin, col0 + j), c.stride, init, pc > 0);
-          if (count > first)
-            kernel_block(count - first, cols, kb, a_panel + first, k_nr, panel, k_nr, 0,
-                         c.at(row0 + ic + begin + first, col0 + j), c.stride, init, pc > 0);
-        }
+// Columns [begin, begin + cols) of c that one micro-tile computes.
+struct ColumnTile {
+  Index begin, cols;
+};
+
+// c's columns in tiles of at most 14, each part of the destination split evenly.
+inline std::vector<ColumnTile> column_tiles(Index n, const Destination& c) {
+  const Index width = c.split > 0 ? c.split : n;
+  std::vector<ColumnTile> tiles;
+  for (Index part = 0; part < n; part += width) {
+    const Index count = (width + k_weight_cols - 1) / k_weight_cols;
+    for (Index t = 0; t < count; ++t)
+      tiles.push_back({part + width * t / count, width * (t + 1) / count - width * t / count});
+  }
+  return tiles;
+}
+
+// Rows [row_begin, row_end) and tiles [first, last) of c = x w^T + bias on the calling thread;
+// x_pack holds k_weight_chunk x min(depth, k_weight_depth) floats.
+ATTNLENS_AVX512 inline void weight_product(const float* x, Index ldx, const float* w, Index ldw,
+                                           const float* bias, Index depth,
+                                           const std::vector<ColumnTile>& tiles, Index first,
+                                           Index last, Index row_begin, Index row_end,
+                                           const Destination& c, float* x_pack) {
+  const Index blocks = (depth + k_weight_depth - 1) / k_weight_depth;
+  for (Index r0 = row_begin; r0 < row_end; r0 += k_weight_chunk) {
+    const Index rows = std::min(k_weight_chunk, row_end - r0);
+    for (Index block = 0; block < blocks; ++block) {
+      const Index pc = depth * block / blocks, kb = depth * (block + 1) / blocks - pc;
+      for (Index i = 0; i < rows; i += k_weight_rows)
+        pack_panel_transposed(x + (r0 + i) * ldx + pc, ldx, std::min(k_weight_rows, rows - i), kb,
+                              x_pack + i * kb);
+      for (Index t = first; t < last; ++t) {
+        const ColumnTile tile = tiles[static_cast<std::size_t>(t)];
+        const float* init = block == 0 && bias ? bias + tile.begin : nullptr;
+        for (Index i = 0; i < rows; i += k_weight_rows)
+          weight_tile(tile.cols, kb, w + tile.begin * ldw + pc, ldw, x_pack + i * kb,
+                      std::min(k_weight_rows, rows - i), c.at(r0 + i, tile.begin), c.stride, init,
+                      block > 0);
       }
     }
   }
 }
 
-// c = a * b^T + bias on the threads of `parallel` (see parallel_product_transposed).
-// Floats of b (n x depth) packed into 32-column panels.
-inline Index packed_size(Index n, Index depth) { return (n + k_nr - 1) / k_nr * k_nr * depth; }
-
-// b (n x depth, row-major) packed into 32-column panels, once, for product_transposed.
-inline std::unique_ptr<float[]> pack_transposed(const float* b, Index ldb, Index n, Index depth,
-                                                const ParallelOptions& parallel) {
-  std::unique_ptr<float[]> packed(new float[static_cast<std::size_t>(packed_size(n, depth))]);
-  parallel_for(
-      (n + k_nr - 1) / k_nr,
-      [&](Index p) {
-        pack_panel_transposed(b + p * k_nr * ldb, ldb, std::min(k_nr, n - p * k_nr), depth,
-                              packed.get() + p * depth * k_nr);
-      },
-      parallel);
-  return packed;
-}
-
-// prepacked: b already packed by pack_transposed (b is then not read), or null.
-inline void product_transposed(const float* a, Index lda, const float* b, Index ldb,
+// c (m x n) = x (m x depth, row-major) w^T + bias on the threads of `parallel`; w is n x depth,
+// row-major, bias null or n entries. The threads split c along its longer side: each reads all
+// of the shorter operand, so what is read twice is the smaller of x and w.
+inline void product_transposed(const float* x, Index ldx, const float* w, Index ldw,
                                const float* bias, Index m, Index n, Index depth,
-                               const Destination& c, const ParallelOptions& parallel,
-                               const float* prepacked = nullptr) {
-  const Index chunks =
-      std::max<Index>(1, std::min<Index>(thread_count(parallel), std::max(m, n) / 32));
-  const std::unique_ptr<float[]> storage(
-      prepacked ? nullptr : new float[static_cast<std::size_t>(packed_size(n, depth))]);
-  float* const packed_data = storage.get();
-  const float* const panels_data = prepacked ? prepacked : packed_data;
-  const auto pack = [&](Index p) {
-    if (prepacked) return;
-    pack_panel_transposed(b + p * k_nr * ldb, ldb, std::min(k_nr, n - p * k_nr), depth,
-                          packed_data + p * depth * k_nr);
-  };
-  // Split along the longer side. Row chunks share all of b's panels, packed first by all
-  // threads; column chunks hold whole panels, and each thread packs its own (they stay in its
-  // cache, and one fork-join is saved).
+                               const Destination& c, const ParallelOptions& parallel) {
+  const std::vector<ColumnTile> tiles = column_tiles(n, c);
+  const auto tile_count = static_cast<Index>(tiles.size());
   const bool by_rows = m >= n;
-  if (by_rows && !prepacked) parallel_for((n + k_nr - 1) / k_nr, pack, parallel);
-  const Index unit = by_rows ? 1 : k_nr, extent = by_rows ? m : n;
-  const Index units = (extent + unit - 1) / unit;
-  const Index per_chunk = (units + chunks - 1) / chunks;
+  const Index units = by_rows ? (m + k_weight_rows - 1) / k_weight_rows : tile_count;
+  const Index chunks = std::max<Index>(1, std::min<Index>(thread_count(parallel), units));
   parallel_for(
       chunks,
       [&](Index part) {
-        const Index begin = part * per_chunk * unit;
-        const Index count = std::min(per_chunk * unit, extent - begin);
-        if (count <= 0) return;
-        const std::unique_ptr<float[]> a_pack(
-            new float[static_cast<std::size_t>(row_panels(k_mc) * k_nr * k_kc)]);
-        if (by_rows) {
-          gemm_packed(count, n, depth, a + begin * lda, lda, panels_data, bias, c, begin, 0,
-                      a_pack.get());
-          return;
-        }
-        for (Index p = begin / k_nr; p * k_nr < begin + count; ++p) pack(p);
-        gemm_packed(m, count, depth, a, lda, panels_data + (begin / k_nr) * depth * k_nr,
-                    bias ? bias + begin : nullptr, c, 0, begin, a_pack.get());
+        const Index begin = units * part / chunks, end = units * (part + 1) / chunks;
+        const std::unique_ptr<float[]> x_pack(
+            new float[static_cast<std::size_t>(k_weight_chunk * std::min(depth, k_weight_depth))]);
+        if (by_rows)
+          weight_product(x, ldx, w, ldw, bias, depth, tiles, 0, tile_count, begin * k_weight_rows,
+                         std::min(m, end * k_weight_rows), c, x_pack.get());
+        else
+          weight_product(x, ldx, w, ldw, bias, depth, tiles, begin, end, 0, m, c, x_pack.get());
       },
       parallel);
 }
@@ -399,9 +474,7 @@ class SerialGemm {
 // c = a * b^T (+ bias on every row) on the threads of `parallel`, b row-major c.cols() x a.cols()
 // (a Linear's weight), bias null or c.cols() entries. Each thread packs its own operands, so the
 // product is split along the longer side of c: the operand that every thread must pack in full
-// is then the smaller one. With the AVX-512 kernel, b is packed once (in parallel) into 32-column
-// panels shared by all threads; packing per call keeps no state that could go stale when the
-// parameters change, and costs one pass over b.
+// is then the smaller one. The AVX-512 kernel reads b in place (avx512::product_transposed).
 template <class T>
 void parallel_product_transposed(ConstMatrixRef<T> a, ConstMatrixRef<T> b, MatrixRef<T> c,
                                  const ParallelOptions& parallel, const T* bias = nullptr) {
@@ -411,9 +484,9 @@ void parallel_product_transposed(ConstMatrixRef<T> a, ConstMatrixRef<T> b, Matri
 #if ATTNLENS_HAS_AVX512_KERNELS
   if constexpr (std::is_same_v<T, float>) {
     if (detail::use_avx512() && a.cols() > 0) {
-      detail::avx512::product_transposed(a.data(), a.outerStride(), b.data(), b.outerStride(),
-                                         bias, c.rows(), c.cols(), a.cols(),
-                                         {c.data(), c.outerStride()}, parallel);
+      detail::avx512::product_transposed(a.data(), a.outerStride(), b.data(), b.outerStride(), bias,
+                                         c.rows(), c.cols(), a.cols(), {c.data(), c.outerStride()},
+                                         parallel);
       return;
     }
   }
