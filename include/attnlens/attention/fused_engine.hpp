@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -26,7 +27,7 @@ namespace attnlens {
 
 struct FusedTiling {
   Index query_tile = 128;  // query rows per tile (one thread's unit of work)
-  Index key_block = 256;  // keys per online-softmax step
+  Index key_block = 256;   // keys per online-softmax step
 };
 
 struct FusedOptions {
@@ -206,10 +207,10 @@ ATTNLENS_AVX512 inline __m512 exp_nonpositive(__m512 x) {
 // reductions), and the transposed probabilities are already the packed left operand of P V.
 struct SoftmaxTileWorkspace {
   Index query_tile, key_block, key_dim, value_dim, ld;  // ld: queries rounded up to 32
-  std::unique_ptr<float[]> queries;  // ld / 32 panels of key_dim x 32: scale * Q^T
-  std::unique_ptr<float[]> keys;     // K of a key block in row panels (pack_row_panels)
-  std::unique_ptr<float[]> values;   // V of a key block in 32-column panels of key_block x 32
-  std::unique_ptr<float[]> scores;   // key_block x ld: S^T, then P^T in place
+  std::unique_ptr<float[]> queries;      // ld / 32 panels of key_dim x 32: scale * Q^T
+  std::unique_ptr<float[]> keys;         // K of a key block in row panels (pack_row_panels)
+  std::unique_ptr<float[]> values;       // V of a key block in 32-column panels of key_block x 32
+  std::unique_ptr<float[]> scores;       // key_block x ld: S^T, then P^T in place
   std::unique_ptr<float[]> accumulator;  // query_tile x value_dim
   std::unique_ptr<float[]> row_max, row_sum, factor;  // ld each
 
@@ -247,9 +248,9 @@ struct SoftmaxTileWorkspace {
 // with out untouched, when the tile's queries or the keys or values hold an Inf or NaN (checked
 // on the packed copies, while they are in cache): the caller then takes the portable path.
 ATTNLENS_AVX512 inline bool softmax_tile(const float* q, Index ldq, const float* k, Index ldk,
-                                         const float* v, Index ldv, float scale,
-                                         Index query_begin, Index rows, Index key_end,
-                                         SoftmaxTileWorkspace& ws, float* out, Index ldo) {
+                                         const float* v, Index ldv, float scale, Index query_begin,
+                                         Index rows, Index key_end, SoftmaxTileWorkspace& ws,
+                                         float* out, Index ldo) {
   const Index d = ws.key_dim, dv = ws.value_dim, ld = ws.ld, vectors = ld / 16;
   const Index value_panels = (dv + k_nr - 1) / k_nr;
   float* const qt = ws.queries.get();
@@ -264,8 +265,8 @@ ATTNLENS_AVX512 inline bool softmax_tile(const float* q, Index ldq, const float*
   __m512 nonfinite = _mm512_setzero_ps();  // add_nonfinite over every input the tile reads
   for (Index p = 0; p * k_nr < rows; ++p) {
     float* panel = qt + p * d * k_nr;
-    pack_panel_transposed(q + (query_begin + p * k_nr) * ldq, ldq,
-                          std::min(k_nr, rows - p * k_nr), d, panel);
+    pack_panel_transposed(q + (query_begin + p * k_nr) * ldq, ldq, std::min(k_nr, rows - p * k_nr),
+                          d, panel);
     for (Index i = 0; i < d * k_nr; i += 16) {
       const __m512 x = _mm512_loadu_ps(panel + i);
       nonfinite = add_nonfinite(nonfinite, x);
@@ -327,15 +328,16 @@ ATTNLENS_AVX512 inline bool softmax_tile(const float* q, Index ldq, const float*
       float* row = acc + r * dv;
       for (Index c = 0; c < dv; c += 16) {
         const __mmask16 mask = tail_mask(dv - c);
-        _mm512_mask_storeu_ps(row + c, mask, _mm512_mul_ps(f, _mm512_maskz_loadu_ps(mask, row + c)));
+        _mm512_mask_storeu_ps(row + c, mask,
+                              _mm512_mul_ps(f, _mm512_maskz_loadu_ps(mask, row + c)));
       }
     }
     // P^T is already k-major: the queries go in even tiles of at most 14.
     const Index query_tiles = (rows + k_mr - 1) / k_mr;
     for (Index t = 0; t < query_tiles; ++t) {
       const Index first = rows * t / query_tiles, count = rows * (t + 1) / query_tiles - first;
-      kernel_block(count, dv, cols, st + first, ld, vp, k_nr, ws.key_block * k_nr,
-                   acc + first * dv, dv, nullptr, true);
+      kernel_block(count, dv, cols, st + first, ld, vp, k_nr, ws.key_block * k_nr, acc + first * dv,
+                   dv, nullptr, true);
     }
   }
   for (Index r = 0; r < rows; ++r) {
@@ -397,8 +399,9 @@ void fused_attention_tile(const HeadInputs<T>& head, const AttentionKernel<T>& k
 }
 
 // Runs `count` independent heads: head_at(t) gives head t's inputs, out_at(t) its output
-// (L x dv). Threads take (head, query tile) pairs; boosting adds one pass per order, each
-// reading the previous pass's output of every tile of the head.
+// (L x dv). Threads take (head, query tile) pairs: one at a time, or for the softmax tiles,
+// whose costs are equal, in contiguous blocks (Schedule::contiguous); boosting adds one pass
+// per order, each reading the previous pass's output of every tile of the head.
 template <class T, class HeadAt, class OutAt>
 void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
                            const AttentionKernel<T>& kernel, const FusedOptions& options) {
@@ -411,10 +414,15 @@ void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
   FusedTiling tiling = options.tiling;
   tiling.query_tile = tiles.max_rows();
 
+  // Per-thread workspaces, each made by its thread when it first needs one: in parallel, and
+  // first touched in that thread's cache.
   const auto threads = static_cast<std::size_t>(thread_count(options.parallel));
-  std::vector<FusedWorkspace<T>> workspaces;
-  workspaces.reserve(threads);
-  while (workspaces.size() < threads) workspaces.emplace_back(tiling, first.queries.cols(), dv);
+  std::vector<std::optional<FusedWorkspace<T>>> workspaces(threads);
+  const auto workspace = [&]() -> FusedWorkspace<T>& {
+    auto& slot = workspaces[static_cast<std::size_t>(thread_index())];
+    if (!slot) slot.emplace(tiling, first.queries.cols(), dv);
+    return *slot;
+  };
   std::vector<char> values_finite(static_cast<std::size_t>(count));
 
   // Plain softmax attention (scale q.k, no terms, mask, window, weights or epsilon) runs on
@@ -422,16 +430,14 @@ void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
   // handles Inf and NaN exactly as the reference engine does).
   bool softmax_kernel = false;
 #if ATTNLENS_HAS_AVX512_KERNELS
-  std::vector<detail::avx512::SoftmaxTileWorkspace> softmax_workspaces;
-  if constexpr (std::is_same_v<T, float>) {
+  std::vector<std::optional<detail::avx512::SoftmaxTileWorkspace>> softmax_workspaces(threads);
+  const auto softmax_workspace = [&]() -> detail::avx512::SoftmaxTileWorkspace& {
+    auto& slot = softmax_workspaces[static_cast<std::size_t>(thread_index())];
+    if (!slot) slot.emplace(tiling.query_tile, options.tiling.key_block, first.queries.cols(), dv);
+    return *slot;
+  };
+  if constexpr (std::is_same_v<T, float>)
     softmax_kernel = detail::use_avx512() && detail::is_plain_softmax(kernel, first);
-    if (softmax_kernel) {
-      softmax_workspaces.reserve(threads);
-      while (softmax_workspaces.size() < threads)
-        softmax_workspaces.emplace_back(tiling.query_tile, options.tiling.key_block,
-                                        first.queries.cols(), dv);
-    }
-  }
 #endif
 
   // One pass: target_at(t) = F(values of pass) for every head t. The portable path is told
@@ -464,18 +470,17 @@ void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
                 detail::avx512::softmax_tile(
                     head.queries.data(), head.queries.outerStride(), head.keys.data(),
                     head.keys.outerStride(), head.values.data(), head.values.outerStride(),
-                    kernel.range.scale, begin, end - begin, head.keys.rows(),
-                    softmax_workspaces[static_cast<std::size_t>(thread_index())], target.data(),
-                    target.outerStride()))
+                    kernel.range.scale, begin, end - begin, head.keys.rows(), softmax_workspace(),
+                    target.data(), target.outerStride()))
               return;
           }
 #endif
           const bool finite_values = softmax_kernel ? detail::all_finite(head.values)
                                                     : values_finite[static_cast<std::size_t>(t)];
-          fused_attention_tile<T>(head, kernel, finite_values, begin, end, tiling,
-                                  workspaces[static_cast<std::size_t>(thread_index())], target);
+          fused_attention_tile<T>(head, kernel, finite_values, begin, end, tiling, workspace(),
+                                  target);
         },
-        options.parallel);
+        options.parallel, softmax_kernel ? Schedule::contiguous : Schedule::dynamic);
   };
 
   pass([&](Index t) { return head_at(t).values; }, out_at);

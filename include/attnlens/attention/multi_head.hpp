@@ -487,19 +487,22 @@ class MultiHeadAttention {
           options.parallel);
     }
 
+    // Attention tasks go head-major, so a contiguous block of them is a block of heads: the
+    // columns of q, k and v the same thread projected (avx512::product_transposed).
     const auto head_at = [&](Index task) {
-      const Index b = task / H, h = task % H;
+      const Index b = task % B, h = task / B;
       HeadInputs<T> head{b, h, state.queries.block(b * L, h * d, L, d),
                          state.keys.block(b * S, h * d, S, d),
                          state.values.block(b * S, h * d, S, d)};
       if (!key_weights.empty()) {
-        head.numerator_key_weights = key_value_weights[static_cast<std::size_t>(task)].data();
-        head.denominator_key_weights = key_weights[static_cast<std::size_t>(task)].data();
+        const auto sequence_head = static_cast<std::size_t>(b * H + h);
+        head.numerator_key_weights = key_value_weights[sequence_head].data();
+        head.denominator_key_weights = key_weights[sequence_head].data();
       }
       return head;
     };
     const auto context_at = [&](Index task) {
-      const Index b = task / H, h = task % H;
+      const Index b = task % B, h = task / B;
       return MatrixRef<T>(state.context.block(b * L, h * d, L, d));
     };
     state.context.resize(B * L, E);
@@ -514,7 +517,7 @@ class MultiHeadAttention {
           B * H,
           [&](Index task) {
             Matrix<T> scratch(keep_weights ? 0 : L, keep_weights ? 0 : S);
-            const MatrixMap<T> weights = keep_weights ? state.weights.matrix({task / H, task % H})
+            const MatrixMap<T> weights = keep_weights ? state.weights.matrix({task % B, task / B})
                                                       : MatrixMap<T>(scratch.data(), L, S);
             reference_attention<T>(head_at(task), kernel, weights, context_at(task));
           },

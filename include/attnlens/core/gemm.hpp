@@ -348,15 +348,16 @@ struct ColumnTile {
   Index begin, cols;
 };
 
-// c's columns in tiles of at most 14, each part of the destination split evenly.
+// c's columns in tiles of at most 14, each part of the destination split evenly. The parts'
+// tiles alternate (q, k, v, q, k, v, ...), so a contiguous range of tiles covers about the same
+// columns, the same heads, of every part.
 inline std::vector<ColumnTile> column_tiles(Index n, const Destination& c) {
   const Index width = c.split > 0 ? c.split : n;
+  const Index count = (width + k_weight_cols - 1) / k_weight_cols;
   std::vector<ColumnTile> tiles;
-  for (Index part = 0; part < n; part += width) {
-    const Index count = (width + k_weight_cols - 1) / k_weight_cols;
-    for (Index t = 0; t < count; ++t)
+  for (Index t = 0; t < count; ++t)
+    for (Index part = 0; part < n; part += width)
       tiles.push_back({part + width * t / count, width * (t + 1) / count - width * t / count});
-  }
   return tiles;
 }
 
@@ -388,14 +389,16 @@ ATTNLENS_AVX512 inline void weight_product(const float* x, Index ldx, const floa
 }
 
 // c (m x n) = x (m x depth, row-major) w^T + bias on the threads of `parallel`; w is n x depth,
-// row-major, bias null or n entries. The threads split c along its longer side: each reads all
-// of the shorter operand, so what is read twice is the smaller of x and w.
+// row-major, bias null or n entries. The threads split a plain c along its longer side: each
+// reads all of the shorter operand, so what is read twice is the smaller of x and w. q, k and v
+// are split by columns, thread t taking block t of the heads: the block its attention tasks read
+// next (MultiHeadAttention orders them head-major, Schedule::contiguous).
 inline void product_transposed(const float* x, Index ldx, const float* w, Index ldw,
                                const float* bias, Index m, Index n, Index depth,
                                const Destination& c, const ParallelOptions& parallel) {
   const std::vector<ColumnTile> tiles = column_tiles(n, c);
   const auto tile_count = static_cast<Index>(tiles.size());
-  const bool by_rows = m >= n;
+  const bool by_rows = c.split == 0 && m >= n;
   const Index units = by_rows ? (m + k_weight_rows - 1) / k_weight_rows : tile_count;
   const Index chunks = std::max<Index>(1, std::min<Index>(thread_count(parallel), units));
   parallel_for(
@@ -410,7 +413,7 @@ inline void product_transposed(const float* x, Index ldx, const float* w, Index 
         else
           weight_product(x, ldx, w, ldw, bias, depth, tiles, begin, end, 0, m, c, x_pack.get());
       },
-      parallel);
+      parallel, Schedule::contiguous);
 }
 
 }  // namespace avx512

@@ -37,27 +37,41 @@ inline int thread_index() {
 #endif
 }
 
+// How parallel_for hands out the indices: one at a time to whichever thread is free (even
+// load when items cost different amounts), or in contiguous blocks, block t to thread t (for
+// items of equal cost whose inputs thread t produced in an earlier contiguous loop of the same
+// size and thread count, so they are still in its cache).
+enum class Schedule { dynamic, contiguous };
+
 template <class Body>
-void parallel_for(Index n, Body&& body, const ParallelOptions& options = {}) {
+void parallel_for(Index n, Body&& body, const ParallelOptions& options = {},
+                  Schedule schedule = Schedule::dynamic) {
 #ifdef _OPENMP
   const int threads = thread_count(options);
   if (threads > 1 && n > 1) {
     std::exception_ptr failure;
     std::mutex failure_mutex;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (Index i = 0; i < n; ++i) {
+    const auto run = [&](Index i) {
       try {
         body(i);
       } catch (...) {
         const std::lock_guard<std::mutex> lock(failure_mutex);
         if (!failure) failure = std::current_exception();
       }
+    };
+    if (schedule == Schedule::contiguous) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+      for (Index i = 0; i < n; ++i) run(i);
+    } else {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+      for (Index i = 0; i < n; ++i) run(i);
     }
     if (failure) std::rethrow_exception(failure);
     return;
   }
 #else
   (void)options;
+  (void)schedule;
 #endif
   for (Index i = 0; i < n; ++i) body(i);
 }
