@@ -11,7 +11,6 @@
 #include <cstddef>
 #include <limits>
 #include <memory>
-#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -185,9 +184,10 @@ void fused_key_block(const HeadInputs<T>& head, const AttentionKernel<T>& kernel
 namespace avx512 {
 
 // exp(x) for x <= 0 (scores minus their running maximum), about 1 ulp (Cephes' polynomial on
-// [-ln2/2, ln2/2], scaled by 2^n with vscalefps). Arguments below -87.3 give at most 1.2e-38.
+// [-ln2/2, ln2/2], scaled by 2^n with vscalefps). Arguments are clamped at log of the smallest
+// normal number, as in exp_shifted.
 ATTNLENS_AVX512 inline __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.33654f));
+  x = _mm512_max_ps(x, _mm512_set1_ps(k_log_min_normal<float>));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -352,9 +352,9 @@ ATTNLENS_AVX512 inline bool softmax_tile(const float* q, Index ldq, const float*
 
 }  // namespace detail
 
-// Bytes of attention workspace fused_attention_heads allocates beyond its inputs and outputs:
-// per thread one FusedWorkspace (and for float on AVX-512 one softmax tile workspace), plus a
-// residual and a correction per head when boosting.
+// Bytes of attention workspace fused_attention_heads allocates at most beyond its inputs and
+// outputs: per thread one FusedWorkspace (and for float on AVX-512 one softmax tile workspace),
+// plus a residual and a correction per head when boosting.
 template <class T>
 std::size_t fused_workspace_bytes(const FusedOptions& options, Index heads, Index queries,
                                   Index key_dim, Index value_dim, Index boost) {
@@ -414,28 +414,15 @@ void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
   FusedTiling tiling = options.tiling;
   tiling.query_tile = tiles.max_rows();
 
-  // Per-thread workspaces, each made by its thread when it first needs one: in parallel, and
-  // first touched in that thread's cache.
-  const auto threads = static_cast<std::size_t>(thread_count(options.parallel));
-  std::vector<std::optional<FusedWorkspace<T>>> workspaces(threads);
-  const auto workspace = [&]() -> FusedWorkspace<T>& {
-    auto& slot = workspaces[static_cast<std::size_t>(thread_index())];
-    if (!slot) slot.emplace(tiling, first.queries.cols(), dv);
-    return *slot;
-  };
+  PerThread<FusedWorkspace<T>> workspaces(options.parallel);
   std::vector<char> values_finite(static_cast<std::size_t>(count));
 
   // Plain softmax attention (scale q.k, no terms, mask, window, weights or epsilon) runs on
-  // the AVX-512 tile loop, head by head where queries and keys are finite (the portable path
+  // the AVX-512 tile loop, tile by tile where the tile's inputs are finite (the portable path
   // handles Inf and NaN exactly as the reference engine does).
   bool softmax_kernel = false;
 #if ATTNLENS_HAS_AVX512_KERNELS
-  std::vector<std::optional<detail::avx512::SoftmaxTileWorkspace>> softmax_workspaces(threads);
-  const auto softmax_workspace = [&]() -> detail::avx512::SoftmaxTileWorkspace& {
-    auto& slot = softmax_workspaces[static_cast<std::size_t>(thread_index())];
-    if (!slot) slot.emplace(tiling.query_tile, options.tiling.key_block, first.queries.cols(), dv);
-    return *slot;
-  };
+  PerThread<detail::avx512::SoftmaxTileWorkspace> softmax_workspaces(options.parallel);
   if constexpr (std::is_same_v<T, float>)
     softmax_kernel = detail::use_avx512() && detail::is_plain_softmax(kernel, first);
 #endif
@@ -470,15 +457,17 @@ void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
                 detail::avx512::softmax_tile(
                     head.queries.data(), head.queries.outerStride(), head.keys.data(),
                     head.keys.outerStride(), head.values.data(), head.values.outerStride(),
-                    kernel.range.scale, begin, end - begin, head.keys.rows(), softmax_workspace(),
+                    kernel.range.scale, begin, end - begin, head.keys.rows(),
+                    softmax_workspaces.get(tiling.query_tile, tiling.key_block,
+                                           first.queries.cols(), dv),
                     target.data(), target.outerStride()))
               return;
           }
 #endif
           const bool finite_values = softmax_kernel ? detail::all_finite(head.values)
                                                     : values_finite[static_cast<std::size_t>(t)];
-          fused_attention_tile<T>(head, kernel, finite_values, begin, end, tiling, workspace(),
-                                  target);
+          fused_attention_tile<T>(head, kernel, finite_values, begin, end, tiling,
+                                  workspaces.get(tiling, first.queries.cols(), dv), target);
         },
         options.parallel, softmax_kernel ? Schedule::contiguous : Schedule::dynamic);
   };

@@ -257,8 +257,8 @@ ATTNLENS_AVX512 inline void kernel_panels(Index rows, Index n, Index depth, cons
 // call into k-major panels of 32 rows (pack_panel_transposed), and the tile is transposed in
 // registers when it is stored. w is never packed or cached, so the product costs no pass over
 // the weights and can never see stale parameters.
-constexpr int k_weight_cols = 14;      // columns of c per micro-tile: 28 accumulators
-constexpr Index k_weight_rows = 32;    // rows of c per micro-tile: two vectors
+constexpr int k_weight_cols = k_mr;    // columns of c per micro-tile: 28 accumulators
+constexpr Index k_weight_rows = k_nr;  // rows of c per micro-tile: two vectors
 constexpr Index k_weight_depth = 768;  // most depth per block: 14 rows of w (42 KiB) stay in L1
 constexpr Index k_weight_chunk = 128;  // rows of x packed at once (at most 384 KiB, in L2)
 
@@ -483,9 +483,6 @@ class SerialGemm {
 template <class T>
 void parallel_product_transposed(ConstMatrixRef<T> a, ConstMatrixRef<T> b, MatrixRef<T> c,
                                  const ParallelOptions& parallel, const T* bias = nullptr) {
-  const bool by_rows = c.rows() >= c.cols();
-  const Index extent = by_rows ? c.rows() : c.cols();
-  const Index chunks = std::max<Index>(1, std::min<Index>(thread_count(parallel), extent / 32));
 #if ATTNLENS_HAS_AVX512_KERNELS
   if constexpr (std::is_same_v<T, float>) {
     if (detail::use_avx512() && a.cols() > 0) {
@@ -496,6 +493,9 @@ void parallel_product_transposed(ConstMatrixRef<T> a, ConstMatrixRef<T> b, Matri
     }
   }
 #endif
+  const bool by_rows = c.rows() >= c.cols();
+  const Index extent = by_rows ? c.rows() : c.cols();
+  const Index chunks = std::max<Index>(1, std::min<Index>(thread_count(parallel), extent / 32));
   const Index chunk = (extent + chunks - 1) / chunks;
   parallel_for(
       chunks,

@@ -4,6 +4,9 @@
 
 #include <exception>
 #include <mutex>
+#include <optional>
+#include <utility>
+#include <vector>
 
 #include "attnlens/core/types.hpp"
 
@@ -36,6 +39,26 @@ inline int thread_index() {
   return 0;
 #endif
 }
+
+// One object per thread of parallel_for, each made by its own thread on first use (so only the
+// threads that need one make it, in parallel, and it is first touched in that thread's cache).
+template <class W>
+class PerThread {
+ public:
+  explicit PerThread(const ParallelOptions& options)
+      : slots_(static_cast<std::size_t>(thread_count(options))) {}
+
+  // The calling thread's object, constructed from args if it has none yet.
+  template <class... Args>
+  W& get(Args&&... args) {
+    std::optional<W>& slot = slots_[static_cast<std::size_t>(thread_index())];
+    if (!slot) slot.emplace(std::forward<Args>(args)...);
+    return *slot;
+  }
+
+ private:
+  std::vector<std::optional<W>> slots_;
+};
 
 // How parallel_for hands out the indices: one at a time to whichever thread is free (even
 // load when items cost different amounts), or in contiguous blocks, block t to thread t (for
