@@ -113,6 +113,14 @@ inline void check_tiling(const FusedTiling& tiling) {
   require_argument(tiling.key_block > 0, "FusedTiling::key_block", "> 0", tiling.key_block);
 }
 
+// The tiling a problem of `queries` x `keys` runs with: tiles no larger than the problem, so
+// that an oversized option costs neither memory nor an index overflow, and the same tiles.
+inline FusedTiling fitted_tiling(const FusedTiling& tiling, Index queries, Index keys) {
+  check_tiling(tiling);
+  return {std::min(tiling.query_tile, std::max<Index>(queries, 1)),
+          std::min(tiling.key_block, std::max<Index>(keys, 1))};
+}
+
 // One block of keys [key_begin, key_begin + cols) for the tile's queries: scores, support,
 // online-softmax update of (row_max, row_sum, accumulator).
 template <class T>
@@ -358,11 +366,12 @@ ATTNLENS_AVX512 inline bool softmax_tile(const float* q, Index ldq, const float*
 template <class T>
 std::size_t fused_workspace_bytes(const FusedOptions& options, Index heads, Index queries,
                                   Index key_dim, Index value_dim, Index boost) {
-  std::size_t per_thread = FusedWorkspace<T>::bytes(options.tiling, key_dim, value_dim);
+  const FusedTiling tiling = detail::fitted_tiling(options.tiling, queries, queries);
+  std::size_t per_thread = FusedWorkspace<T>::bytes(tiling, key_dim, value_dim);
 #if ATTNLENS_HAS_AVX512_KERNELS
   if (std::is_same_v<T, float> && detail::use_avx512())
-    per_thread += detail::avx512::SoftmaxTileWorkspace::bytes(
-        options.tiling.query_tile, options.tiling.key_block, key_dim, value_dim);
+    per_thread += detail::avx512::SoftmaxTileWorkspace::bytes(tiling.query_tile, tiling.key_block,
+                                                              key_dim, value_dim);
 #endif
   const std::size_t boosting =
       boost > 0 ? 2 * sizeof(T) * static_cast<std::size_t>(heads * queries * value_dim) : 0;
@@ -410,8 +419,8 @@ void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
   const HeadInputs<T> first = head_at(0);
   check_head_inputs<T>(first, kernel, out_at(0).rows(), out_at(0).cols());
   const Index L = first.queries.rows(), dv = first.values.cols();
-  const QueryTiling tiles(kernel.window, L, options.tiling.query_tile);
-  FusedTiling tiling = options.tiling;
+  FusedTiling tiling = detail::fitted_tiling(options.tiling, L, first.keys.rows());
+  const QueryTiling tiles(kernel.window, L, tiling.query_tile);
   tiling.query_tile = tiles.max_rows();
 
   PerThread<FusedWorkspace<T>> workspaces(options.parallel);

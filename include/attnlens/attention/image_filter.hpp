@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -16,6 +17,7 @@
 #include "attnlens/attention/reference_engine.hpp"
 #include "attnlens/attention/score_term.hpp"
 #include "attnlens/attention/window.hpp"
+#include "attnlens/core/checked.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
 #include "attnlens/position/grid2d.hpp"
@@ -58,10 +60,13 @@ inline const char* image_filter_name(ImageFilterMethod method) {
   return "?";
 }
 
-// The window radius the options select: radius, or ceil(3 sigma_space) when radius < 0.
+// The window radius the options select: radius, or ceil(3 sigma_space) when radius < 0
+// (saturating at the largest Index: any radius beyond the image is the whole image).
 inline Index image_filter_radius(const ImageFilterOptions& options) {
   if (options.radius >= 0) return options.radius;
-  return static_cast<Index>(std::ceil(3.0 * options.sigma_space));
+  const double radius = std::ceil(3.0 * options.sigma_space);
+  constexpr double beyond_index = 0x1p63;
+  return radius < beyond_index ? static_cast<Index>(radius) : std::numeric_limits<Index>::max();
 }
 
 // Throws ArgumentError naming the first option the method cannot use.
@@ -85,6 +90,24 @@ inline void check_image_filter_options(const ImageFilterOptions& o) {
   require_argument(o.radius >= 0 || o.sigma_space > 0, "ImageFilterOptions::radius",
                    ">= 0 (or sigma_space > 0 for the default ceil(3 sigma_space))", o.radius);
   require_argument(o.boost >= 0, "ImageFilterOptions::boost", ">= 0", o.boost);
+  require_argument(o.boost <= k_max_boost, "ImageFilterOptions::boost",
+                   detail::concat("<= ", k_max_boost, " (k_max_boost)"), o.boost);
+}
+
+inline bool uses_patches(ImageFilterMethod method) {
+  return method == ImageFilterMethod::nlm || method == ImageFilterMethod::attention;
+}
+
+// Throws ArgumentError unless options that check_image_filter_options accepted fit an image of
+// rows x cols: at least one pixel, and patches that reach at most one mirror image beyond the
+// border (as PyTorch's reflect padding requires), so that they never outgrow the image.
+inline void check_image_filter_size(const ImageFilterOptions& o, Index rows, Index cols) {
+  detail::require_argument(rows > 0 && cols > 0, "image size", ">= 1 x 1",
+                           detail::concat(rows, " x ", cols));
+  if (uses_patches(o.method))
+    detail::require_argument(
+        o.patch_radius < std::min(rows, cols), "ImageFilterOptions::patch_radius",
+        detail::concat("< ", std::min(rows, cols), " (the image's smaller side)"), o.patch_radius);
 }
 
 // numpy.pad's 'reflect' index: the image mirrored about its edge pixels, which are not
@@ -101,8 +124,12 @@ inline Index reflect_index(Index i, Index n) {
 template <class T>
 Matrix<T> image_patches(ConstMatrixRef<T> image, Index patch_radius) {
   detail::require_argument(patch_radius >= 0, "patch radius", ">= 0", patch_radius);
-  const Index H = image.rows(), W = image.cols(), side = 2 * patch_radius + 1;
-  Matrix<T> patches(H * W, side * side);
+  const Index H = image.rows(), W = image.cols();
+  const Index side = detail::checked_side(patch_radius, "patch radius");
+  const Index pixels = detail::checked_mul(H, W, "image pixels");
+  const Index per_patch = detail::checked_mul(side, side, "patch pixels");
+  detail::checked_mul(pixels, per_patch, "image patches (pixels x patch pixels)");
+  Matrix<T> patches(pixels, per_patch);
   for (Index r = 0; r < H; ++r)
     for (Index c = 0; c < W; ++c) {
       Index e = 0;
@@ -121,30 +148,40 @@ class ImageFilter {
   ImageFilter(ConstMatrixRef<T> image, const ImageFilterOptions& options)
       : options_(options), grid_{image.rows(), image.cols()} {
     check_image_filter_options(options);
-    detail::require_argument(image.rows() > 0 && image.cols() > 0, "image size", ">= 1 x 1",
-                             detail::concat(image.rows(), " x ", image.cols()));
+    check_image_filter_size(options, image.rows(), image.cols());
     detail::require_argument(image.allFinite(), "image", "finite pixels", "NaN or Inf");
     values_ = Matrix<T>(grid_.tokens(), 1);
     for (Index r = 0; r < image.rows(); ++r)
       values_.col(0).segment(r * image.cols(), image.cols()) = image.row(r).transpose();
-    const T n = static_cast<T>((2 * options.patch_radius + 1) * (2 * options.patch_radius + 1));
+    const double side = 2.0 * static_cast<double>(options.patch_radius) + 1.0;
+    const double n = side * side;  // pixels per patch (nlm, attention)
     switch (options.method) {
       case ImageFilterMethod::gaussian:
         range_ = {RangeKernelType::none, T(1), T(1)};
         break;
       case ImageFilterMethod::bilateral:
         range_ = {RangeKernelType::negative_squared_distance,
-                  T(1) / (T(2) * static_cast<T>(options.sigma_range * options.sigma_range)), T(1)};
+                  finite_scale<T>(0.5 / options.sigma_range / options.sigma_range), T(1)};
         break;
       case ImageFilterMethod::nlm:
         range_ = {RangeKernelType::negative_squared_distance,
-                  T(1) / (n * static_cast<T>(options.h * options.h)), T(1)};
+                  finite_scale<T>(1.0 / n / options.h / options.h), T(1)};
         tokens_ = image_patches<T>(image, options.patch_radius);
         break;
-      case ImageFilterMethod::attention:
-        range_ = dot_product_range<T>(T(1) / (n * static_cast<T>(options.temperature)));
+      case ImageFilterMethod::attention: {
         tokens_ = image_patches<T>(image, options.patch_radius);
+        // |P_i . P_j| <= max |P|^2: a temperature below this bound would overflow the scores.
+        const double largest = static_cast<double>(tokens_.rowwise().squaredNorm().maxCoeff());
+        const double smallest_temperature =
+            largest / n / static_cast<double>(std::numeric_limits<T>::max()) * 2.0;
+        detail::require_argument(
+            options.temperature >= smallest_temperature, "ImageFilterOptions::temperature",
+            detail::concat(">= ", smallest_temperature,
+                           " for this image (a smaller one overflows the scores)"),
+            options.temperature);
+        range_ = dot_product_range<T>(finite_scale<T>(1.0 / n / options.temperature));
         break;
+      }
     }
     if (options.sigma_space > 0 && options.method != ImageFilterMethod::nlm)
       terms_.push_back(std::make_shared<DistanceKernel<T>>(
@@ -154,6 +191,11 @@ class ImageFilter {
 
   const Grid2d& grid() const { return grid_; }
   const ImageFilterOptions& options() const { return options_; }
+  // The search window's radius, at most the image's larger side: the same window as any
+  // larger radius (the whole image).
+  Index radius() const {
+    return std::min(image_filter_radius(options_), std::max(grid_.height, grid_.width));
+  }
   // Queries = keys: pixels (gaussian, bilateral) or patches (nlm, attention), one per row.
   ConstMatrixRef<T> tokens() const { return tokens_.size() ? tokens_ : values_; }
   // The pixels, one per row (H W x 1).
@@ -162,7 +204,7 @@ class ImageFilter {
   // The kernel's factors; it points into this filter, so it lives no longer than it.
   AttentionKernel<T> kernel() const {
     AttentionKernel<T> kernel{range_, terms_.empty() ? nullptr : &terms_};
-    kernel.window = LocalWindow{image_filter_radius(options_), grid_};
+    kernel.window = LocalWindow{radius(), grid_};
     kernel.boost = options_.boost;
     return kernel;
   }

@@ -3,6 +3,7 @@
 // the reference and the fused engine share one definition.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -31,6 +32,14 @@ RangeKernel<T> dot_product_range(T scale) {
   return {RangeKernelType::dot_product, scale, T(1)};
 }
 
+// A kernel's scale computed in double (1 / (2 r^2), 1 / (n h^2)) as a T: at most T's largest
+// finite value, so that a bandwidth so small that the scale overflows still gives the limit
+// (only equal rows weigh: the identity filter) instead of inf * 0 = NaN.
+template <class T>
+T finite_scale(double scale) {
+  return static_cast<T>(std::min(scale, static_cast<double>(std::numeric_limits<T>::max())));
+}
+
 namespace detail {
 
 // log|sin(x)/x|^4, with sinc(0) = 1 and log 0 = -inf at the zeros of sin.
@@ -54,14 +63,15 @@ void range_scores(const RangeKernel<T>& range, ConstMatrixRef<T> queries, ConstM
       return;
     case RangeKernelType::negative_squared_distance: {
       // |q - k|^2 = |q|^2 + |k|^2 - 2 q.k puts the work in one GEMM; rounding can make it
-      // slightly negative for near-equal rows, and a distance is never negative.
+      // slightly negative for near-equal rows, and a distance is never negative. The scale
+      // multiplies the finished distance, so that equal rows score exactly 0 for any finite
+      // scale, up to the largest (a bandwidth near 0: scale * (|q|^2 - |q|^2) would be inf - inf).
       scores.setZero();
-      gemm.add_product_transposed(T(2) * range.scale, queries, keys, scores);
-      for (Index c = 0; c < scores.cols(); ++c)
-        scores.col(c).array() -= range.scale * keys.row(c).squaredNorm();
+      gemm.add_product_transposed(T(2), queries, keys, scores);
+      for (Index c = 0; c < scores.cols(); ++c) scores.col(c).array() -= keys.row(c).squaredNorm();
       for (Index r = 0; r < scores.rows(); ++r)
-        scores.row(r).array() -= range.scale * queries.row(r).squaredNorm();
-      scores = scores.cwiseMin(T(0));
+        scores.row(r).array() -= queries.row(r).squaredNorm();
+      scores = range.scale * scores.cwiseMin(T(0));
       return;
     }
     case RangeKernelType::sinc4:

@@ -18,6 +18,10 @@
 
 namespace attnlens {
 
+// The largest boosting order: each order is one more pass of attention, and the iteration
+// z_{m+1} = z_m + A (y - z_m) has converged to within rounding of y long before it.
+inline constexpr Index k_max_boost = 100;
+
 // The kernel of one attention call, factor by factor (DESIGN.md section 1): the range kernel,
 // the domain-kernel score terms, the support (mask and local window), the normalization, the
 // value terms and the iteration order.
@@ -54,11 +58,14 @@ struct HeadInputs {
 template <class T>
 void check_kernel(const AttentionKernel<T>& kernel, const ScoreShape& shape) {
   detail::require_argument(kernel.boost >= 0, "AttentionKernel::boost", ">= 0", kernel.boost);
+  detail::require_argument(kernel.boost <= k_max_boost, "AttentionKernel::boost",
+                           detail::concat("<= ", k_max_boost, " (k_max_boost)"), kernel.boost);
   detail::require_argument(kernel.epsilon >= T(0), "AttentionKernel::epsilon", ">= 0",
                            kernel.epsilon);
   if (kernel.range.type == RangeKernelType::negative_squared_distance)
-    detail::require_argument(kernel.range.scale > T(0), "RangeKernel::scale",
-                             "> 0 for negative_squared_distance", kernel.range.scale);
+    detail::require_argument(kernel.range.scale >= T(0) && std::isfinite(kernel.range.scale),
+                             "RangeKernel::scale", "finite and >= 0 for negative_squared_distance",
+                             kernel.range.scale);
   if (kernel.boost > 0)
     detail::require_shape(shape.queries == shape.keys, "keys of a boosted attention",
                           detail::concat(shape.queries, " (as many as queries)"),

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "attnlens/attention/distance_kernel.hpp"
+#include "attnlens/attention/reference_engine.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
 #include "attnlens/position/grid2d.hpp"
@@ -104,6 +105,8 @@ inline DistanceKernelType distance_kernel_from_name(const std::string& name,
 inline void check_variant_options(const AttentionVariantOptions& o,
                                   const std::string& what = "AttentionVariantOptions") {
   detail::require_argument(o.boost >= 0, what + "::boost", ">= 0", o.boost);
+  detail::require_argument(o.boost <= k_max_boost, what + "::boost",
+                           detail::concat("<= ", k_max_boost, " (k_max_boost)"), o.boost);
   detail::require_argument(o.sigma_init > 0, what + "::sigma_init", "> 0", o.sigma_init);
   detail::require_argument(o.huber_a > 0, what + "::huber_a", "> 0", o.huber_a);
   detail::require_argument(o.fourier_epsilon >= 0, what + "::fourier_epsilon", ">= 0",

@@ -30,6 +30,13 @@ inline std::pair<Index, Index> grid_cell(const Grid2d& grid, Index token) {
   return {cell / grid.width, cell % grid.width};
 }
 
+// The radius clamped to `reach`, the largest distance between two tokens of the problem: a
+// larger radius is the same (global) window, and the clamped one keeps i - R and i + R from
+// overflowing.
+inline Index radius_within(const LocalWindow& window, Index reach) {
+  return std::min(window.radius, reach);
+}
+
 }  // namespace detail
 
 // Throws unless the window can serve a self-attention problem of this shape. A 2-D window
@@ -59,6 +66,7 @@ class QueryTiling {
  public:
   QueryTiling(const LocalWindow& window, Index queries, Index tile) : queries_(queries) {
     detail::require_argument(tile > 0, "query tile", "> 0", tile);
+    tile = std::min(tile, std::max<Index>(queries, 1));  // and (queries + tile - 1) fits
     if (window.active() && window.grid) {
       leading_ = window.grid->leading;
       width_ = window.grid->width;
@@ -101,9 +109,12 @@ void for_each_key_range(const LocalWindow& window, Index query_begin, Index quer
     if (j0 < j1) visit(j0, j1);
   };
   if (!window.active()) return clipped(0, key_end);
-  const Index R = window.radius;
-  if (!window.grid) return clipped(query_begin - R, query_end + R);
+  if (!window.grid) {
+    const Index R = detail::radius_within(window, std::max(query_end, key_end));
+    return clipped(query_begin - R, query_end + R);
+  }
   const Grid2d& grid = *window.grid;
+  const Index R = detail::radius_within(window, std::max(grid.height, grid.width));
   if (!grid.has_position(query_begin)) return clipped(0, key_end);
   clipped(0, grid.leading);
   const auto [row, col_begin] = detail::grid_cell(grid, query_begin);
@@ -119,7 +130,10 @@ template <class T>
 void apply_window(const LocalWindow& window, const TileCoords& at, MatrixRef<T> scores) {
   if (!window.active()) return;
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
-  const Index R = window.radius, cols = scores.cols();
+  const Index cols = scores.cols();
+  const Index R = detail::radius_within(
+      window, window.grid ? std::max(window.grid->height, window.grid->width)
+                          : std::max(at.query_begin + scores.rows(), at.key_begin + cols));
   for (Index r = 0; r < scores.rows(); ++r) {
     const Index i = at.query_begin + r;
     if (!window.grid) {  // keep c with |key_begin + c - i| <= R

@@ -435,15 +435,23 @@ class SerialGemm {
     blocking_->allocateAll();
   }
 
-  // c += alpha * a * b^T, with b given row-major as cols x depth (keys, for q k^T).
+  // c += (alpha a) b^T, with b given row-major as cols x depth (keys, for q k^T). alpha scales
+  // a before the product, as PyTorch scales q before q.k: entries of a and b too large for
+  // their product (1e19 x 1e19 in float) stay finite when alpha brings them down first.
   void add_product_transposed(T alpha, ConstMatrixRef<T> a, ConstMatrixRef<T> b, MatrixRef<T> c) {
     check(a, b.cols(), b.rows(), c);
+    if (alpha != T(1)) {
+      if (scaled_rows_.size() == 0) scaled_rows_.resize(max_rows_, max_depth_);
+      auto scaled = scaled_rows_.topLeftCorner(a.rows(), a.cols());
+      scaled = alpha * a;
+      return add_product_transposed(T(1), scaled, b, c);
+    }
     Eigen::internal::general_matrix_matrix_product<Index, T, Eigen::RowMajor, false, T,
                                                    Eigen::ColMajor, false, Eigen::RowMajor,
                                                    1>::run(c.rows(), c.cols(), a.cols(), a.data(),
                                                            a.outerStride(), b.data(),
                                                            b.outerStride(), c.data(), 1,
-                                                           c.outerStride(), alpha, *blocking_);
+                                                           c.outerStride(), T(1), *blocking_);
   }
 
   // c += alpha * a * b, with b row-major depth x cols (values, for A V).
@@ -473,6 +481,7 @@ class SerialGemm {
   }
 
   Index max_rows_, max_cols_, max_depth_;
+  Matrix<T> scaled_rows_;  // alpha a, made on the first scaled product
   std::unique_ptr<Blocking> blocking_;
 };
 

@@ -64,6 +64,11 @@ struct ConvAsAttentionOptions {
   double alpha = 16.0;  // the heads' width: larger is closer to the convolution
 };
 
+// The heads use min(alpha, k_saturated_alpha): there every key but the centre shift's weighs
+// e^-1e4 (0 in float and double) times the centre's, so the layer already is the convolution,
+// and a larger alpha would only overflow alpha |Delta|^2 (alpha = 1e40 is inf in float).
+inline constexpr double k_saturated_alpha = 1e4;
+
 template <class T>
 class ConvAsAttention {
  public:
@@ -87,7 +92,7 @@ class ConvAsAttention {
       for (Index kc = 0; kc < K; ++kc) {
         const Index head = kr * K + kc;
         value_weight.block(head * head_dim, 0, in_channels_, in_channels_).setIdentity();
-        position->alpha[head] = static_cast<T>(options.alpha);
+        position->alpha[head] = static_cast<T>(std::min(options.alpha, k_saturated_alpha));
         position->center_shift.row(head) << static_cast<T>(kr - pad), static_cast<T>(kc - pad);
         for (Index o = 0; o < out_channels_; ++o)
           for (Index i = 0; i < in_channels_; ++i)

@@ -4,12 +4,13 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -17,8 +18,10 @@
 
 #include "attnlens/attention/variant.hpp"
 #include "attnlens/blocks/encoder.hpp"
+#include "attnlens/core/checked.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/io/encoder_state_dict.hpp"
+#include "attnlens/io/json_text.hpp"
 #include "attnlens/io/safetensors.hpp"
 
 namespace attnlens::io {
@@ -30,6 +33,10 @@ inline constexpr const char* k_model_type = "transformer_encoder";
 namespace detail {
 
 using attnlens::detail::concat;
+
+// config.json's objects nest two deep (the position, attention and residual objects), with a
+// lambda array inside; deeper text is rejected before it is parsed into a tree.
+inline constexpr int k_max_config_levels = 8;
 
 // Reads config.json's keys with their types checked; every error names the key and the file.
 class ConfigReader {
@@ -56,6 +63,10 @@ class ConfigReader {
       return value.get<bool>();
     } else if constexpr (std::is_integral_v<V>) {
       if (!value.is_number_integer()) fail(key, "an integer", value.dump());
+      // JSON integers above the signed range are parsed as unsigned; get<V> would wrap them.
+      if (value.is_number_unsigned() &&
+          value.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<V>::max()))
+        fail(key, concat("an integer <= ", std::numeric_limits<V>::max()), value.dump());
       return value.get<V>();
     } else if constexpr (std::is_floating_point_v<V>) {
       if (!value.is_number()) fail(key, "a number", value.dump());
@@ -100,13 +111,20 @@ class ConfigReader {
   mutable std::set<std::string> used_;
 };
 
-inline std::string read_text_file(const std::string& path) {
+// A config.json is a few hundred bytes; the limit keeps a device or a huge file from being read
+// whole.
+inline constexpr std::size_t k_max_config_bytes = 1 << 20;
+
+inline std::string read_text_file(const std::string& path, std::size_t max_bytes) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw IoError(concat("cannot open '", path, "'"));
-  std::ostringstream text;
-  text << in.rdbuf();
+  std::string text(max_bytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
   if (in.bad()) throw IoError(concat("cannot read '", path, "'"));
-  return text.str();
+  if (static_cast<std::size_t>(in.gcount()) > max_bytes)
+    throw IoError(concat(path, ": larger than the limit of ", max_bytes, " bytes"));
+  text.resize(static_cast<std::size_t>(in.gcount()));
+  return text;
 }
 
 inline std::string quoted_list(const std::vector<std::string>& names, std::size_t shown = 5) {
@@ -162,6 +180,9 @@ inline AttentionVariantOptions parse_attention_config(const ConfigReader& reader
     }
     out.boost = reader.get<Index>("boost", 0);
     if (out.boost < 0) reader.fail("boost", "an integer >= 0", concat(out.boost));
+    if (out.boost > k_max_boost)
+      reader.fail("boost", concat("an integer <= ", k_max_boost, " (k_max_boost)"),
+                  concat(out.boost));
   }
   switch (out.type) {
     case AttentionVariantType::bilateral: {
@@ -334,13 +355,8 @@ inline ResidualOptions parse_residual_config(const ConfigReader& reader) {
 // Parses config.json's text; `where` prefixes every error message (the file's path).
 inline EncoderModelConfig parse_encoder_config(const std::string& text,
                                                const std::string& where = k_config_file) {
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw IoError(detail::concat(where, ": not valid JSON: ", e.what()));
-  }
-  const detail::ConfigReader config(json, where);
+  const detail::ConfigReader config(parse_json_text(text, {where, detail::k_max_config_levels}),
+                                    where);
   const auto model_type = config.get<std::string>("model_type");
   if (model_type != k_model_type)
     config.fail("model_type", detail::concat("\"", k_model_type, "\""), "\"" + model_type + "\"");
@@ -439,22 +455,97 @@ void save_encoder_model(const EncoderModelConfig& config, TransformerEncoder<T> 
   writer.save(directory + "/" + k_weights_file);
 }
 
+namespace detail {
+
+// The fewest values (tensor elements) an encoder of these options holds: the weight matrices and
+// tables whose sizes the options set, multiplied out with overflow checks (biases, norms and the
+// variants' vectors are left out). Options out of their domain count 0: the constructor names them.
+inline Index minimum_parameter_count(const EncoderOptions& o, const std::string& where) {
+  const EncoderLayerOptions& layer = o.layer;
+  if (layer.d_model <= 0 || layer.nhead <= 0 || layer.d_model % layer.nhead != 0 ||
+      layer.dim_feedforward <= 0 || o.num_layers <= 0)
+    return 0;
+  const std::string what = where + ": the parameter count";
+  const auto mul = [&](std::initializer_list<Index> sizes) {
+    return attnlens::detail::checked_product<IoError>(sizes, what);
+  };
+  const auto add = [&](Index a, Index b) {
+    return attnlens::detail::checked_add<IoError>(a, b, what);
+  };
+  const Index E = layer.d_model, head_dim = E / layer.nhead;
+  // in_proj_weight (3E x E), out_proj.weight (E x E), linear1 and linear2 (FF x E each).
+  Index per_layer = add(mul({4, E, E}), mul({2, E, layer.dim_feedforward}));
+  const PositionOptions& p = o.position;
+  switch (p.type) {
+    case PositionType::shaw:  // relative_keys and relative_values, (2k + 1) x d each
+      per_layer = add(per_layer, mul({2,
+                                      attnlens::detail::checked_side<IoError>(
+                                          std::max<Index>(p.max_relative_position, 0), what),
+                                      head_dim}));
+      break;
+    case PositionType::transformer_xl:  // r_net.weight, E x E
+      per_layer = add(per_layer, mul({E, E}));
+      break;
+    case PositionType::t5:  // relative_attention_bias.weight, num_buckets x H
+      per_layer = add(per_layer, mul({std::max<Index>(p.num_buckets, 0), layer.nhead}));
+      break;
+    default:
+      break;
+  }
+  Index total = mul({o.num_layers, per_layer});
+  if (p.type == PositionType::learned) total = add(total, mul({std::max<Index>(p.max_len, 0), E}));
+  return total;
+}
+
+inline Index element_count(const SafeTensors& weights) {
+  Index count = 0;
+  for (const auto& name : weights.names()) {
+    Index n = 1;
+    for (Index extent : weights.info(name).shape) n *= extent;  // the reader checked overflow
+    count += n;                                                 // at most the file's size in bytes
+  }
+  return count;
+}
+
+}  // namespace detail
+
+// Builds the encoder that `config` describes and reads its parameters from `weights`. The
+// sizes in the config are checked against the values `weights` holds before the model is
+// allocated; every problem is an IoError naming config_where or weights_where.
+template <class T>
+TransformerEncoder<T> encoder_from_weights(const EncoderModelConfig& config,
+                                           const SafeTensors& weights,
+                                           const std::string& config_where = k_config_file,
+                                           const std::string& weights_where = k_weights_file) {
+  const Index needed = detail::minimum_parameter_count(config.encoder, config_where);
+  const Index held = detail::element_count(weights);
+  if (needed > held)
+    throw IoError(
+        detail::concat(config_where, ": the encoder it describes (d_model ",
+                       config.encoder.layer.d_model, ", num_layers ", config.encoder.num_layers,
+                       ", dim_feedforward ", config.encoder.layer.dim_feedforward, ", position ",
+                       position_type_name(config.encoder.position.type), ") has at least ", needed,
+                       " parameters, but ", weights_where, " holds ", held, " values"));
+  std::optional<TransformerEncoder<T>> encoder;
+  try {
+    encoder.emplace(config.encoder);
+  } catch (const ArgumentError& e) {  // d_model, nhead, ... out of their domain
+    throw IoError(detail::concat(config_where, ": ", e.what()));
+  }
+  load_encoder_weights(weights, *encoder, weights_where);
+  return std::move(*encoder);
+}
+
 // Loads an encoder model directory (config.json and model.safetensors). Every problem is an
 // IoError naming the file and the key or tensor.
 template <class T>
 TransformerEncoder<T> load_encoder_model(const std::string& directory) {
   const std::string config_path = directory + "/" + k_config_file;
   const std::string weights_path = directory + "/" + k_weights_file;
-  const EncoderModelConfig config =
-      parse_encoder_config(detail::read_text_file(config_path), config_path);
-  std::optional<TransformerEncoder<T>> encoder;
-  try {
-    encoder.emplace(config.encoder);
-  } catch (const ArgumentError& e) {  // d_model, nhead, ... out of their domain
-    throw IoError(detail::concat(config_path, ": ", e.what()));
-  }
-  load_encoder_weights(SafeTensors::load(weights_path), *encoder, weights_path);
-  return std::move(*encoder);
+  const EncoderModelConfig config = parse_encoder_config(
+      detail::read_text_file(config_path, detail::k_max_config_bytes), config_path);
+  return encoder_from_weights<T>(config, SafeTensors::load(weights_path), config_path,
+                                 weights_path);
 }
 
 }  // namespace attnlens::io

@@ -41,6 +41,8 @@
 // The writer stores tensors sorted by name, in the header and in the buffer, and pads the
 // header with spaces to a multiple of 8 bytes, so equal inputs give equal bytes.
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstddef>
@@ -50,7 +52,7 @@
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <set>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -60,6 +62,7 @@
 
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/tensor.hpp"
+#include "attnlens/io/json_text.hpp"
 
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -126,8 +129,8 @@ using attnlens::detail::shape_string;
 
 // The reference implementation's limit; it keeps a corrupt length from driving allocation.
 inline constexpr std::uint64_t k_max_header_bytes = 100'000'000;
-// top-level object (0) > tensor entry or metadata object (1) > shape or data_offsets array (2)
-inline constexpr int k_max_json_depth = 2;
+// top-level object > tensor entry or metadata object > shape or data_offsets array
+inline constexpr int k_max_json_levels = 3;
 inline constexpr std::size_t k_length_bytes = 8;
 
 inline bool parse_dtype(std::string_view text, DType& out) {
@@ -245,62 +248,85 @@ inline bool read_unsigned(const nlohmann::json& value, std::uint64_t& out, const
   return false;
 }
 
-// Rejects nesting deeper than the format needs (before it costs memory) and duplicate keys
-// (which different readers would resolve differently).
-class HeaderGuard {
+// A file opened for reading, closed when it goes out of scope.
+class InputFile {
  public:
-  bool operator()(int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-    using Event = nlohmann::json::parse_event_t;
-    switch (event) {
-      case Event::object_start:
-      case Event::array_start:
-        if (depth > k_max_json_depth)
-          throw IoError(concat("safetensors: header JSON nests deeper than ", k_max_json_depth + 1,
-                               " levels"));
-        if (event == Event::object_start) keys_.emplace_back();
-        break;
-      case Event::object_end:
-        if (!keys_.empty()) keys_.pop_back();
-        break;
-      case Event::key:
-        if (!keys_.empty() && parsed.is_string() &&
-            !keys_.back().insert(parsed.get_ref<const std::string&>()).second)
-          throw IoError(concat("safetensors: header JSON has duplicate key '",
-                               parsed.get_ref<const std::string&>(), "'"));
-        break;
-      default:
-        break;
+  explicit InputFile(const std::string& path) : path_(path), file_(std::fopen(path.c_str(), "rb")) {
+    if (!file_)
+      throw IoError(concat("safetensors: cannot open '", path, "': ", errno_message(errno)));
+  }
+  InputFile(const InputFile&) = delete;
+  InputFile& operator=(const InputFile&) = delete;
+  ~InputFile() { std::fclose(file_); }
+
+  // The size of a regular file; none for a pipe or a device, whose size is not known before
+  // they are read.
+  std::optional<std::uint64_t> regular_size() const {
+    struct stat status {};
+    if (fstat(fileno(file_), &status) != 0 || !S_ISREG(status.st_mode)) return std::nullopt;
+    return static_cast<std::uint64_t>(status.st_size);
+  }
+
+  // Appends up to `count` more bytes to `out`, fewer only at the end of the file. The buffer
+  // grows with what arrives, so a count that the file does not back costs no memory.
+  void append(std::uint64_t count, std::string& out) {
+    char buffer[1 << 16];
+    while (count > 0) {
+      const std::size_t want =
+          static_cast<std::size_t>(std::min<std::uint64_t>(count, sizeof buffer));
+      const std::size_t got = std::fread(buffer, 1, want, file_);
+      out.append(buffer, got);
+      count -= got;
+      if (got < want) break;
     }
-    return true;
+    if (std::ferror(file_))
+      throw IoError(concat("safetensors: cannot read '", path_, "': ", errno_message(errno)));
   }
 
  private:
-  std::vector<std::set<std::string>> keys_;
+  std::string path_;
+  std::FILE* file_;
 };
 
 }  // namespace detail
 
 class SafeTensors {
  public:
+  // Reads only as many bytes as the header's length and data_offsets claim, each claim
+  // checked first against the limit and, for a regular file, against the file's size.
   static SafeTensors load(const std::string& path) {
-    std::string bytes;
-    {
-      std::FILE* file = std::fopen(path.c_str(), "rb");
-      if (!file)
-        throw IoError(detail::concat("safetensors: cannot open '", path,
-                                     "': ", detail::errno_message(errno)));
-      char buffer[1 << 16];
-      std::size_t got = 0;
-      while ((got = std::fread(buffer, 1, sizeof buffer, file)) > 0) bytes.append(buffer, got);
-      const bool failed = std::ferror(file) != 0;
-      const int error = errno;
-      std::fclose(file);
-      if (failed)
-        throw IoError(detail::concat("safetensors: cannot read '", path,
-                                     "': ", detail::errno_message(error)));
-    }
+    detail::InputFile file(path);
     try {
-      return parse(std::move(bytes));
+      constexpr auto unknown = std::numeric_limits<std::uint64_t>::max();
+      const std::optional<std::uint64_t> file_size = file.regular_size();
+      const auto after = [&](std::size_t read) {
+        return file_size ? std::max<std::uint64_t>(*file_size, read) - read : unknown;
+      };
+      SafeTensors st;
+      file.append(detail::k_length_bytes, st.bytes_);
+      if (st.bytes_.size() < detail::k_length_bytes) return parse(std::move(st.bytes_));
+      const std::uint64_t header_length = check_header_length(st.bytes_, after(st.bytes_.size()));
+      file.append(header_length, st.bytes_);
+      if (st.bytes_.size() < detail::k_length_bytes + header_length)
+        return parse(std::move(st.bytes_));  // says where the file ends
+
+      const std::uint64_t data_size = after(st.bytes_.size());
+      st.parse_entries(static_cast<std::size_t>(
+          std::min<std::uint64_t>(data_size, std::numeric_limits<std::size_t>::max())));
+      const std::size_t covered = st.covered_bytes();
+      if (file_size && data_size != covered) trailing_bytes_error(data_size, covered);
+      file.append(covered, st.bytes_);
+      const std::size_t got = st.bytes_.size() - st.data_start_;
+      if (got < covered)
+        throw IoError(detail::concat("safetensors: the file ends after ", got, " of the ", covered,
+                                     " data bytes the tensors' data_offsets cover"));
+      std::string extra;
+      file.append(1, extra);
+      if (!extra.empty())
+        throw IoError(detail::concat("safetensors: more bytes follow the ", covered,
+                                     " bytes the tensors' data_offsets cover (trailing bytes)"));
+      st.source_ = path;
+      return st;
     } catch (const IoError& e) {
       throw IoError(detail::concat(e.what(), " (in '", path, "')"));
     }
@@ -327,11 +353,14 @@ class SafeTensors {
   const TensorInfo& info(const std::string& name) const {
     const auto it = infos_.find(name);
     if (it == infos_.end())
-      throw IoError(detail::concat("safetensors: missing tensor '", name, "'"));
+      throw IoError(detail::concat("safetensors: missing tensor '", name, "'", in_source()));
     return it->second;
   }
 
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+  // The path load() read, or empty for parse().
+  const std::string& source() const { return source_; }
 
   template <class T>
   Tensor<T> get(const std::string& name) const {
@@ -352,9 +381,9 @@ class SafeTensors {
       ok = ti.dtype == DType::I64 || ti.dtype == DType::I32;
     }
     if (!ok)
-      throw IoError(detail::concat("safetensors tensor '", name, "': expected dtype ", accepted,
-                                   " for ", detail::scalar_name<T>(), ", got ",
-                                   dtype_name(ti.dtype)));
+      throw IoError(detail::concat("safetensors tensor '", name, "'", in_source(),
+                                   ": expected dtype ", accepted, " for ", detail::scalar_name<T>(),
+                                   ", got ", dtype_name(ti.dtype)));
 
     const std::size_t width = dtype_size(ti.dtype);
     const std::size_t n = (ti.end - ti.begin) / width;
@@ -371,6 +400,8 @@ class SafeTensors {
 
  private:
   SafeTensors() = default;
+
+  std::string in_source() const { return source_.empty() ? "" : " in '" + source_ + "'"; }
 
   template <class T>
   static void convert(const TensorInfo& ti, const unsigned char* src, std::vector<T>& out) {
@@ -430,49 +461,61 @@ class SafeTensors {
     }
   }
 
-  void parse_header() {
+  // The 8-byte header length at the start of `bytes`, checked against the format's limit and
+  // the `available` bytes after it.
+  static std::uint64_t check_header_length(const std::string& bytes, std::uint64_t available) {
     using detail::concat;
-    using nlohmann::json;
-    const std::size_t total = bytes_.size();
-    if (total < detail::k_length_bytes)
-      throw IoError(
-          concat("safetensors: file is ", total, " bytes, shorter than the 8-byte header length"));
     const auto header_length =
-        detail::load_le<std::uint64_t>(reinterpret_cast<const unsigned char*>(bytes_.data()));
+        detail::load_le<std::uint64_t>(reinterpret_cast<const unsigned char*>(bytes.data()));
     if (header_length > detail::k_max_header_bytes)
       throw IoError(concat("safetensors: header length ", header_length, " exceeds the limit of ",
                            detail::k_max_header_bytes, " bytes"));
-    const std::size_t available = total - detail::k_length_bytes;
     if (header_length > available)
       throw IoError(concat("safetensors: header length ", header_length, " exceeds the ", available,
                            " bytes after the length field"));
-    const auto header_size = static_cast<std::size_t>(header_length);
+    return header_length;
+  }
+
+  // Every entry ends inside the buffer, so a buffer that the entries do not tile exactly has
+  // bytes after the last one.
+  [[noreturn]] static void trailing_bytes_error(std::uint64_t data_size, std::size_t covered) {
+    throw IoError(detail::concat("safetensors: data buffer has ", data_size,
+                                 " bytes but the tensors' data_offsets cover only ", covered,
+                                 " (trailing bytes)"));
+  }
+
+  void parse_header() {
+    const std::size_t total = bytes_.size();
+    if (total < detail::k_length_bytes)
+      throw IoError(detail::concat("safetensors: file is ", total,
+                                   " bytes, shorter than the 8-byte header length"));
+    const auto header_size =
+        static_cast<std::size_t>(check_header_length(bytes_, total - detail::k_length_bytes));
+    const std::size_t data_size = total - detail::k_length_bytes - header_size;
+    parse_entries(data_size);
+    const std::size_t covered = covered_bytes();
+    if (covered != data_size) trailing_bytes_error(data_size, covered);
+  }
+
+  // Reads the header's entries (bytes_ holds at least the length and the header), each checked
+  // against a data buffer of `data_size` bytes.
+  void parse_entries(std::size_t data_size) {
+    const auto header_size = static_cast<std::size_t>(
+        detail::load_le<std::uint64_t>(reinterpret_cast<const unsigned char*>(bytes_.data())));
     data_start_ = detail::k_length_bytes + header_size;
-    const std::size_t data_size = total - data_start_;
-
     const char* first = bytes_.data() + detail::k_length_bytes;
-    // nlohmann::json stops at a NUL byte as at the end of input; JSON never contains a raw
-    // NUL, so reject it rather than ignore what follows.
-    if (std::memchr(first, '\0', header_size) != nullptr)
-      throw IoError("safetensors: header is not valid JSON: it contains a NUL byte");
-    json header;
-    try {
-      header = json::parse(first, first + header_size, detail::HeaderGuard{});
-    } catch (const json::exception& e) {
-      throw IoError(concat("safetensors: header is not valid JSON: ", e.what()));
-    }
+    const nlohmann::json header = parse_json_text(
+        first, first + header_size, {"safetensors: header", detail::k_max_json_levels});
     if (!header.is_object())
-      throw IoError(concat("safetensors: header must be a JSON object, got ", header.type_name()));
-
+      throw IoError(
+          detail::concat("safetensors: header must be a JSON object, got ", header.type_name()));
     for (const auto& [key, value] : header.items()) {
       if (key == "__metadata__") {
         read_metadata(value);
         continue;
       }
-      TensorInfo ti = read_entry(key, value, data_size);
-      infos_.emplace(key, std::move(ti));
+      infos_.emplace(key, read_entry(key, value, data_size));
     }
-    check_tiling(data_size);
   }
 
   void read_metadata(const nlohmann::json& value) {
@@ -564,9 +607,9 @@ class SafeTensors {
     return ti;
   }
 
-  // As in the reference implementation: sorted by (begin, end), the tensors must cover the
-  // data buffer exactly.
-  void check_tiling(std::size_t data_size) const {
+  // As in the reference implementation: sorted by (begin, end), the tensors must tile the
+  // start of the data buffer, without gap or overlap; returns the bytes they cover.
+  std::size_t covered_bytes() const {
     using detail::concat;
     std::vector<const TensorInfo*> order;
     order.reserve(infos_.size());
@@ -589,13 +632,11 @@ class SafeTensors {
       expected = ti->end;
       previous = ti;
     }
-    if (expected != data_size)
-      throw IoError(concat("safetensors: data buffer has ", data_size,
-                           " bytes but the tensors' data_offsets cover only ", expected,
-                           " (trailing bytes)"));
+    return expected;
   }
 
   std::string bytes_;
+  std::string source_;
   std::size_t data_start_ = 0;
   std::map<std::string, TensorInfo> infos_;
   std::map<std::string, std::string> metadata_;

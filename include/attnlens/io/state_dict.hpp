@@ -43,8 +43,8 @@ inline MultiHeadAttentionOptions multi_head_options(const SafeTensors& file,
   options.bias = file.contains(prefix + "in_proj_bias");
   if (file.contains(prefix + "in_proj_weight")) {
     const auto& info = file.info(prefix + "in_proj_weight");
-    const bool ok =
-        info.shape.size() == 2 && info.shape[1] > 0 && info.shape[0] == 3 * info.shape[1];
+    const bool ok = info.shape.size() == 2 && info.shape[1] > 0 && info.shape[0] % 3 == 0 &&
+                    info.shape[0] / 3 == info.shape[1];
     attnlens::detail::require_shape(ok, "tensor '" + prefix + "in_proj_weight'", "[3E, E]",
                                     attnlens::detail::shape_string(info.shape));
     options.embed_dim = info.shape[1];
@@ -53,15 +53,20 @@ inline MultiHeadAttentionOptions multi_head_options(const SafeTensors& file,
   if (!file.contains(prefix + "q_proj_weight"))
     throw IoError("missing tensor '" + prefix + "in_proj_weight' (or '" + prefix +
                   "q_proj_weight', '" + prefix + "k_proj_weight', '" + prefix + "v_proj_weight')");
-  const auto columns = [&](const std::string& name) {
-    const auto& shape = file.info(prefix + name).shape;
-    attnlens::detail::require_shape(shape.size() == 2, "tensor '" + prefix + name + "'", "rank 2",
-                                    attnlens::detail::shape_string(shape));
-    return shape[1];
+  // The shapes are checked before the module allocates E x E parameters from them: every
+  // size then comes from a tensor the file holds.
+  const auto shape_of = [&](const std::string& name, bool square, Index rows) {
+    const Shape& shape = file.info(prefix + name).shape;
+    const bool ok = shape.size() == 2 && shape[0] == (square ? shape[1] : rows);
+    attnlens::detail::require_shape(
+        ok, "tensor '" + prefix + name + "'",
+        square ? std::string("[E, E]") : attnlens::detail::concat("[", rows, ", *]"),
+        attnlens::detail::shape_string(shape));
+    return shape;
   };
-  options.embed_dim = columns("q_proj_weight");
-  options.kdim = columns("k_proj_weight");
-  options.vdim = columns("v_proj_weight");
+  options.embed_dim = shape_of("q_proj_weight", true, 0)[1];
+  options.kdim = shape_of("k_proj_weight", false, options.embed_dim)[1];
+  options.vdim = shape_of("v_proj_weight", false, options.embed_dim)[1];
   return options;
 }
 

@@ -9,6 +9,7 @@
 
 #include "attnlens/attention/score_term.hpp"
 #include "attnlens/attention/value_term.hpp"
+#include "attnlens/core/checked.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/init.hpp"
 #include "attnlens/core/types.hpp"
@@ -30,7 +31,8 @@ class ShawRelativePosition final : public ScoreTerm<T>, public ValueTerm<T> {
     detail::require_argument(options.max_relative_position >= 0,
                              "ShawOptions::max_relative_position", ">= 0",
                              options.max_relative_position);
-    const Index rows = 2 * options.max_relative_position + 1;
+    const Index rows =
+        detail::checked_side(options.max_relative_position, "ShawOptions::max_relative_position");
     relative_keys = Matrix<T>::Zero(rows, options.head_dim);
     relative_values = Matrix<T>::Zero(rows, options.head_dim);
   }

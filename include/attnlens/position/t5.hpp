@@ -67,15 +67,21 @@ class T5RelativeBias final : public ScoreTerm<T> {
       : relative_attention_bias(Matrix<T>::Zero(options.num_buckets, options.num_heads)),
         options_(options) {
     detail::check_t5_options(options);
-    // Beyond max_distance every offset of a sign shares the last bucket of that sign.
-    for (Index offset = -options.max_distance; offset <= options.max_distance; ++offset)
+    // Beyond max_distance every offset of a sign shares the last bucket of that sign, so the
+    // table needs no more than max_distance offsets a side, and no more than k_table_reach:
+    // the rare offsets beyond it (sequences longer than that) are computed when asked for.
+    reach_ = std::min(options.max_distance, k_table_reach);
+    for (Index offset = -reach_; offset <= reach_; ++offset)
       buckets_.push_back(t5_relative_position_bucket(offset, options));
   }
 
   const T5BiasOptions& options() const { return options_; }
   Index bucket(Index relative_position) const {
-    const Index limit = options_.max_distance;
-    return buckets_[static_cast<std::size_t>(std::clamp(relative_position, -limit, limit) + limit)];
+    if (relative_position < -reach_ || relative_position > reach_) {
+      const Index limit = options_.max_distance;
+      return t5_relative_position_bucket(std::clamp(relative_position, -limit, limit), options_);
+    }
+    return buckets_[static_cast<std::size_t>(relative_position + reach_)];
   }
 
   void check(const ScoreShape& shape) const override {
@@ -96,8 +102,11 @@ class T5RelativeBias final : public ScoreTerm<T> {
   Matrix<T> relative_attention_bias;
 
  private:
+  static constexpr Index k_table_reach = 1 << 16;
+
   T5BiasOptions options_;
-  std::vector<Index> buckets_;  // bucket of offsets -max_distance .. max_distance
+  Index reach_ = 0;             // min(max_distance, k_table_reach)
+  std::vector<Index> buckets_;  // bucket of offsets -reach_ .. reach_
 };
 
 }  // namespace attnlens
