@@ -25,6 +25,7 @@
 
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/core/init.hpp"
+#include "cli/checks.hpp"
 #include "cli/errors.hpp"
 
 namespace attnlens::cli {
@@ -40,11 +41,20 @@ struct BenchArguments {
 
 namespace detail_bench {
 
+// The block's memory in bytes, as an estimate in double (no overflow): x, q, k, v, the heads'
+// output and the result (B L E floats each), the weights (4 E^2), and for the reference engine
+// the B H L^2 weights it materializes.
+inline double bench_bytes(const BenchArguments& args) {
+  const double B = static_cast<double>(args.batch), L = static_cast<double>(args.length),
+               E = static_cast<double>(args.embed), H = static_cast<double>(args.heads);
+  const double maps = args.engine == "reference" ? B * H * L * L : 0.0;
+  return sizeof(float) * (6 * B * L * E + 4 * E * E + maps);
+}
+
 inline void run(const BenchArguments& args) {
-  detail::require_argument(args.batch > 0 && args.length > 0, "--batch and --len", ">= 1",
-                           detail::concat(args.batch, " and ", args.length));
-  detail::require_argument(args.repeat > 0, "--repeat", ">= 1", args.repeat);
-  detail::require_argument(args.threads >= 0, "--threads", ">= 0", args.threads);
+  require_memory(bench_bytes(args),
+                 detail::concat("--batch ", args.batch, " --len ", args.length, " --embed ",
+                                args.embed, " --engine ", args.engine));
 #if defined(__GLIBC__)
   if (!args.system_malloc) {
     mallopt(M_MMAP_MAX, 0);              // large blocks from the heap, not fresh mappings
@@ -83,8 +93,8 @@ inline void run(const BenchArguments& args) {
       "attnlens B=%ld L=%ld E=%ld H=%ld threads=%d engine=%s ms=%.2f gflops=%.1f "
       "workspace_bytes=%zu\n",
       static_cast<long>(args.batch), static_cast<long>(args.length), static_cast<long>(args.embed),
-      static_cast<long>(args.heads), threads, args.engine.c_str(),
-      best * 1e3, flops / best * 1e-9, workspace);
+      static_cast<long>(args.heads), threads, args.engine.c_str(), best * 1e3, flops / best * 1e-9,
+      workspace);
 }
 
 }  // namespace detail_bench
@@ -96,22 +106,36 @@ inline void add_bench_command(CLI::App& app) {
       "Time a random multi-head self-attention block (float32) and print one line in the "
       "format of ../shared/bench/anchors.sh: B, L, E, H, threads, ms (best of --repeat), "
       "GFLOP/s with FLOPs = B*(8*L*E^2 + 4*L^2*E), and the attention workspace in bytes");
-  cmd->add_option("--batch", args->batch, "Sequences B")->capture_default_str();
-  cmd->add_option("--len", args->length, "Tokens per sequence L")->capture_default_str();
-  cmd->add_option("--embed", args->embed, "Embedding size E")->capture_default_str();
-  cmd->add_option("--heads", args->heads, "Heads H (a divisor of E)")->capture_default_str();
+  cmd->add_option("--batch", args->batch, "Sequences B")
+      ->check(k_positive_number)
+      ->capture_default_str();
+  cmd->add_option("--len", args->length, "Tokens per sequence L")
+      ->check(k_positive_number)
+      ->capture_default_str();
+  cmd->add_option("--embed", args->embed, "Embedding size E")
+      ->check(k_positive_number)
+      ->capture_default_str();
+  cmd->add_option("--heads", args->heads, "Heads H (a divisor of E)")
+      ->check(k_positive_number)
+      ->capture_default_str();
   cmd->add_option("--engine", args->engine,
                   "fused (tiled online softmax, O(L d) memory) or reference (materializes the "
                   "L x L weights of every head)")
       ->check(CLI::IsMember({"fused", "reference"}))
       ->capture_default_str();
   cmd->add_option("--threads", args->threads, "Threads; 0 = OMP_NUM_THREADS or all cores")
+      ->check(k_non_negative_number)
       ->capture_default_str();
   cmd->add_option("--repeat", args->repeat, "Timed runs; the best is printed")
+      ->check(k_positive_number)
       ->capture_default_str();
-  cmd->add_option("--query-tile", args->query_tile, "Fused engine: query rows per tile")
+  cmd->add_option("--query-tile", args->query_tile,
+                  "Fused engine: query rows per tile (at most L are used)")
+      ->check(k_positive_number)
       ->capture_default_str();
-  cmd->add_option("--key-block", args->key_block, "Fused engine: keys per online-softmax step")
+  cmd->add_option("--key-block", args->key_block,
+                  "Fused engine: keys per online-softmax step (at most L are used)")
+      ->check(k_positive_number)
       ->capture_default_str();
   cmd->add_flag("--system-malloc", args->system_malloc,
                 "Leave glibc's malloc at its defaults (freed megabyte blocks go back to the "

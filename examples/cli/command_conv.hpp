@@ -12,6 +12,7 @@
 
 #include "attnlens/interpret/conv_as_attention.hpp"
 #include "attnlens/io/safetensors.hpp"
+#include "cli/checks.hpp"
 #include "cli/errors.hpp"
 
 namespace attnlens::cli {
@@ -27,6 +28,7 @@ namespace detail_conv {
 template <class T>
 void run(const ConvArguments& args) {
   const auto input = io::SafeTensors::load(args.input);
+  require_known_tensors(input, args.input, {"weight", "bias", "input"});
   const Tensor<T> weight = input.get<T>("weight"), bias = input.get<T>("bias");
   const Tensor<T> image = input.get<T>("input");
   detail::require_shape(image.rank() == 3, "tensor 'input'", "[D_in, H, W]",
@@ -38,10 +40,16 @@ void run(const ConvArguments& args) {
   writer.save(args.output);
   if (args.check) {
     const Tensor<T> direct = conv2d_same(weight, bias, image);
+    // NaN-aware: a NaN anywhere is the difference, never skipped by max.
     double worst = 0.0;
-    for (Index i = 0; i < output.size(); ++i)
-      worst = std::max(worst, static_cast<double>(std::abs(output.data()[i] - direct.data()[i])));
+    for (Index i = 0; i < output.size() && !std::isnan(worst); ++i) {
+      const double difference = std::abs(static_cast<double>(output.data()[i]) - direct.data()[i]);
+      worst = std::isnan(difference) ? difference : std::max(worst, difference);
+    }
     std::cout << "max abs difference from the direct convolution: " << worst << '\n';
+    if (!std::isfinite(worst))
+      throw ArgumentError(
+          detail::concat("--check: expected a finite output, got a difference of ", worst));
   }
 }
 
@@ -56,7 +64,7 @@ inline void add_conv_command(CLI::App& app) {
       ->required();
   cmd->add_option("--output", args->output, "Output file: output [D_out, H, W]")->required();
   cmd->add_option("--alpha", args->alpha, "Head width alpha (default 20: float precision)")
-      ->check(CLI::PositiveNumber);
+      ->check(k_positive_number);
   cmd->add_flag("--check", args->check, "Print the max abs difference from a direct convolution");
   cmd->add_flag("--double", args->use_double, "Compute and write in float64 (default float32)");
   cmd->callback([args] {

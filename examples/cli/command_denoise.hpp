@@ -17,6 +17,7 @@
 #include "attnlens/core/init.hpp"
 #include "attnlens/io/png.hpp"
 #include "attnlens/io/safetensors.hpp"
+#include "cli/checks.hpp"
 #include "cli/errors.hpp"
 #include "gray_png.hpp"
 
@@ -68,6 +69,15 @@ inline void check_method_options(const DenoiseArguments& args) {
                         "'");
 }
 
+// The filter's memory in doubles, as an estimate in double (no overflow): the image, the
+// output and its boosting copies, and for nlm and attention one patch of (2 pr + 1)^2 pixels
+// per pixel.
+inline double filter_bytes(const ImageFilterOptions& options, Index rows, Index cols) {
+  const double pixels = static_cast<double>(rows) * static_cast<double>(cols);
+  const double side = 2.0 * static_cast<double>(options.patch_radius) + 1.0;
+  return sizeof(double) * pixels * (6.0 + (uses_patches(options.method) ? side * side : 0.0));
+}
+
 inline void print_quality(const char* what, const Matrix<double>& clean,
                           const Matrix<double>& image) {
   std::printf("%s PSNR %.2f dB, SSIM %.4f\n", what, psnr<double>(clean, image),
@@ -96,6 +106,12 @@ inline void run(const DenoiseArguments& args) {
 
   ImageFilterOptions options = args.filter;
   options.fused.parallel.threads = args.threads;
+  check_image_filter_options(options);
+  check_image_filter_size(options, noisy.rows(), noisy.cols());
+  require_memory(
+      filter_bytes(options, noisy.rows(), noisy.cols()),
+      detail::concat("--method ", image_filter_name(options.method), " on ", noisy.rows(), " x ",
+                     noisy.cols(), " pixels with --patch-radius ", options.patch_radius));
   const ImageFilter<double> filter(noisy, options);
   const auto start = std::chrono::steady_clock::now();
   const Matrix<double> output = filter.run();
@@ -111,7 +127,7 @@ inline void run(const DenoiseArguments& args) {
   }
   std::printf("denoise %s: %ld x %ld pixels, window radius %ld, boost %ld, %d threads: %.3f s\n",
               image_filter_name(options.method), static_cast<long>(output.rows()),
-              static_cast<long>(output.cols()), static_cast<long>(image_filter_radius(options)),
+              static_cast<long>(output.cols()), static_cast<long>(filter.radius()),
               static_cast<long>(options.boost), thread_count(options.fused.parallel), seconds);
   if (clean.size()) {
     print_quality("input: ", clean, noisy);
@@ -139,34 +155,34 @@ inline void add_denoise_command(CLI::App& app) {
       cmd->add_option("--sigma-space", f.sigma_space,
                       "s: Gaussian domain kernel exp(-|delta|^2 / (2 s^2)) in pixels (gaussian, "
                       "bilateral; optional for attention)")
-          ->check(CLI::PositiveNumber);
+          ->check(k_positive_number);
   given["--sigma-range"] =
       cmd->add_option("--sigma-range", f.sigma_range,
                       "r: bilateral range kernel exp(-(y_i - y_j)^2 / (2 r^2)) (default 0.1)")
-          ->check(CLI::PositiveNumber);
+          ->check(k_positive_number);
   given["--patch-radius"] =
       cmd->add_option("--patch-radius", f.patch_radius,
                       "pr: patches of (2 pr + 1)^2 pixels, reflected at the border (nlm, "
                       "attention; default 3)")
-          ->check(CLI::NonNegativeNumber);
+          ->check(k_non_negative_number);
   given["--h"] = cmd->add_option("--h", f.h,
                                  "h: nlm kernel exp(-|P_i - P_j|^2 / (n h^2)), n pixels per patch "
                                  "(default 0.1)")
-                     ->check(CLI::PositiveNumber);
+                     ->check(k_positive_number);
   given["--temperature"] =
       cmd->add_option("--temperature", f.temperature,
                       "t: attention kernel exp(P_i . P_j / (n t)) (default 0.1)")
-          ->check(CLI::PositiveNumber);
+          ->check(k_positive_number);
   given["--radius"] =
       cmd->add_option("--radius", f.radius,
                       "R: keys in the window |dr|, |dc| <= R (default ceil(3 sigma_space))")
-          ->check(CLI::NonNegativeNumber);
+          ->check(k_non_negative_number);
   given["--boost"] = cmd->add_option("--boost", f.boost,
                                      "k: boosting order, z_{m+1} = z_m + A (y - z_m); 1 is "
                                      "twicing (default 0)")
-                         ->check(CLI::NonNegativeNumber);
+                         ->check(k_non_negative_number);
   cmd->add_option("--threads", args->threads, "Threads (default: OpenMP's default)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(k_non_negative_number);
   cmd->add_option("--output", args->output,
                   "Output: .png (8-bit, rounded, clipped) or .safetensors (float32 'image', H x W)")
       ->required();
@@ -175,7 +191,7 @@ inline void add_denoise_command(CLI::App& app) {
       cmd->add_option("--add-noise", args->add_noise,
                       "Add Gaussian noise of standard deviation SIGMA / 255 before filtering "
                       "(not clipped; the original is the reference unless --clean is given)")
-          ->check(CLI::NonNegativeNumber);
+          ->check(k_non_negative_number);
   given["--seed"] = cmd->add_option("--seed", args->seed, "Seed of the noise (default 0)");
   cmd->callback([args] {
     run_reporting_errors("denoise", [&] {

@@ -11,6 +11,7 @@
 #include "attnlens/io/model.hpp"
 #include "attnlens/io/safetensors.hpp"
 #include "attnlens/io/torch_masks.hpp"
+#include "cli/checks.hpp"
 #include "cli/errors.hpp"
 
 namespace attnlens::cli {
@@ -26,10 +27,7 @@ template <class T>
 void run(const EncodeArguments& args) {
   const auto encoder = io::load_encoder_model<T>(args.model);
   const auto input = io::SafeTensors::load(args.input);
-  for (const auto& name : input.names())
-    if (name != "src" && name != "src_key_padding_mask" && name != "mask")
-      throw IoError("unexpected tensor '" + name + "' in '" + args.input +
-                    "': expected src, src_key_padding_mask, mask");
+  require_known_tensors(input, args.input, {"src", "src_key_padding_mask", "mask"});
   const Tensor<T> src = input.get<T>("src");
   detail::require_shape(src.rank() == 3 && src.dim(2) == encoder.d_model(), "tensor 'src'",
                         detail::concat("[B, L, ", encoder.d_model(), "]"),

@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/io/safetensors.hpp"
@@ -14,6 +15,7 @@
 #include "attnlens/position/alibi.hpp"
 #include "attnlens/position/rope.hpp"
 #include "attnlens/position/t5.hpp"
+#include "cli/checks.hpp"
 #include "cli/errors.hpp"
 
 namespace attnlens::cli {
@@ -25,9 +27,38 @@ struct MhaArguments {
   std::string position = "none";
   Index num_buckets = 32, max_distance = 128;  // T5 (HF's defaults)
   double rope_base = 10000.0;
+  const CLI::Option *num_buckets_option = nullptr, *max_distance_option = nullptr,
+                    *rope_base_option = nullptr;
 };
 
 namespace detail_mha {
+
+inline bool is_t5(const std::string& position) {
+  return position == "t5" || position == "t5-causal";
+}
+inline bool is_rope(const std::string& position) {
+  return position == "rope" || position == "rope-half";
+}
+
+// The input tensors mha reads, and the state_dict names it reads under --prefix.
+inline const std::vector<std::string> k_input_names = {"query", "key", "value", "key_padding_mask",
+                                                       "attn_mask"};
+inline std::vector<std::string> weight_names(const MhaArguments& args) {
+  std::vector<std::string> names = {"in_proj_weight", "in_proj_bias",  "q_proj_weight",
+                                    "k_proj_weight",  "v_proj_weight", "out_proj.weight",
+                                    "out_proj.bias"};
+  if (is_t5(args.position)) names.push_back("relative_attention_bias.weight");
+  for (auto& name : names) name = args.prefix + name;
+  return names;
+}
+
+// Options that the chosen --position does not read are an error, not ignored.
+inline void check_position_options(const MhaArguments& args) {
+  const std::string why = "to --position " + args.position;
+  reject_unless(args.num_buckets_option, is_t5(args.position), why + " (only to t5, t5-causal)");
+  reject_unless(args.max_distance_option, is_t5(args.position), why + " (only to t5, t5-causal)");
+  reject_unless(args.rope_base_option, is_rope(args.position), why + " (only to rope, rope-half)");
+}
 
 // Adds the --position encoding to every head: a score term on q.k / sqrt(d), or RoPE on the
 // projected q and k; positions count from 0 for queries and keys.
@@ -38,13 +69,15 @@ void attach_position(const MhaArguments& args, const io::SafeTensors& weights,
   if (p == "alibi" || p == "alibi-causal") {
     mha.score_terms.push_back(
         std::make_shared<Alibi<T>>(AlibiOptions{args.num_heads, p != "alibi"}));
-  } else if (p == "t5" || p == "t5-causal") {
+  } else if (is_t5(p)) {
+    // The table first: its size comes from the file, and --num-buckets must match it.
+    Matrix<T> table = io::read_matrix<T>(weights, args.prefix + "relative_attention_bias.weight",
+                                         args.num_buckets, args.num_heads);
     auto t5 = std::make_shared<T5RelativeBias<T>>(
         T5BiasOptions{args.num_heads, args.num_buckets, args.max_distance, p == "t5"});
-    t5->relative_attention_bias = io::read_matrix<T>(
-        weights, args.prefix + "relative_attention_bias.weight", args.num_buckets, args.num_heads);
+    t5->relative_attention_bias = std::move(table);
     mha.score_terms.push_back(t5);
-  } else if (p == "rope" || p == "rope-half") {
+  } else if (is_rope(p)) {
     const RopePairing pairing = p == "rope" ? RopePairing::interleaved : RopePairing::half;
     mha.query_key_transforms.push_back(
         std::make_shared<RotaryEmbedding<T>>(RopeOptions{mha.head_dim(), args.rope_base, pairing}));
@@ -53,8 +86,13 @@ void attach_position(const MhaArguments& args, const io::SafeTensors& weights,
 
 template <class T>
 void run(const MhaArguments& args) {
+  check_position_options(args);
   const auto weights = io::SafeTensors::load(args.weights);
+  // Every tensor under --prefix must be one mha reads: a misspelt in_proj_bias, or bias_k and
+  // bias_v (add_bias_kv, which attnlens does not implement), must not be skipped.
+  require_known_tensors(weights, args.weights, weight_names(args), args.prefix);
   const auto input = io::SafeTensors::load(args.input);
+  require_known_tensors(input, args.input, k_input_names);
   auto mha = io::load_multi_head_attention<T>(weights, args.prefix, args.num_heads);
   attach_position(args, weights, mha);
 
@@ -64,6 +102,7 @@ void run(const MhaArguments& args) {
   const bool cross = input.contains("key") || input.contains("value");
   if (cross && !(input.contains("key") && input.contains("value")))
     throw IoError(std::string("missing tensor '") + (input.contains("key") ? "value" : "key") +
+                  "' in '" + args.input +
                   "': give both key and value, or neither for self-attention");
   const Tensor<T> key = cross ? input.get<T>("key") : Tensor<T>();
   const Tensor<T> value = cross ? input.get<T>("value") : Tensor<T>();
@@ -99,7 +138,7 @@ inline void add_mha_command(CLI::App& app) {
   cmd->add_option("--prefix", args->prefix, "Prefix of the state_dict keys, e.g. self_attn.");
   cmd->add_option("--num-heads", args->num_heads, "Number of heads")
       ->required()
-      ->check(CLI::PositiveNumber);
+      ->check(k_positive_number);
   cmd->add_option("--input", args->input,
                   "query [B,L,E]; optional key [B,S,kdim], value [B,S,vdim], key_padding_mask "
                   "[B,S] (True = ignore), attn_mask [L,S] or [B*H,L,S] (bool True = not "
@@ -116,9 +155,13 @@ inline void add_mha_command(CLI::App& app) {
                   "(interleaved pairs), rope-half (GPT-NeoX pairs), or none")
       ->check(
           CLI::IsMember({"none", "alibi", "alibi-causal", "t5", "t5-causal", "rope", "rope-half"}));
-  cmd->add_option("--num-buckets", args->num_buckets, "T5 buckets (default 32)");
-  cmd->add_option("--max-distance", args->max_distance, "T5 max_distance (default 128)");
-  cmd->add_option("--rope-base", args->rope_base, "RoPE base (default 10000)");
+  args->num_buckets_option =
+      cmd->add_option("--num-buckets", args->num_buckets, "T5 buckets (default 32)");
+  args->max_distance_option =
+      cmd->add_option("--max-distance", args->max_distance, "T5 max_distance (default 128)");
+  args->rope_base_option =
+      cmd->add_option("--rope-base", args->rope_base, "RoPE base (default 10000)")
+          ->check(k_positive_number);
   cmd->callback([args] {
     run_reporting_errors("mha", [&] {
       if (args->use_double)

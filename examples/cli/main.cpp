@@ -27,6 +27,9 @@ int main(int argc, char** argv) {
     // Usage errors are one line and exit 2, like every other bad input.
     std::cerr << "attnlens: error: " << e.what() << " (see --help)\n";
     return attnlens::cli::k_exit_bad_input;
+  } catch (const std::exception& e) {  // the subcommands report their own errors
+    std::cerr << "attnlens: internal error: " << e.what() << '\n';
+    return attnlens::cli::k_exit_internal_error;
   }
   return 0;
 }
