@@ -9,6 +9,7 @@
 #include "attnlens/attention/image_filter.hpp"
 #include "attnlens/attention/image_quality.hpp"
 #include "support/direct_filters.hpp"
+#include "support/expect_error.hpp"
 
 namespace attnlens {
 namespace {
@@ -159,6 +160,95 @@ TEST(ImageFilter, RejectsBadOptionsAndImages) {
   bad(2, 3) = std::numeric_limits<double>::quiet_NaN();
   EXPECT_THROW(ImageFilter<double>(bad, o), ArgumentError);
   EXPECT_THROW(ImageFilter<double>(Matrix<double>(0, 4), o), ArgumentError);
+}
+
+TEST(ImageFilter, ExtremeParametersGiveTheirLimits) {
+  const Matrix<double> y = testing::test_picture(9, 11, 4);  // no two pixels or patches equal
+  const auto run = [&](ImageFilterMethod method, auto&& set) {
+    ImageFilterOptions o;
+    o.method = method;
+    o.radius = 3;
+    o.patch_radius = 1;
+    set(o);
+    return filter_image<double>(y, o);
+  };
+  // A bandwidth so small that 1 / h^2 overflows: only the pixel itself weighs (NaN scores
+  // once made every row "masked" and the image black).
+  for (const double tiny : {1e-160, 1e-300}) {
+    SCOPED_TRACE(tiny);
+    const Matrix<double> nlm = run(ImageFilterMethod::nlm, [&](auto& o) { o.h = tiny; });
+    EXPECT_LE((nlm - y).cwiseAbs().maxCoeff<Eigen::PropagateNaN>(), 1e-15);
+    const Matrix<double> bilateral = run(ImageFilterMethod::bilateral, [&](auto& o) {
+      o.sigma_space = 2;
+      o.sigma_range = tiny;
+    });
+    EXPECT_LE((bilateral - y).cwiseAbs().maxCoeff<Eigen::PropagateNaN>(), 1e-15);
+    ImageFilterOptions o;
+    o.method = ImageFilterMethod::nlm;
+    o.radius = 3;
+    o.h = tiny;
+    const Matrix<float> y_float = y.cast<float>();
+    EXPECT_LE(
+        (filter_image<float>(y_float, o) - y_float).cwiseAbs().maxCoeff<Eigen::PropagateNaN>(),
+        1e-7f);
+  }
+  // A bandwidth so large that 1 / h^2 underflows to 0: every key in the window weighs the
+  // same, the box filter (gaussian with a huge sigma_space).
+  const Matrix<double> box =
+      run(ImageFilterMethod::gaussian, [](auto& o) { o.sigma_space = 1e200; });
+  EXPECT_LE((run(ImageFilterMethod::nlm, [](auto& o) { o.h = 1e200; }) - box)
+                .cwiseAbs()
+                .maxCoeff<Eigen::PropagateNaN>(),
+            1e-15);
+  // An infinite window is the whole image: radius INT64_MAX and sigma_space 1e300 (whose
+  // ceil(3 s) does not fit an Index) give the global mean, as radius 11 does.
+  const Matrix<double> global = Matrix<double>::Constant(9, 11, y.mean());
+  for (const Index radius : {Index(11), std::numeric_limits<Index>::max(), Index(-1)}) {
+    SCOPED_TRACE(radius);
+    const Matrix<double> out = run(ImageFilterMethod::gaussian, [&](auto& o) {
+      o.sigma_space = 1e300;
+      o.radius = radius;
+    });
+    EXPECT_LE((out - global).cwiseAbs().maxCoeff<Eigen::PropagateNaN>(), 1e-15);
+  }
+  // Tiles larger than the image are the image.
+  const Matrix<double> nlm = run(ImageFilterMethod::nlm, [](auto&) {});
+  const Matrix<double> huge_tiles = run(ImageFilterMethod::nlm, [](auto& o) {
+    o.fused.tiling = {std::numeric_limits<Index>::max(), std::numeric_limits<Index>::max()};
+  });
+  EXPECT_LE((huge_tiles - nlm).cwiseAbs().maxCoeff<Eigen::PropagateNaN>(), 1e-15);
+}
+
+TEST(ImageFilter, SizesFromOptionsAreBoundedBeforeAllocation) {
+  const Matrix<double> y = testing::test_picture(6, 8, 6);
+  const auto rejects = [&](ImageFilterOptions o, const char* word) {
+    testing::expect_error_naming<ArgumentError>([&] { ImageFilter<double> filter(y, o); }, word);
+  };
+  ImageFilterOptions o;
+  o.method = ImageFilterMethod::nlm;
+  o.radius = 2;
+  o.patch_radius = 5;
+  EXPECT_NO_THROW(ImageFilter<double>(y, o));
+  for (const Index radius :
+       {Index(6), Index(1000), Index(1) << 62, std::numeric_limits<Index>::max()}) {
+    o.patch_radius = radius;
+    rejects(o, "patch_radius: expected < 6 (the image's smaller side)");
+  }
+  o.patch_radius = 1;
+  o.boost = k_max_boost + 1;
+  rejects(o, "boost: expected <= 100");
+  o.boost = 0;
+  // A temperature so small that scale * P_i.P_j overflows (in float) is an error, not NaN
+  // scores; one just above the bound runs and stays finite.
+  o.method = ImageFilterMethod::attention;
+  o.temperature = 1e-300;
+  const Matrix<float> y_float = y.cast<float>();
+  testing::expect_error_naming<ArgumentError>([&] { ImageFilter<float> filter(y_float, o); },
+                                              "temperature: expected >=");
+  o.temperature = 1e-36;
+  EXPECT_TRUE(filter_image<float>(y_float, o).allFinite());
+  testing::expect_error_naming<ArgumentError>(
+      [&] { image_patches<double>(y, std::numeric_limits<Index>::max()); }, "patch radius");
 }
 
 TEST(ImageQuality, PsnrOfAConstantOffset) {

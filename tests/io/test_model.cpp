@@ -615,5 +615,68 @@ TEST(ModelFixtures, ConfigsNameTheirPositionsAndLearnedLambda) {
   EXPECT_EQ(t5.encoder.position.max_distance, 16);
 }
 
+// The elements of an encoder's weight matrices (its rank-2 parameters), as for_each_parameter
+// walks them; Transformer-XL's u and v (H x d) are counted with the vectors.
+Index matrix_parameter_count(TransformerEncoder<float>& encoder) {
+  Index count = 0;
+  for_each_parameter(encoder, "", [&](const std::string& name, auto& p, const Shape& = {}) {
+    const bool xl_bias = name.size() >= 8 && (name.compare(name.size() - 8, 8, "r_w_bias") == 0 ||
+                                              name.compare(name.size() - 8, 8, "r_r_bias") == 0);
+    if (std::decay_t<decltype(p)>::ColsAtCompileTime != 1 && !xl_bias) count += p.size();
+  });
+  return count;
+}
+
+TEST(ModelLimits, MinimumParameterCountIsTheEncodersMatrices) {
+  // The count that load_encoder_model holds against model.safetensors before it allocates must
+  // never exceed what the encoder has: it is exactly its weight matrices and tables.
+  std::vector<PositionOptions> positions(6);
+  positions[1].type = PositionType::learned;
+  positions[1].max_len = 9;
+  positions[2].type = PositionType::shaw;
+  positions[2].max_relative_position = 3;
+  positions[3].type = PositionType::transformer_xl;
+  positions[4].type = PositionType::t5;
+  positions[4].num_buckets = 8;
+  positions[5].type = PositionType::rope;
+  for (const auto& position : positions)
+    for (const bool bias : {true, false}) {
+      SCOPED_TRACE(position_type_name(position.type));
+      EncoderOptions options;
+      options.layer = {12, 3, 20, Activation::relu, 1e-5, false, bias};
+      options.layer.attention.type = AttentionVariantType::bilateral;
+      options.num_layers = 3;
+      options.final_norm = true;
+      options.position = position;
+      Rng rng(5);
+      TransformerEncoder<float> encoder(options, rng);
+      EXPECT_EQ(io::detail::minimum_parameter_count(options, "config.json"),
+                matrix_parameter_count(encoder));
+    }
+}
+
+TEST(ModelLimits, ConfigLargerThanItsWeightsFailsBeforeAllocation) {
+  io::EncoderModelConfig config;
+  config.encoder.layer = {8, 2, 16};
+  Rng rng(3);
+  io::SafeTensorsWriter writer;
+  TransformerEncoder<float> small(config.encoder, rng);
+  for_each_parameter(small, "", [&](const std::string& name, auto& p, const Shape& = {}) {
+    writer.add(name, Tensor<float>({p.size()}, std::vector<float>(p.data(), p.data() + p.size())));
+  });
+  const auto weights = io::SafeTensors::parse(writer.bytes());
+  config.encoder.layer.d_model = 1'000'000'000;
+  config.encoder.layer.nhead = 1;
+  expect_error_naming<IoError>(
+      [&] { io::encoder_from_weights<float>(config, weights, "c.json", "w.safetensors"); },
+      "c.json: the encoder it describes (d_model 1000000000");
+  config.encoder.layer = {8, 2, 16};
+  config.encoder.position.type = PositionType::shaw;
+  config.encoder.position.max_relative_position = std::numeric_limits<Index>::max();
+  expect_error_naming<IoError>(
+      [&] { io::encoder_from_weights<float>(config, weights, "c.json", "w.safetensors"); },
+      "c.json: the parameter count");
+}
+
 }  // namespace
 }  // namespace attnlens

@@ -2,6 +2,8 @@
 // value term inside the reference engine, tile by tile for the value term too.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/attention/reference_engine.hpp"
 #include "attnlens/position/shaw.hpp"
@@ -75,6 +77,14 @@ TEST(Shaw, BadShapesNameTheArgument) {
         ShawRelativePosition<float>({4, -1});
       },
       "max_relative_position");
+  // 2k + 1 rows overflowed into a small table.
+  for (const Index k :
+       {std::numeric_limits<Index>::max(), std::numeric_limits<Index>::max() / 2 + 1})
+    expect_error_naming<ArgumentError>(
+        [k] {
+          ShawRelativePosition<float>({4, k});
+        },
+        "ShawOptions::max_relative_position");
   Rng rng(1);
   MultiHeadAttention<float> mha({12, 2}, rng);  // heads of width 6, tables of width 4
   auto shaw = std::make_shared<ShawRelativePosition<float>>(ShawOptions{4, 2});

@@ -2,6 +2,9 @@
 // transformers, run in the PyTorch oracle) and the bias against T5Attention.compute_bias.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <limits>
+
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/position/t5.hpp"
 #include "support/scalar_types.hpp"
@@ -28,6 +31,26 @@ TEST(T5RelativeBias, BucketsMatchHuggingFaceForEveryOffset) {
         ASSERT_EQ(t5_relative_position_bucket(offset, options), want) << offset;
         ASSERT_EQ(term.bucket(offset), want) << offset;
       }
+    }
+}
+
+TEST(T5RelativeBias, FarOffsetsAreComputedNotTabulated) {
+  // max_distance 1e12 once built a table of 2e12 + 1 buckets (1e8 took 105 s and 2 GB); now
+  // offsets beyond the table's reach (2^16) are computed, with the same buckets as HF.
+  for (const Index distance : {Index(128), Index(1) << 20, Index(1'000'000'000'000)})
+    for (const bool bidirectional : {true, false}) {
+      const T5BiasOptions options{1, 32, distance, bidirectional};
+      const T5RelativeBias<float> term(options);
+      for (const Index offset : {Index(0), Index(7), Index(-9), Index(65'535), Index(-65'536),
+                                 Index(65'537), Index(-70'000), Index(1) << 21, -(Index(1) << 40),
+                                 distance, -distance - 1, std::numeric_limits<Index>::max() / 2}) {
+        const Index clamped = std::clamp(offset, -distance, distance);
+        ASSERT_EQ(term.bucket(offset), t5_relative_position_bucket(clamped, options))
+            << distance << " " << offset;
+      }
+      // Beyond max_distance every offset of a sign has the last bucket of that sign.
+      EXPECT_EQ(term.bucket(distance * 2), term.bucket(distance));
+      EXPECT_EQ(term.bucket(-distance * 2), term.bucket(-distance));
     }
 }
 

@@ -35,10 +35,11 @@ class CliTest : public ::testing::Test {
   std::string path(const std::string& file) const { return (dir_ / file).string(); }
   std::string out_path() const { return path("out.safetensors"); }
 
-  // Expects exit code 2, a one-line message containing `word`, and no output file.
+  // Expects exit code 2, a one-line message containing `word`, and no output file, within the
+  // limits of run_cli_limited.
   void expect_bad_input(const std::string& args, const std::string& word) const {
     SCOPED_TRACE(args);
-    const CliRun run = run_cli(args);
+    const CliRun run = run_cli_limited(args);
     EXPECT_EQ(run.exit_code, 2) << run.output;
     EXPECT_NE(run.output.find(word), std::string::npos) << run.output;
     EXPECT_EQ(std::count(run.output.begin(), run.output.end(), '\n'), 1) << run.output;
