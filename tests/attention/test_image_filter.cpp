@@ -8,6 +8,7 @@
 
 #include "attnlens/attention/image_filter.hpp"
 #include "attnlens/attention/image_quality.hpp"
+#include "support/compare.hpp"
 #include "support/direct_filters.hpp"
 
 namespace attnlens {
@@ -47,17 +48,15 @@ TEST(ImageFilter, EqualsDirectLoopsWithAndWithoutBoosting) {
       const Matrix<double> expected = testing::direct_filter(y, f);
       ImageFilterOptions options = library_options(f);
       const ImageFilter<double> filter(y, options);
-      EXPECT_LE((filter.run_reference() - expected).cwiseAbs().maxCoeff(), 1e-10);
+      ATTNLENS_EXPECT_CLOSE(filter.run_reference(), expected, 1e-10);
       for (Index tile : {1, 5, 64})
         for (int threads : {1, 2}) {
           options.fused = {{tile, 7}, {threads}};
-          EXPECT_LE((filter_image<double>(y, options) - expected).cwiseAbs().maxCoeff(), 1e-10);
+          ATTNLENS_EXPECT_CLOSE(filter_image<double>(y, options), expected, 1e-10);
         }
       options.fused = {};
       const Matrix<float> y_float = y.cast<float>();
-      EXPECT_LE(
-          (filter_image<float>(y_float, options).cast<double>() - expected).cwiseAbs().maxCoeff(),
-          1e-5);
+      ATTNLENS_EXPECT_CLOSE(filter_image<float>(y_float, options).cast<double>(), expected, 1e-5);
     }
 }
 
@@ -73,10 +72,9 @@ TEST(ImageFilter, BoostingIsAPolynomialInTheSmoother) {
   const Matrix<double> I_A = Matrix<double>::Identity(L, L) - A;
   const Vector<double> yv = Eigen::Map<const Vector<double>>(y.data(), L);
   const Vector<double> expected = yv - I_A * (I_A * (I_A * yv));
-  EXPECT_LE((Eigen::Map<const Vector<double>>(boosted.data(), L) - expected).cwiseAbs().maxCoeff(),
-            1e-12);
+  ATTNLENS_EXPECT_CLOSE(Eigen::Map<const Vector<double>>(boosted.data(), L), expected, 1e-12);
   // Rows of A are stochastic and vanish outside the 7 x 7 window.
-  EXPECT_LE((A.rowwise().sum().array() - 1.0).abs().maxCoeff(), 1e-12);
+  ATTNLENS_EXPECT_CLOSE(A.rowwise().sum(), Vector<double>::Ones(L), 1e-12);
   EXPECT_EQ(A(0, 4 * 11 + 4), 0.0);
   EXPECT_GT(A(0, 3 * 11 + 3), 0.0);
 }

@@ -132,14 +132,11 @@ TEST(VisionTransformer, ClsTokenGetsNoDomainTerm) {
   const auto b = without.forward(images, {AttentionWeights::per_head, {}});
   for (Index h = 0; h < 2; ++h) {
     // The CLS query's row depends on content only.
-    EXPECT_LE((a.weights[0].matrix({0, h}).row(0) - b.weights[0].matrix({0, h}).row(0))
-                  .cwiseAbs()
-                  .maxCoeff(),
-              1e-14);
+    ATTNLENS_EXPECT_CLOSE(a.weights[0].matrix({0, h}).row(0), b.weights[0].matrix({0, h}).row(0),
+                          1e-14);
     // A patch query's map changes: its patch keys get -alpha |delta|^2.
-    EXPECT_GT((a.weights[0].matrix({0, h}).row(3) - b.weights[0].matrix({0, h}).row(3))
-                  .cwiseAbs()
-                  .maxCoeff(),
+    EXPECT_GT(testing::max_abs_error(a.weights[0].matrix({0, h}).row(3),
+                                     b.weights[0].matrix({0, h}).row(3)),
               1e-3);
   }
   // Copies are deep: changing the copy's table leaves the original as it was.
