@@ -450,13 +450,16 @@ TEST(MultiHeadAttentionVariants, BoostingOfOrderKEqualsMatrixPolynomial) {
       const Matrix<double> I = Matrix<double>::Identity(7, 7);
       Matrix<double> power = I;
       for (Index step = 0; step <= k; ++step) power = power * (I - v.weights);
-      EXPECT_LE((v.context - (I - power) * v.values).cwiseAbs().maxCoeff(), 1e-12);
+      ATTNLENS_EXPECT_CLOSE(v.context, (I - power) * v.values, 1e-12);
     }
-    // The fused engine boosts the same way.
-    MultiHeadForwardOptions fused;
+    // The fused engine boosts the same way (the reference engine named explicitly: without
+    // weights the automatic choice is the fused engine itself).
+    MultiHeadForwardOptions fused, reference;
     fused.engine = AttentionEngine::fused;
     fused.tiling = {2, 3};
-    ATTNLENS_EXPECT_CLOSE(mha.forward(x, {}, fused).output, mha.forward(x).output, 1e-12);
+    reference.engine = AttentionEngine::reference;
+    ATTNLENS_EXPECT_CLOSE(mha.forward(x, {}, fused).output, mha.forward(x, {}, reference).output,
+                          1e-12);
   }
 }
 
@@ -594,10 +597,10 @@ TEST(MultiHeadAttentionVariants, RobustKdeIgnoresPaddedKeys) {
   auto x = random_tensor<double>({2, L, 8}, rng);
   Tensor<double> alone({real, 8}), sequence_0({L, 8});
   alone.matrix() = x.matrix({1}).topRows(real);
+  sequence_0.matrix() = x.matrix({0});
   for (Index i = real; i < L; ++i) x.matrix({1}).row(i).setConstant(NAN);
   for (const bool lengths : {true, false}) {
     AttentionMask<double> mask;
-  sequence_0.matrix() = x.matrix({0});
     if (lengths) {
       mask.key_lengths = std::vector<Index>{L, real};
     } else {
@@ -605,12 +608,12 @@ TEST(MultiHeadAttentionVariants, RobustKdeIgnoresPaddedKeys) {
       for (Index j = 0; j < 2 * L; ++j) mask.key_keep->data()[j] = j < L + real;
     }
     const auto expected = mha.forward(alone).output;
+    const auto expected_0 = mha.forward(sequence_0).output;
     for (const AttentionEngine engine : {AttentionEngine::reference, AttentionEngine::fused}) {
+      SCOPED_TRACE(engine == AttentionEngine::reference ? "reference engine" : "fused engine");
       MultiHeadForwardOptions options;
       options.engine = engine;
-    const auto expected_0 = mha.forward(sequence_0).output;
       const auto padded = mha.forward(x, mask, options).output;
-      SCOPED_TRACE(engine == AttentionEngine::reference ? "reference engine" : "fused engine");
       // Sequence 1's real tokens, and all of sequence 0 (no padding, no NaN of its own): as
       // alone, with no NaN anywhere in them.
       ATTNLENS_EXPECT_CLOSE(padded.matrix({1}).topRows(real), expected.matrix(), 1e-13);
