@@ -7,6 +7,7 @@
 
 #include "attnlens/attention/distance_kernel.hpp"
 #include "support/blocks.hpp"
+#include "support/compare.hpp"
 
 namespace attnlens {
 namespace {
@@ -74,6 +75,28 @@ TEST(DistanceKernel, InfiniteSigmaAddsNothing) {
   const Vector<double> sigma = Vector<double>::Constant(1, std::numeric_limits<double>::infinity());
   const DistanceKernel<double> term({DistanceKernelType::laplacian}, sigma);
   EXPECT_EQ(bias_of(term, 1, 5, 5).matrix({0}), Matrix<double>::Zero(5, 5));
+  // The approach to that limit, at widths where the term is small but not zero: on positions
+  // 0..4 the largest |i - j| is 4, so the Laplacian term -|i - j| / sigma lies in [-4 / sigma, 0]
+  // and the Gaussian one -|i - j|^2 / (2 sigma^2) in [-8 / sigma^2, 0]; both are nonzero off
+  // the diagonal, and ten times the width gives a term ten (a hundred) times smaller.
+  for (const auto type : {DistanceKernelType::laplacian, DistanceKernelType::gaussian}) {
+    SCOPED_TRACE(type == DistanceKernelType::laplacian ? "laplacian" : "gaussian");
+    const auto largest = [&](double width) {
+      const DistanceKernel<double> finite({type}, Vector<double>::Constant(1, width));
+      const Matrix<double> bias = bias_of(finite, 1, 5, 5).matrix({0});
+      EXPECT_TRUE((bias.array() <= 0).all()) << bias;
+      for (Index i = 0; i < 5; ++i) EXPECT_LT(bias(i, (i + 1) % 5), 0.0) << width << " " << i;
+      const double bound = type == DistanceKernelType::laplacian ? 4 / width : 8 / (width * width);
+      const double error = testing::max_abs_error(bias, Matrix<double>::Zero(5, 5));
+      EXPECT_LE(error, bound * (1 + 1e-15)) << width;
+      return error;
+    };
+    const double near = largest(1e3), nearer = largest(1e4);
+    EXPECT_GT(nearer, 0.0);
+    EXPECT_LT(nearer, near);
+    const double rate = type == DistanceKernelType::laplacian ? 0.1 : 0.01;
+    EXPECT_NEAR(nearer / near, rate, 1e-12 * rate);
+  }
 }
 
 TEST(DistanceKernel, SoftplusAndItsInverse) {

@@ -17,6 +17,7 @@
 #include "attnlens/position/rope.hpp"
 #include "attnlens/position/shaw.hpp"
 #include "attnlens/position/t5.hpp"
+#include "support/compare.hpp"
 #include "support/random_head.hpp"
 
 namespace attnlens {
@@ -24,22 +25,21 @@ namespace {
 
 const std::vector<FusedTiling> k_tilings{{64, 256}, {3, 5}, {1, 1}, {7, 64}};
 
-// Max |fused - reference| over the tilings above.
-float fused_error(const HeadInputs<float>& head, const AttentionKernel<float>& kernel) {
+// The fused engine equals the reference engine on every tiling above, to 1e-5. The outputs
+// start as NaN, so an entry the fused engine never writes fails the comparison, as does a NaN
+// that reaches the output (the reference outputs are checked finite first).
+void expect_fused_equals_reference(const HeadInputs<float>& head,
+                                   const AttentionKernel<float>& kernel) {
   const Index L = head.queries.rows(), S = head.keys.rows(), dv = head.values.cols();
   Matrix<float> weights(L, S), expected(L, dv);
   reference_attention<float>(head, kernel, weights, expected);
   EXPECT_TRUE(expected.allFinite());
-  float error = 0;
   for (const FusedTiling& tiling : k_tilings) {
     Matrix<float> out = Matrix<float>::Constant(L, dv, std::nanf(""));
     fused_attention<float>(head, kernel, out, {tiling, {2}});
-    error = std::max(error, (out - expected).cwiseAbs().maxCoeff());
-    if (!(error <= 1e-5f))
-      ADD_FAILURE() << "tiling " << tiling.query_tile << " x " << tiling.key_block << ": error "
-                    << error;
+    ATTNLENS_EXPECT_CLOSE(out, expected, 1e-5)
+        << "tiling " << tiling.query_tile << " x " << tiling.key_block;
   }
-  return error;
 }
 
 struct ShapeCase {
@@ -53,7 +53,8 @@ TEST(FusedEngine, EqualsReferenceOnOddShapes) {
   for (const auto& s : k_shapes) {
     const auto h = testing::random_head<float>(s.L, s.S, s.d, s.dv, 1);
     SCOPED_TRACE(::testing::Message() << s.L << " x " << s.S << " d=" << s.d);
-    fused_error({0, 0, h.q, h.k, h.v}, {dot_product_range(1.0f / std::sqrt(float(s.d)))});
+    expect_fused_equals_reference({0, 0, h.q, h.k, h.v},
+                                  {dot_product_range(1.0f / std::sqrt(float(s.d)))});
   }
 }
 
@@ -86,7 +87,7 @@ TEST(FusedEngine, EqualsReferenceForEveryMaskType) {
     SCOPED_TRACE(name);
     const BoundMask<float> bound(mask, {1, 1, L, S});
     AttentionKernel<float> kernel{dot_product_range(0.4f), nullptr, &bound};
-    fused_error({0, 0, h.q, h.k, h.v}, kernel);
+    expect_fused_equals_reference({0, 0, h.q, h.k, h.v}, kernel);
   }
   // A masked key's NaN value never reaches the output, in either engine.
   AttentionMask<float> mask;
@@ -95,7 +96,7 @@ TEST(FusedEngine, EqualsReferenceForEveryMaskType) {
   h.v.row(4).setConstant(std::nanf(""));
   h.v(20, 1) = std::numeric_limits<float>::infinity();
   const BoundMask<float> bound(mask, {1, 1, L, S});
-  fused_error({0, 0, h.q, h.k, h.v}, {dot_product_range(0.4f), nullptr, &bound});
+  expect_fused_equals_reference({0, 0, h.q, h.k, h.v}, {dot_product_range(0.4f), nullptr, &bound});
 }
 
 TEST(FusedEngine, EqualsReferenceForEveryRangeKernelAndNormalization) {
@@ -104,11 +105,11 @@ TEST(FusedEngine, EqualsReferenceForEveryRangeKernelAndNormalization) {
   RangeKernel<float> distance{RangeKernelType::negative_squared_distance, 0.3f};
   RangeKernel<float> sinc{RangeKernelType::sinc4, 1.0f, 0.7f};
   RangeKernel<float> none{RangeKernelType::none};
-  fused_error({0, 0, h.q, h.k, h.v}, {distance});
-  fused_error({0, 0, h.q, h.k, h.v}, {none, &alibi});
+  expect_fused_equals_reference({0, 0, h.q, h.k, h.v}, {distance});
+  expect_fused_equals_reference({0, 0, h.q, h.k, h.v}, {none, &alibi});
   AttentionKernel<float> fourier{sinc};
   fourier.epsilon = 1e-6f;
-  fused_error({0, 0, h.q, h.k, h.v}, fourier);
+  expect_fused_equals_reference({0, 0, h.q, h.k, h.v}, fourier);
   // Robust-KDE-style key weights: different in numerator and denominator.
   Vector<float> numerator(41), denominator(41);
   Rng rng(5);
@@ -116,7 +117,8 @@ TEST(FusedEngine, EqualsReferenceForEveryRangeKernelAndNormalization) {
   init::uniform(denominator, 0.45f, rng);
   numerator.array() += 0.55f;  // weights in [0.1, 1]
   denominator.array() += 0.55f;
-  fused_error({0, 0, h.q, h.k, h.v, numerator.data(), denominator.data()}, {distance});
+  expect_fused_equals_reference({0, 0, h.q, h.k, h.v, numerator.data(), denominator.data()},
+                                {distance});
 }
 
 TEST(FusedEngine, EqualsReferenceForScoreAndValueTerms) {
@@ -135,9 +137,9 @@ TEST(FusedEngine, EqualsReferenceForScoreAndValueTerms) {
   for (Index boost : {0, 2}) {
     AttentionKernel<float> kernel{dot_product_range(0.35f), &terms, nullptr, &value_terms};
     kernel.boost = boost;
-    fused_error({0, 0, h.q, h.k, h.v}, kernel);
+    expect_fused_equals_reference({0, 0, h.q, h.k, h.v}, kernel);
     kernel.mask = &bound;
-    fused_error({0, 0, h.q, h.k, h.v}, kernel);
+    expect_fused_equals_reference({0, 0, h.q, h.k, h.v}, kernel);
   }
 }
 
@@ -161,9 +163,9 @@ TEST(FusedEngine, EqualsReferenceForWindowsAndBoosting) {
         kernel.window.radius = radius;
         if (two_d) kernel.window.grid = grid;
         kernel.boost = boost;
-        fused_error({0, 0, h.q, h.k, h.v}, kernel);
+        expect_fused_equals_reference({0, 0, h.q, h.k, h.v}, kernel);
         kernel.mask = &bound;
-        fused_error({0, 0, h.q, h.k, h.v}, kernel);
+        expect_fused_equals_reference({0, 0, h.q, h.k, h.v}, kernel);
       }
 }
 
@@ -174,15 +176,17 @@ TEST(FusedEngine, PlainSoftmaxOnWideTilesEqualsReference) {
   const Index L = 300, S = 517, E = 3 * 40;
   Matrix<float> qkv(std::max(L, S), E);
   init::normal(qkv, rng);
-  for (const FusedTiling& tiling : {FusedTiling{128, 256}, FusedTiling{100, 96}, FusedTiling{33, 7}}) {
+  for (const FusedTiling& tiling :
+       {FusedTiling{128, 256}, FusedTiling{100, 96}, FusedTiling{33, 7}}) {
     SCOPED_TRACE(::testing::Message() << tiling.query_tile << " x " << tiling.key_block);
     const HeadInputs<float> head{0, 0, qkv.block(0, 0, L, 40), qkv.block(0, 40, S, 40),
                                  qkv.block(0, 80, S, 37)};
     const AttentionKernel<float> kernel{dot_product_range(0.3f)};
-    Matrix<float> weights(L, S), expected(L, 37), out(L, 37);
+    Matrix<float> weights(L, S), expected(L, 37);
+    Matrix<float> out = Matrix<float>::Constant(L, 37, std::nanf(""));  // unwritten entries fail
     reference_attention<float>(head, kernel, weights, expected);
     fused_attention<float>(head, kernel, out, {tiling, {2}});
-    EXPECT_LE((out - expected).cwiseAbs().maxCoeff(), 1e-5f);
+    ATTNLENS_EXPECT_CLOSE(out, expected, 1e-5);
   }
 }
 
@@ -252,7 +256,7 @@ TEST(FusedEngine, MultiHeadFusedEqualsReferenceWithRopeAndThreads) {
     const auto expected = mha.forward(x, mask, reference).output;
     const auto actual = mha.forward(x, mask, fused).output;
     for (Index b = 0; b < 3; ++b)
-      EXPECT_LE((actual.matrix({b}) - expected.matrix({b})).cwiseAbs().maxCoeff(), 1e-5f);
+      ATTNLENS_EXPECT_CLOSE(actual.matrix({b}), expected.matrix({b}), 1e-5);
   }
   MultiHeadForwardOptions fused_with_weights;
   fused_with_weights.engine = AttentionEngine::fused;

@@ -8,6 +8,7 @@
 
 #include "attnlens/attention/image_filter.hpp"
 #include "attnlens/attention/image_quality.hpp"
+#include "support/compare.hpp"
 #include "support/direct_filters.hpp"
 #include "support/expect_error.hpp"
 
@@ -48,17 +49,15 @@ TEST(ImageFilter, EqualsDirectLoopsWithAndWithoutBoosting) {
       const Matrix<double> expected = testing::direct_filter(y, f);
       ImageFilterOptions options = library_options(f);
       const ImageFilter<double> filter(y, options);
-      EXPECT_LE((filter.run_reference() - expected).cwiseAbs().maxCoeff(), 1e-10);
+      ATTNLENS_EXPECT_CLOSE(filter.run_reference(), expected, 1e-10);
       for (Index tile : {1, 5, 64})
         for (int threads : {1, 2}) {
           options.fused = {{tile, 7}, {threads}};
-          EXPECT_LE((filter_image<double>(y, options) - expected).cwiseAbs().maxCoeff(), 1e-10);
+          ATTNLENS_EXPECT_CLOSE(filter_image<double>(y, options), expected, 1e-10);
         }
       options.fused = {};
       const Matrix<float> y_float = y.cast<float>();
-      EXPECT_LE(
-          (filter_image<float>(y_float, options).cast<double>() - expected).cwiseAbs().maxCoeff(),
-          1e-5);
+      ATTNLENS_EXPECT_CLOSE(filter_image<float>(y_float, options).cast<double>(), expected, 1e-5);
     }
 }
 
@@ -74,10 +73,9 @@ TEST(ImageFilter, BoostingIsAPolynomialInTheSmoother) {
   const Matrix<double> I_A = Matrix<double>::Identity(L, L) - A;
   const Vector<double> yv = Eigen::Map<const Vector<double>>(y.data(), L);
   const Vector<double> expected = yv - I_A * (I_A * (I_A * yv));
-  EXPECT_LE((Eigen::Map<const Vector<double>>(boosted.data(), L) - expected).cwiseAbs().maxCoeff(),
-            1e-12);
+  ATTNLENS_EXPECT_CLOSE(Eigen::Map<const Vector<double>>(boosted.data(), L), expected, 1e-12);
   // Rows of A are stochastic and vanish outside the 7 x 7 window.
-  EXPECT_LE((A.rowwise().sum().array() - 1.0).abs().maxCoeff(), 1e-12);
+  ATTNLENS_EXPECT_CLOSE(A.rowwise().sum(), Vector<double>::Ones(L), 1e-12);
   EXPECT_EQ(A(0, 4 * 11 + 4), 0.0);
   EXPECT_GT(A(0, 3 * 11 + 3), 0.0);
 }
@@ -88,13 +86,30 @@ TEST(ImageFilter, LimitsOfTheKernels) {
   options.method = ImageFilterMethod::gaussian;
   options.sigma_space = 2.0;
   options.radius = 0;  // the window holds the pixel itself: identity
-  EXPECT_LE((filter_image<double>(y, options) - y).cwiseAbs().maxCoeff(), 1e-15);
-  // A bilateral filter with a huge range sigma is the Gaussian filter.
+  ATTNLENS_EXPECT_CLOSE(filter_image<double>(y, options), y, 1e-15);
+  // A bilateral filter tends to the Gaussian filter as its range sigma grows. Its weights are
+  // the Gaussian's times r_j = exp(-(y_i - y_j)^2 / (2 s^2)) in [exp(-e), 1], e = R^2 / (2 s^2)
+  // with R = max y - min y, so each normalized weight p'_j is within a factor exp(+-e) of the
+  // Gaussian's p_j, sum_j |p'_j - p_j| <= expm1(e), and since both sum to 1,
+  // |bilateral - gaussian| = |sum_j (p'_j - p_j) (y_j - mid)| <= expm1(e) R / 2. Checked where
+  // the range term is small but not zero (s = 10, 100 on pixels in [0, 1]): the difference is
+  // nonzero, under the bound, and second order in 1 / s (a hundred times smaller at 10 s).
   options.radius = 4;
   const Matrix<double> gaussian = filter_image<double>(y, options);
   options.method = ImageFilterMethod::bilateral;
-  options.sigma_range = 1e4;
-  EXPECT_LE((filter_image<double>(y, options) - gaussian).cwiseAbs().maxCoeff(), 1e-8);
+  const double R = y.maxCoeff() - y.minCoeff();
+  ASSERT_GT(R, 0.5);
+  double change[2];
+  const double sigmas[2] = {10, 100};
+  for (int n = 0; n < 2; ++n) {
+    options.sigma_range = sigmas[n];
+    const double e = R * R / (2 * sigmas[n] * sigmas[n]);
+    const Matrix<double> bilateral = filter_image<double>(y, options);
+    ATTNLENS_EXPECT_CLOSE(bilateral, gaussian, std::expm1(e) * R / 2) << "sigma " << sigmas[n];
+    change[n] = testing::max_abs_error(bilateral, gaussian);
+    EXPECT_GT(change[n], 0.0) << "sigma " << sigmas[n];
+  }
+  EXPECT_NEAR(change[1] / change[0], 0.01, 0.001);
   // Default radius ceil(3 sigma).
   options.radius = -1;
   options.sigma_space = 1.2;

@@ -40,7 +40,7 @@ TEST(Kde, HuberWeightsMatchTheDenseFormulaAcrossBlocks) {
       Vector<double> w;
       huber_kde_weights<double>(x, 0.5, a, w);
       const Vector<double> expected = dense_huber_weights(x, 0.5, a);
-      EXPECT_LE((w - expected).cwiseAbs().maxCoeff(), 1e-14);
+      ATTNLENS_EXPECT_CLOSE(w, expected, 1e-14);
       EXPECT_NEAR(w.sum(), 1.0, 1e-14);
     }
     if (N > 5) {
@@ -60,8 +60,8 @@ TEST(Kde, RobustWeightsUseKeysAloneAndKeysWithValues) {
   robust_kde_key_weights<double>(k, v, 0.6, 0.2, wk, wkv);
   Matrix<double> joint(9, 5);
   joint << k, v;
-  EXPECT_LE((wk - dense_huber_weights(k, 0.6, 0.2)).cwiseAbs().maxCoeff(), 1e-15);
-  EXPECT_LE((wkv - dense_huber_weights(joint, 0.6, 0.2)).cwiseAbs().maxCoeff(), 1e-15);
+  ATTNLENS_EXPECT_CLOSE(wk, dense_huber_weights(k, 0.6, 0.2), 1e-15);
+  ATTNLENS_EXPECT_CLOSE(wkv, dense_huber_weights(joint, 0.6, 0.2), 1e-15);
   testing::expect_error_naming<ShapeError>(
       [&] { robust_kde_key_weights<double>(k, v.topRows(4), 0.6, 0.2, wk, wkv); }, "values");
   testing::expect_error_naming<ArgumentError>([&] { huber_kde_weights<double>(k, 0.6, 0.0, wk); },
@@ -85,7 +85,7 @@ TEST(Kde, KeyNormalizationMakesUnitKeysAndLeavesQueries) {
       continue;
     }
     EXPECT_NEAR(k.row(j).norm(), 1.0f, 1e-6f);
-    EXPECT_LE((k.row(j) * k0.row(j).norm() - k0.row(j)).cwiseAbs().maxCoeff(), 1e-5f);
+    ATTNLENS_EXPECT_CLOSE(k.row(j) * k0.row(j).norm(), k0.row(j), 1e-5f);
   }
 }
 

@@ -47,7 +47,7 @@ TEST(QueryKeyTransform, ActsLikeTheProjectionItReplaces) {
   // The cache holds the transformed queries, which is what the scores were made of.
   MultiHeadCache<double> scaled_cache;
   (void)scaled.forward(x, {}, {}, &scaled_cache);
-  EXPECT_LE((cache.queries - scaled_cache.queries).cwiseAbs().maxCoeff(), 1e-12);
+  ATTNLENS_EXPECT_CLOSE(cache.queries, scaled_cache.queries, 1e-12);
   // check() runs before any work.
   mha.query_key_transforms.push_back(std::make_shared<ScaleHeadQueries>(2, 3.0));
   EXPECT_THROW((void)mha.forward(x), ArgumentError);

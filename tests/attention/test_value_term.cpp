@@ -42,8 +42,8 @@ TEST(ValueTerm, AddsTheWeightedTermAfterTheSoftmax) {
   reference_attention<double>({0, 0, q, k, shifted}, {dot_product_range(0.5), nullptr, &bound},
                               expected_weights, expected);
   EXPECT_EQ(weights, expected_weights);
-  EXPECT_LE((out - expected).cwiseAbs().maxCoeff(), 1e-14);
-  EXPECT_GT((out - weights * v).cwiseAbs().maxCoeff(), 1e-3);
+  ATTNLENS_EXPECT_CLOSE(out, expected, 1e-14);
+  EXPECT_GT(testing::max_abs_error(out, weights * v), 1e-3);
 }
 
 }  // namespace

@@ -110,7 +110,7 @@ TEST(TransformerEncoder, FidelityTermPullsTowardsTheInput) {
   const auto x1 = encoder.layers[0].forward(x0).output;
   const auto layer2 = encoder.layers[1].forward(x1).output;
   const Matrix<double> expected = layer2.matrix({0}) + 0.3 * (x0.matrix({0}) - x1.matrix({0}));
-  EXPECT_LE((encoder.forward(x0).output.matrix({0}) - expected).cwiseAbs().maxCoeff(), 1e-14);
+  ATTNLENS_EXPECT_CLOSE(encoder.forward(x0).output.matrix({0}), expected, 1e-14);
 }
 
 TEST(TransformerEncoder, PermutingTokensPermutesOutputsWithoutPositions) {
@@ -123,7 +123,7 @@ TEST(TransformerEncoder, PermutingTokensPermutesOutputsWithoutPositions) {
   const auto y = encoder.forward(x).output;
   const auto py = encoder.forward(px).output;
   for (Index i = 0; i < 6; ++i)
-    EXPECT_LE((py.matrix({0}).row(i) - y.matrix({0}).row(perm[i])).cwiseAbs().maxCoeff(), 1e-12);
+    ATTNLENS_EXPECT_CLOSE(py.matrix({0}).row(i), y.matrix({0}).row(perm[i]), 1e-12);
 }
 
 TEST(TransformerEncoder, AveragedMapsAreTheMeanOfPerHeadMaps) {
@@ -138,7 +138,7 @@ TEST(TransformerEncoder, AveragedMapsAreTheMeanOfPerHeadMaps) {
   for (std::size_t l = 0; l < 3; ++l) {
     const Matrix<double> mean =
         (per_head.weights[l].matrix({1, 0}) + per_head.weights[l].matrix({1, 1})) / 2;
-    EXPECT_LE((averaged.weights[l].matrix({1}) - mean).cwiseAbs().maxCoeff(), 1e-15);
+    ATTNLENS_EXPECT_CLOSE(averaged.weights[l].matrix({1}), mean, 1e-15);
   }
 }
 
@@ -154,7 +154,7 @@ TEST(TransformerEncoder, CacheHasEveryLayer) {
   const Tensor<double> last_input = Tensor<double>::from_matrix(cache.layers[2].input);
   // (Within rounding: without a cache the layer may take the fused engine.)
   const auto last_output = encoder.layers[2].forward(last_input).output;
-  EXPECT_LE((last_output.matrix() - cache.before_norm.matrix({0})).cwiseAbs().maxCoeff(), 1e-14);
+  ATTNLENS_EXPECT_CLOSE(last_output.matrix(), cache.before_norm.matrix({0}), 1e-14);
   EXPECT_EQ(cache.before_norm.shape(), (Shape{1, 3, 8}));
   EXPECT_EQ(encoder.norm->forward(cache.before_norm.matrix({0})), y.matrix({0}));
 }
@@ -170,7 +170,7 @@ TEST(TransformerEncoder, RelativePositionsGiveEveryLayerItsOwnTables) {
   const auto& t5_2 = encoder.layers[2].position.as<T5RelativeBias<double>>();
   EXPECT_NE(&t5_0, &t5_2);
   EXPECT_EQ(t5_0.relative_attention_bias.rows(), 8);
-  EXPECT_GT((t5_0.relative_attention_bias - t5_2.relative_attention_bias).cwiseAbs().maxCoeff(),
+  EXPECT_GT(testing::max_abs_error(t5_0.relative_attention_bias, t5_2.relative_attention_bias),
             0.1);  // initialised independently
   ASSERT_EQ(encoder.layers[1].self_attn.score_terms.size(), 1u);
 
@@ -238,8 +238,7 @@ TEST(TransformerEncoder, AbsolutePositionsAreAddedToTheInput) {
   Tensor<double> shifted = x;
   for (Index b = 0; b < 2; ++b) shifted.matrix({b}) += encoder.position.weight.topRows(5);
   // x_0 of the fidelity term includes the positions as well.
-  EXPECT_LE(testing::max_abs_error(encoder.forward(x).output, plain.forward(shifted).output),
-            1e-14);
+  ATTNLENS_EXPECT_CLOSE(encoder.forward(x).output, plain.forward(shifted).output, 1e-14);
   expect_error_naming<ShapeError>(
       [&] {
         encoder.forward(random_tensor<double>({1, 7, 8}, rng));
@@ -254,8 +253,7 @@ TEST(TransformerEncoder, AbsolutePositionsAreAddedToTheInput) {
   for (Index b = 0; b < 2; ++b) with_table.matrix({b}) += sinusoidal_encoding<double>(5, 8);
   plain.layers = sinusoidal.layers;
   plain.norm = sinusoidal.norm;
-  EXPECT_LE(testing::max_abs_error(sinusoidal.forward(x).output, plain.forward(with_table).output),
-            1e-14);
+  ATTNLENS_EXPECT_CLOSE(sinusoidal.forward(x).output, plain.forward(with_table).output, 1e-14);
 }
 
 TEST(TransformerEncoder, ParametersOfPositionsAndLearnedLambdaAreNamed) {

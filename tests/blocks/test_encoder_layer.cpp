@@ -58,7 +58,7 @@ TEST(TransformerEncoderLayer, PermutingTokensPermutesOutputs) {
     const auto y = layer.forward(x).output;
     const auto py = layer.forward(px).output;
     for (Index i = 0; i < 6; ++i)
-      EXPECT_LE((py.matrix({0}).row(i) - y.matrix({0}).row(perm[i])).cwiseAbs().maxCoeff(), 1e-12);
+      ATTNLENS_EXPECT_CLOSE(py.matrix({0}).row(i), y.matrix({0}).row(perm[i]), 1e-12);
   }
 }
 
@@ -85,10 +85,8 @@ TEST(TransformerEncoderLayer, CacheHoldsTheIntermediateStates) {
     const Matrix<double> ff_in = norm_first ? layer.norm2.forward(cache.hidden) : cache.hidden;
     Matrix<double> rebuilt = cache.hidden + layer.linear2.forward(cache.feed_forward.hidden);
     if (!norm_first) rebuilt = layer.norm2.forward(rebuilt);
-    EXPECT_LE((rebuilt - y.reshaped({8, 12}).matrix()).cwiseAbs().maxCoeff(), 1e-13);
-    EXPECT_LE(
-        (cache.feed_forward.pre_activation - layer.linear1.forward(ff_in)).cwiseAbs().maxCoeff(),
-        1e-13);
+    ATTNLENS_EXPECT_CLOSE(rebuilt, y.reshaped({8, 12}).matrix(), 1e-13);
+    ATTNLENS_EXPECT_CLOSE(cache.feed_forward.pre_activation, layer.linear1.forward(ff_in), 1e-13);
     EXPECT_EQ(cache.self_attn.weights.shape(), (Shape{2, 3, 4, 4}));
   }
 }

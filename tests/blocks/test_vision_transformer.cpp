@@ -132,14 +132,11 @@ TEST(VisionTransformer, ClsTokenGetsNoDomainTerm) {
   const auto b = without.forward(images, {AttentionWeights::per_head, {}});
   for (Index h = 0; h < 2; ++h) {
     // The CLS query's row depends on content only.
-    EXPECT_LE((a.weights[0].matrix({0, h}).row(0) - b.weights[0].matrix({0, h}).row(0))
-                  .cwiseAbs()
-                  .maxCoeff(),
-              1e-14);
+    ATTNLENS_EXPECT_CLOSE(a.weights[0].matrix({0, h}).row(0), b.weights[0].matrix({0, h}).row(0),
+                          1e-14);
     // A patch query's map changes: its patch keys get -alpha |delta|^2.
-    EXPECT_GT((a.weights[0].matrix({0, h}).row(3) - b.weights[0].matrix({0, h}).row(3))
-                  .cwiseAbs()
-                  .maxCoeff(),
+    EXPECT_GT(testing::max_abs_error(a.weights[0].matrix({0, h}).row(3),
+                                     b.weights[0].matrix({0, h}).row(3)),
               1e-3);
   }
   // Copies are deep: changing the copy's table leaves the original as it was.
@@ -174,11 +171,36 @@ TEST(VisionTransformer, BilateralAttentionActsOnThePatchGrid) {
   const auto b = softmax.forward(images, maps);
   for (Index h = 0; h < 2; ++h) {
     const auto with = a.weights[0].matrix({0, h}), without = b.weights[0].matrix({0, h});
-    EXPECT_LE((with.row(0) - without.row(0)).cwiseAbs().maxCoeff(), 1e-14);
-    EXPECT_GT((with.row(4) - without.row(4)).cwiseAbs().maxCoeff(), 1e-3);
+    ATTNLENS_EXPECT_CLOSE(with.row(0), without.row(0), 1e-14);
+    EXPECT_GT(testing::max_abs_error(with.row(4), without.row(4)), 1e-3);
   }
+  // The tokens, not the logits: with one layer and CLS pooling the logits come from the CLS
+  // query's row alone, which has no domain term, so they could not show a change.
   bilateral.blocks[0].self_attn.rho.setConstant(1e300);  // sigma = softplus(rho) = 1e300
-  EXPECT_LE(testing::max_abs_error(bilateral.forward(images).logits, b.logits), 1e-14);
+  ATTNLENS_EXPECT_CLOSE(bilateral.forward(images).tokens, b.tokens, 1e-14);
+  // The approach to that limit, where the domain term is small but not zero. The Laplacian
+  // term of a key is -|dr| - |dc| over sigma, and on the 4 x 2 grid |dr| + |dc| <= 3 + 1 = 4
+  // (the CLS token has none), so every score of a row moves by some delta in [-4 / sigma, 0].
+  // Then with r_j = exp(delta_j) each weight p_j becomes p_j r_j / sum_k p_k r_k, a ratio to p_j
+  // in [exp(-4 / sigma), exp(4 / sigma)]: |bilateral - softmax| <= expm1(4 / sigma) p_j. The
+  // difference is first order in 1 / sigma, so ten times sigma makes it ten times smaller, in
+  // the maps and in the tokens.
+  double map_change[2], token_change[2];
+  const double sigmas[2] = {1e3, 1e4};
+  for (int n = 0; n < 2; ++n) {
+    const double sigma = sigmas[n];
+    SCOPED_TRACE(::testing::Message() << "sigma " << sigma);
+    bilateral.blocks[0].self_attn.rho.setConstant(sigma);  // softplus(rho) = rho here, exactly
+    const auto near = bilateral.forward(images, maps);
+    // Both heads' maps at once; p_j <= 1.
+    ATTNLENS_EXPECT_CLOSE(near.weights[0], b.weights[0], std::expm1(4 / sigma));
+    map_change[n] = testing::max_abs_error(near.weights[0], b.weights[0]);
+    token_change[n] = testing::max_abs_error(near.tokens, b.tokens);
+    EXPECT_GT(map_change[n], 0.0);  // the term is there
+    EXPECT_GT(token_change[n], 0.0);
+  }
+  EXPECT_NEAR(map_change[1] / map_change[0], 0.1, 0.01);
+  EXPECT_NEAR(token_change[1] / token_change[0], 0.1, 0.01);
 }
 
 TEST(VisionTransformer, AttentionMapsCoverTheClsTokenAndEveryPatch) {

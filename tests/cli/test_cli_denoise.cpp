@@ -75,14 +75,12 @@ TEST_F(CliDenoise, EqualsDirectLoopsWithAndWithoutBoost) {
       f.boost = boost;
       SCOPED_TRACE(arguments(f));
       const Matrix<double> expected = testing::direct_filter(picture_, f);
-      const double error =
-          (run_to_safetensors(arguments(f) + " --threads 2") - expected).cwiseAbs().maxCoeff();
-      EXPECT_LE(error, 1e-6);
+      ATTNLENS_EXPECT_CLOSE(run_to_safetensors(arguments(f) + " --threads 2"), expected, 1e-6);
       // The test can fail: boosting changes the output by much more than the tolerance.
       if (boost == 1) {
         DirectFilter plain = f;
         plain.boost = 0;
-        EXPECT_GT((testing::direct_filter(picture_, plain) - expected).cwiseAbs().maxCoeff(), 1e-3);
+        EXPECT_GT(testing::max_abs_error(testing::direct_filter(picture_, plain), expected), 1e-3);
       }
     }
 }
@@ -141,7 +139,7 @@ TEST_F(CliDenoise, AddNoiseIsSeeded) {
   const Matrix<double> b = run_to_safetensors(args + " --seed 7");
   const Matrix<double> c = run_to_safetensors(args + " --seed 8");
   EXPECT_EQ(a, b);
-  EXPECT_GT((a - c).cwiseAbs().maxCoeff(), 0.01);
+  EXPECT_GT(testing::max_abs_error(a, c), 0.01);
   // Radius 0 is the identity: the output is the noisy input, noise of sigma 25/255.
   const double sd = std::sqrt((a - picture_).squaredNorm() / static_cast<double>(a.size()));
   EXPECT_NEAR(sd, 25.0 / 255.0, 0.01);

@@ -1,22 +1,75 @@
-// parallel_product_transposed (and so the AVX-512 kernel where the CPU has it) against Eigen's
+// parallel_product_transposed (and so the AVX-512 kernel where the CPU has it) against the exact
 // product: odd sizes that leave partial micro-tiles, row chunks and depth blocks, both split
 // directions, bias on and off, strided views, one and two threads; and the product whose columns
-// go to three matrices (q, k and v).
+// go to three matrices (q, k and v). Every tolerance is the worst-case rounding bound below.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <limits>
 #include <vector>
 
 #include "attnlens/core/gemm.hpp"
+#include "support/compare.hpp"
 
 namespace attnlens {
 namespace {
+
+// gamma_n = n u / (1 - n u), u the unit roundoff of T (Higham, "Accuracy and Stability of
+// Numerical Algorithms", 2nd ed., section 3.1).
+template <class T>
+long double gemm_gamma(Index n) {
+  const long double u = static_cast<long double>(std::numeric_limits<T>::epsilon()) / 2;
+  const long double nu = static_cast<long double>(n) * u;
+  return nu / (1 - nu);
+}
+
+// c = x w^T (+ bias, added to every row) in long double, and the bound on how far a product
+// computed in T may be from it. Each c_ij is a sum of n = depth (+ 1) terms x_ik w_jk (and
+// bias_j), and a sum of n products computed in floating point with unit roundoff u, in any order,
+// with or without fused multiply-adds, and however it is blocked (the AVX-512 kernel adds depth
+// blocks of 256 into c), is off by at most gamma_n sum_k |x_ik| |w_jk| (+ |bias_j|) (Higham,
+// section 3.1, eq. 3.5). The expectation itself is a long double sum with the same bound in
+// long double's u (2^-64 on x86, where it is negligible; where long double is double the
+// tolerance doubles accordingly). One more term in each gamma covers the rounding of the
+// long double difference the comparison takes.
+struct ExactGemm {
+  Matrix<long double> value;
+  long double magnitude = 0;  // max_ij sum_k |x_ik| |w_jk| (+ |bias_j|)
+  Index terms = 0;            // n
+
+  // The worst-case |computed - value| for a kernel computing in T.
+  template <class T>
+  double tolerance() const {
+    return static_cast<double>((gemm_gamma<T>(terms + 1) + gemm_gamma<long double>(terms + 1)) *
+                               magnitude);
+  }
+};
+
+template <class A, class B>
+ExactGemm exact_gemm(const A& x, const B& w, const float* bias) {
+  ExactGemm e;
+  const Matrix<long double> xl = x.template cast<long double>(),
+                            wl = w.template cast<long double>();
+  e.value = xl * wl.transpose();
+  Matrix<long double> magnitude = xl.cwiseAbs() * wl.cwiseAbs().transpose();
+  e.terms = x.cols();
+  if (bias) {
+    for (Index j = 0; j < w.rows(); ++j) {
+      e.value.col(j).array() += static_cast<long double>(bias[j]);
+      magnitude.col(j).array() += std::fabs(static_cast<long double>(bias[j]));
+    }
+    ++e.terms;
+  }
+  e.magnitude = magnitude.maxCoeff();  // of |.|, finite: the inputs are Random in [-1, 1]
+  return e;
+}
 
 TEST(Gemm, ProductTransposedEqualsEigen) {
   struct Case {
     Index m, n, depth;
   };
-  const std::vector<Case> cases{{1, 1, 1},     {3, 5, 7},      {14, 32, 16},  {29, 33, 17},
-                                {37, 100, 19}, {300, 61, 257}, {64, 1536, 40}, {250, 48, 600},
+  const std::vector<Case> cases{{1, 1, 1},       {3, 5, 7},      {14, 32, 16},   {29, 33, 17},
+                                {37, 100, 19},   {300, 61, 257}, {64, 1536, 40}, {250, 48, 600},
                                 {130, 29, 1000}, {257, 15, 769}};  // depth in two blocks
   for (const Case& s : cases)
     for (int threads : {1, 2})
@@ -29,22 +82,23 @@ TEST(Gemm, ProductTransposedEqualsEigen) {
         const Vector<float> bias = Vector<float>::Random(s.n);
         const ConstMatrixRef<float> a = a_store.leftCols(s.depth);
         const ConstMatrixRef<float> b = b_store.rightCols(s.depth);
-        Matrix<float> expected = a * b.transpose();
-        if (with_bias) expected.rowwise() += bias.transpose();
+        const ExactGemm expected = exact_gemm(a, b, with_bias ? bias.data() : nullptr);
+        // The view starts as NaN (an entry left unwritten fails), the columns beside it as -7.
         Matrix<float> c_store = Matrix<float>::Constant(s.m, s.n + 2, -7.0f);
+        c_store.leftCols(s.n).setConstant(std::numeric_limits<float>::quiet_NaN());
         parallel_product_transposed<float>(a, b, c_store.leftCols(s.n), ParallelOptions{threads},
                                            with_bias ? bias.data() : nullptr);
-        const float tolerance = 1e-5f * static_cast<float>(s.depth);
-        EXPECT_LE((c_store.leftCols(s.n) - expected).cwiseAbs().maxCoeff(), tolerance);
+        ATTNLENS_EXPECT_CLOSE(c_store.leftCols(s.n), expected.value, expected.tolerance<float>());
         // Columns outside the view are untouched.
         EXPECT_TRUE((c_store.rightCols(2).array() == -7.0f).all());
 
-        // double takes Eigen's kernel.
-        Matrix<double> c_double(s.m, s.n);
-        parallel_product_transposed<double>(a.cast<double>(), b.cast<double>(), c_double,
-                                            ParallelOptions{threads},
-                                            with_bias ? bias.cast<double>().eval().data() : nullptr);
-        EXPECT_LE((c_double.cast<float>() - expected).cwiseAbs().maxCoeff(), tolerance);
+        // double takes Eigen's kernel, on the same (float) inputs, checked to double's bound.
+        Matrix<double> c_double =
+            Matrix<double>::Constant(s.m, s.n, std::numeric_limits<double>::quiet_NaN());
+        parallel_product_transposed<double>(
+            a.cast<double>(), b.cast<double>(), c_double, ParallelOptions{threads},
+            with_bias ? bias.cast<double>().eval().data() : nullptr);
+        ATTNLENS_EXPECT_CLOSE(c_double, expected.value, expected.tolerance<double>());
       }
 }
 
@@ -58,15 +112,17 @@ TEST(Gemm, ProductIntoThreePartsEqualsEigen) {
       const Matrix<float> x = Matrix<float>::Random(m, depth);
       const Matrix<float> w = Matrix<float>::Random(3 * width, depth);
       const Vector<float> bias = Vector<float>::Random(3 * width);
-      Matrix<float> expected = x * w.transpose();
-      expected.rowwise() += bias.transpose();
-      Matrix<float> q(m, width), k(m, width), v(m, width);
-      const detail::avx512::Destination parts{nullptr, width, width, {q.data(), k.data(), v.data()}};
+      const ExactGemm expected = exact_gemm(x, w, bias.data());
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      Matrix<float> q = Matrix<float>::Constant(m, width, nan), k = q, v = q;
+      const detail::avx512::Destination parts{
+          nullptr, width, width, {q.data(), k.data(), v.data()}};
       detail::avx512::product_transposed(x.data(), depth, w.data(), depth, bias.data(), m,
                                          3 * width, depth, parts, ParallelOptions{threads});
-      EXPECT_LE((q - expected.leftCols(width)).cwiseAbs().maxCoeff(), 1e-4f);
-      EXPECT_LE((k - expected.middleCols(width, width)).cwiseAbs().maxCoeff(), 1e-4f);
-      EXPECT_LE((v - expected.rightCols(width)).cwiseAbs().maxCoeff(), 1e-4f);
+      const double tolerance = expected.tolerance<float>();
+      ATTNLENS_EXPECT_CLOSE(q, expected.value.leftCols(width), tolerance);
+      ATTNLENS_EXPECT_CLOSE(k, expected.value.middleCols(width, width), tolerance);
+      ATTNLENS_EXPECT_CLOSE(v, expected.value.rightCols(width), tolerance);
     }
 }
 #endif

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "attnlens/core/init.hpp"
+#include "support/compare.hpp"
 
 namespace attnlens {
 namespace {
@@ -13,8 +14,9 @@ TEST(Init, XavierUniformHasPyTorchsBound) {
   Matrix<double> w(300, 200);  // fan_out x fan_in
   init::xavier_uniform(w, rng);
   const double bound = std::sqrt(6.0 / 500.0);
-  EXPECT_LE(w.cwiseAbs().maxCoeff(), bound);
-  EXPECT_GT(w.cwiseAbs().maxCoeff(), 0.99 * bound);
+  const Matrix<double> zero = Matrix<double>::Zero(300, 200);
+  ATTNLENS_EXPECT_CLOSE(w, zero, bound);  // every |w_ij| <= bound
+  EXPECT_GT(testing::max_abs_error(w, zero), 0.99 * bound);
   EXPECT_NEAR(w.squaredNorm() / static_cast<double>(w.size()), bound * bound / 3.0,
               0.02 * bound * bound / 3.0);
   EXPECT_NEAR(w.mean(), 0.0, 0.01 * bound);
@@ -24,8 +26,9 @@ TEST(Init, LinearUniformUsesOneOverSqrtFanIn) {
   Rng rng(2);
   Matrix<float> w(100, 400);
   init::linear_uniform(w, 400, rng);
-  EXPECT_LE(w.cwiseAbs().maxCoeff(), 0.05f);
-  EXPECT_GT(w.cwiseAbs().maxCoeff(), 0.0495f);
+  const Matrix<float> zero = Matrix<float>::Zero(100, 400);
+  ATTNLENS_EXPECT_CLOSE(w, zero, 0.05f);  // every |w_ij| <= 1 / sqrt(400)
+  EXPECT_GT(testing::max_abs_error(w, zero), 0.0495f);
 }
 
 TEST(Init, SameSeedSameValues) {

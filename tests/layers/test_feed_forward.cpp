@@ -55,7 +55,7 @@ TEST(FeedForward, WithoutBias) {
   // Without biases ReLU's network is positively homogeneous: f(2x) = 2 f(x).
   Matrix<float> x(2, 4);
   init::normal(x, rng);
-  EXPECT_LE((ff.forward(2 * x) - 2 * ff.forward(x)).cwiseAbs().maxCoeff(), 1e-5f);
+  ATTNLENS_EXPECT_CLOSE(ff.forward(2 * x), 2 * ff.forward(x), 1e-5f);
 }
 
 TEST(FeedForward, BadOptionsAndShapesNameTheArgument) {

@@ -52,7 +52,7 @@ TEST(LayerNorm, InPlaceEqualsOutOfPlaceAndCacheHoldsTheNormalizedRows) {
     EXPECT_NEAR(cache.normalized.row(i).squaredNorm() / 6, 1.0, 1e-4);  // eps shrinks it
     const Vector<double> rebuilt =
         cache.normalized.row(i).transpose().cwiseProduct(norm.weight) + norm.bias;
-    EXPECT_LE((rebuilt - y.row(i).transpose()).cwiseAbs().maxCoeff(), 1e-14);
+    ATTNLENS_EXPECT_CLOSE(rebuilt, y.row(i).transpose(), 1e-14);
   }
 }
 
