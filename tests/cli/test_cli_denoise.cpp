@@ -10,14 +10,10 @@
 #include <string>
 
 #include "attnlens/attention/image_quality.hpp"
-#include "attnlens/io/png.hpp"
+#include "attnlens/io/png.hpp"  // and stb_image, to read PNG files independently
 #include "attnlens/io/safetensors.hpp"
 #include "support/cli_test.hpp"
 #include "support/direct_filters.hpp"
-
-#define STB_IMAGE_STATIC
-#define STB_IMAGE_IMPLEMENTATION
-#include <stb/stb_image.h>
 
 namespace attnlens {
 namespace {

@@ -3,11 +3,7 @@
 
 #include <filesystem>
 
-#include "attnlens/io/png.hpp"
-
-#define STB_IMAGE_STATIC
-#define STB_IMAGE_IMPLEMENTATION
-#include <stb/stb_image.h>
+#include "attnlens/io/png.hpp"  // and stb_image, to read PNG files independently
 
 #include "support/score_terms.hpp"
 
