@@ -17,7 +17,6 @@
 #include "attnlens/attention/image_quality.hpp"
 #include "attnlens/core/init.hpp"
 #include "attnlens/io/png.hpp"
-#include "gray_png.hpp"
 
 namespace attnlens::demo {
 
@@ -133,7 +132,7 @@ inline void run_denoise_comparison(const std::string& camera, const std::string&
   std::printf(
       "\n5. Denoising camera.png with the attention engine (identity projections, tokens = "
       "pixels)\n");
-  const Matrix<double> clean = examples::read_png_gray(camera);
+  const Matrix<double> clean = io::read_png_gray(camera);
   const std::string dir = pictures + "/denoise";
   std::filesystem::create_directories(dir);
   // The crop shown in the montage: the photographer's head and camera.
@@ -202,7 +201,7 @@ inline void run_denoise_comparison(const std::string& camera, const std::string&
 inline void run_denoise_search(const std::string& camera, int threads) {
   using M = ImageFilterMethod;
   // The central 256 x 256 crop keeps the search to minutes.
-  const Matrix<double> clean = examples::read_png_gray(camera).block(128, 128, 256, 256);
+  const Matrix<double> clean = io::read_png_gray(camera).block(128, 128, 256, 256);
   for (int noise : {10, 25, 50}) {
     const double sn = noise / 255.0;
     const Matrix<double> noisy = add_noise(clean, noise);

@@ -19,7 +19,6 @@
 #include "attnlens/io/safetensors.hpp"
 #include "cli/checks.hpp"
 #include "cli/errors.hpp"
-#include "gray_png.hpp"
 
 namespace attnlens::cli {
 
@@ -86,10 +85,10 @@ inline void print_quality(const char* what, const Matrix<double>& clean,
 
 inline void run(const DenoiseArguments& args) {
   check_method_options(args);
-  const Matrix<double> original = examples::read_png_gray(args.input);
+  const Matrix<double> original = io::read_png_gray(args.input);
   Matrix<double> clean;
   if (!args.clean.empty()) {
-    clean = examples::read_png_gray(args.clean);
+    clean = io::read_png_gray(args.clean);
     detail::require_shape(clean.rows() == original.rows() && clean.cols() == original.cols(),
                           "--clean image",
                           detail::concat(original.rows(), " x ", original.cols(), " like --input"),

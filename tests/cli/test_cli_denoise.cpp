@@ -10,15 +10,11 @@
 #include <string>
 
 #include "attnlens/attention/image_quality.hpp"
-#include "attnlens/io/png.hpp"
+#include "attnlens/io/png.hpp"  // and stb_image, to read the tool's PNG output
 #include "attnlens/io/safetensors.hpp"
 #include "support/cli_test.hpp"
 #include "support/direct_filters.hpp"
-
-#define STB_IMAGE_STATIC
-#define STB_IMAGE_IMPLEMENTATION
-#include <stb/stb_image.h>
-
+#include "support/png_files.hpp"
 namespace attnlens {
 namespace {
 
@@ -145,6 +141,14 @@ TEST_F(CliDenoise, AddNoiseIsSeeded) {
   EXPECT_NEAR(sd, 25.0 / 255.0, 0.01);
   const CliRun run = run_cli("denoise --input " + input() + args + " --output " + out_path());
   EXPECT_NE(run.output.find("input:  PSNR"), std::string::npos) << run.output;
+}
+
+TEST_F(CliDenoise, PngBombIsOneLineAndExitCodeTwo) {
+  const std::string bomb = path("bomb.png");
+  std::ofstream(bomb, std::ios::binary) << testing::png_file(
+      testing::png_ihdr(8000, 8000, 8, 0), testing::png_zlib(std::string(8001, '\0')));
+  expect_bad_input("denoise --input " + bomb + " --method nlm --radius 2 --output " + out_path(),
+                   "8000 x 8000 = 64000000 pixels exceeds the limit of 33554432");
 }
 
 TEST_F(CliDenoise, BadInputIsOneLineAndExitCodeTwo) {
