@@ -53,6 +53,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -246,6 +247,14 @@ inline bool read_unsigned(const nlohmann::json& value, std::uint64_t& out, const
   }
   why = value.is_number() ? "not an integer" : "not a number";
   return false;
+}
+
+// "safetensors tensor '<name>'" in an error message; nothing is formatted until one is made.
+struct TensorLabel {
+  const std::string& name;
+};
+inline std::ostream& operator<<(std::ostream& out, const TensorLabel& label) {
+  return out << "safetensors tensor '" << label.name << "'";
 }
 
 // A file opened for reading, closed when it goes out of scope.
@@ -534,7 +543,7 @@ class SafeTensors {
   static TensorInfo read_entry(const std::string& name, const nlohmann::json& entry,
                                std::size_t data_size) {
     using detail::concat;
-    const std::string who = concat("safetensors tensor '", name, "'");
+    const detail::TensorLabel who{name};  // formatted only when an error names it
     if (!entry.is_object())
       throw IoError(concat(who, ": entry must be an object, got ", entry.type_name()));
 
@@ -673,11 +682,17 @@ class SafeTensorsWriter {
   }
 
   std::string bytes() const {
-    nlohmann::ordered_json header = nlohmann::ordered_json::object();
+    // The header object is written member by member: entries_ is sorted and its names unique,
+    // and an ordered_json object would look each name up in a list (quadratic in the count).
+    std::string text = "{";
+    const auto member = [&](const std::string& key, const nlohmann::ordered_json& value) {
+      if (text.size() > 1) text += ',';
+      text += nlohmann::json(key).dump() + ':' + value.dump();
+    };
     if (!metadata_.empty()) {
       nlohmann::ordered_json meta = nlohmann::ordered_json::object();
       for (const auto& [k, v] : metadata_) meta[k] = v;
-      header["__metadata__"] = std::move(meta);
+      member("__metadata__", meta);
     }
     std::size_t offset = 0;
     for (const auto& [name, entry] : entries_) {
@@ -689,9 +704,9 @@ class SafeTensorsWriter {
       info["data_offsets"] = {static_cast<std::uint64_t>(offset),
                               static_cast<std::uint64_t>(offset + entry.data.size())};
       offset += entry.data.size();
-      header[name] = std::move(info);
+      member(name, info);
     }
-    std::string text = header.dump();
+    text += '}';
     text.append((8 - text.size() % 8) % 8, ' ');
 
     std::string out;
