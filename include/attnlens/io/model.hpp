@@ -433,10 +433,23 @@ void load_encoder_weights(const SafeTensors& weights, TransformerEncoder<T>& enc
   }
 }
 
-// Writes an encoder model directory (created if needed) that load_encoder_model reads back.
+// The encoder's parameters under their state_dict names, as model.safetensors holds them.
 // Takes the encoder by value: for_each_parameter walks a mutable module.
 template <class T>
-void save_encoder_model(const EncoderModelConfig& config, TransformerEncoder<T> encoder,
+SafeTensorsWriter encoder_weights(TransformerEncoder<T> encoder) {
+  SafeTensorsWriter writer;
+  for_each_parameter(encoder, "", [&](const std::string& name, auto& p, const Shape& = {}) {
+    if constexpr (std::decay_t<decltype(p)>::ColsAtCompileTime == 1)
+      writer.add(name, Tensor<T>({p.size()}, std::vector<T>(p.data(), p.data() + p.size())));
+    else
+      writer.add(name, Tensor<T>::from_matrix(p));
+  });
+  return writer;
+}
+
+// Writes an encoder model directory (created if needed) that load_encoder_model reads back.
+template <class T>
+void save_encoder_model(const EncoderModelConfig& config, const TransformerEncoder<T>& encoder,
                         const std::string& directory) {
   std::error_code error;
   std::filesystem::create_directories(directory, error);
@@ -445,14 +458,7 @@ void save_encoder_model(const EncoderModelConfig& config, TransformerEncoder<T> 
   std::ofstream out(config_path, std::ios::binary);
   out << encoder_config_json(config);
   if (!out.flush()) throw IoError(detail::concat("cannot write '", config_path, "'"));
-  SafeTensorsWriter writer;
-  for_each_parameter(encoder, "", [&](const std::string& name, auto& p, const Shape& = {}) {
-    if constexpr (std::decay_t<decltype(p)>::ColsAtCompileTime == 1)
-      writer.add(name, Tensor<T>({p.size()}, std::vector<T>(p.data(), p.data() + p.size())));
-    else
-      writer.add(name, Tensor<T>::from_matrix(p));
-  });
-  writer.save(directory + "/" + k_weights_file);
+  encoder_weights(encoder).save(directory + "/" + k_weights_file);
 }
 
 namespace detail {
