@@ -192,29 +192,24 @@ TEST(ImageFilter, ExtremeParametersGiveTheirLimits) {
   for (const double tiny : {1e-160, 1e-300}) {
     SCOPED_TRACE(tiny);
     const Matrix<double> nlm = run(ImageFilterMethod::nlm, [&](auto& o) { o.h = tiny; });
-    EXPECT_LE((nlm - y).cwiseAbs().maxCoeff<Eigen::PropagateNaN>(), 1e-15);
+    ATTNLENS_EXPECT_CLOSE(nlm, y, 1e-15);
     const Matrix<double> bilateral = run(ImageFilterMethod::bilateral, [&](auto& o) {
       o.sigma_space = 2;
       o.sigma_range = tiny;
     });
-    EXPECT_LE((bilateral - y).cwiseAbs().maxCoeff<Eigen::PropagateNaN>(), 1e-15);
+    ATTNLENS_EXPECT_CLOSE(bilateral, y, 1e-15);
     ImageFilterOptions o;
     o.method = ImageFilterMethod::nlm;
     o.radius = 3;
     o.h = tiny;
     const Matrix<float> y_float = y.cast<float>();
-    EXPECT_LE(
-        (filter_image<float>(y_float, o) - y_float).cwiseAbs().maxCoeff<Eigen::PropagateNaN>(),
-        1e-7f);
+    ATTNLENS_EXPECT_CLOSE(filter_image<float>(y_float, o), y_float, 1e-7);
   }
   // A bandwidth so large that 1 / h^2 underflows to 0: every key in the window weighs the
   // same, the box filter (gaussian with a huge sigma_space).
   const Matrix<double> box =
       run(ImageFilterMethod::gaussian, [](auto& o) { o.sigma_space = 1e200; });
-  EXPECT_LE((run(ImageFilterMethod::nlm, [](auto& o) { o.h = 1e200; }) - box)
-                .cwiseAbs()
-                .maxCoeff<Eigen::PropagateNaN>(),
-            1e-15);
+  ATTNLENS_EXPECT_CLOSE(run(ImageFilterMethod::nlm, [](auto& o) { o.h = 1e200; }), box, 1e-15);
   // An infinite window is the whole image: radius INT64_MAX and sigma_space 1e300 (whose
   // ceil(3 s) does not fit an Index) give the global mean, as radius 11 does.
   const Matrix<double> global = Matrix<double>::Constant(9, 11, y.mean());
@@ -224,14 +219,14 @@ TEST(ImageFilter, ExtremeParametersGiveTheirLimits) {
       o.sigma_space = 1e300;
       o.radius = radius;
     });
-    EXPECT_LE((out - global).cwiseAbs().maxCoeff<Eigen::PropagateNaN>(), 1e-15);
+    ATTNLENS_EXPECT_CLOSE(out, global, 1e-15);
   }
   // Tiles larger than the image are the image.
   const Matrix<double> nlm = run(ImageFilterMethod::nlm, [](auto&) {});
   const Matrix<double> huge_tiles = run(ImageFilterMethod::nlm, [](auto& o) {
     o.fused.tiling = {std::numeric_limits<Index>::max(), std::numeric_limits<Index>::max()};
   });
-  EXPECT_LE((huge_tiles - nlm).cwiseAbs().maxCoeff<Eigen::PropagateNaN>(), 1e-15);
+  ATTNLENS_EXPECT_CLOSE(huge_tiles, nlm, 1e-15);
 }
 
 TEST(ImageFilter, SizesFromOptionsAreBoundedBeforeAllocation) {

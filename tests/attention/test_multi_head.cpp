@@ -714,5 +714,53 @@ TEST(MultiHeadAttentionVariants, CheckParametersNamesRhoAndFourierR) {
   testing::expect_error_naming<ShapeError>([&] { plain.check_parameters(); }, "rho");
 }
 
+// Weights large enough that q.k overflows float where PyTorch, which scales q by 1/sqrt(d)
+// first, stays finite: every engine scales q first too, so float agrees with double (whose range
+// holds q.k) to float precision, relative to the output's size. The weights are scaled so that
+// the largest |q.k| is twice float's maximum: 1/sqrt(d) = 1/4 brings it back in range.
+TEST(MultiHeadAttention, LargeProjectionsDoNotOverflowTheScores) {
+  const Index E = 32, H = 2, d = E / H;
+  Rng rng(19);
+  MultiHeadAttention<double> mha64({E, H}, rng);
+  const auto x64 = testing::random_tensor<double>({2, 5, E}, rng);
+  double largest = 0;  // max |q.k| of one head before the weights are scaled (no bias)
+  for (Index b = 0; b < 2; ++b) {
+    const Matrix<double> q = x64.matrix({b}) * mha64.in_proj_weight.topRows(E).transpose();
+    const Matrix<double> k = x64.matrix({b}) * mha64.in_proj_weight.middleRows(E, E).transpose();
+    for (Index h = 0; h < H; ++h)
+      largest = std::max(
+          largest,
+          (q.middleCols(h * d, d) * k.middleCols(h * d, d).transpose()).cwiseAbs().maxCoeff());
+  }
+  mha64.in_proj_weight *= std::sqrt(2.0 * std::numeric_limits<float>::max() / largest);
+  MultiHeadAttention<float> mha32({E, H}, rng);
+  mha32.in_proj_weight = mha64.in_proj_weight.cast<float>();
+  mha32.in_proj_bias = mha64.in_proj_bias.cast<float>();
+  mha32.out_proj.weight = mha64.out_proj.weight.cast<float>();
+  mha32.out_proj.bias = mha64.out_proj.bias.cast<float>();
+  Tensor<float> x32(x64.shape());
+  for (Index i = 0; i < x64.size(); ++i) x32.data()[i] = static_cast<float>(x64.data()[i]);
+  AttentionMask<double> causal64;
+  causal64.causal = true;
+  AttentionMask<float> causal32;
+  causal32.causal = true;
+  for (const auto engine : {AttentionEngine::fused, AttentionEngine::reference})
+    for (const bool masked : {false, true}) {
+      SCOPED_TRACE(::testing::Message()
+                   << (engine == AttentionEngine::fused ? "fused" : "reference")
+                   << (masked ? " causal" : ""));
+      MultiHeadForwardOptions options;
+      options.engine = engine;
+      const auto expected =
+          mha64.forward(x64, masked ? causal64 : AttentionMask<double>{}, options).output;
+      const auto actual =
+          mha32.forward(x32, masked ? causal32 : AttentionMask<float>{}, options).output;
+      const double size =
+          Eigen::Map<const Vector<double>>(expected.data(), expected.size()).cwiseAbs().maxCoeff();
+      ASSERT_GT(size, 1e15);
+      ATTNLENS_EXPECT_CLOSE(actual, expected, 1e-5 * size);
+    }
+}
+
 }  // namespace
 }  // namespace attnlens

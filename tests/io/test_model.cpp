@@ -660,12 +660,8 @@ TEST(ModelLimits, ConfigLargerThanItsWeightsFailsBeforeAllocation) {
   io::EncoderModelConfig config;
   config.encoder.layer = {8, 2, 16};
   Rng rng(3);
-  io::SafeTensorsWriter writer;
-  TransformerEncoder<float> small(config.encoder, rng);
-  for_each_parameter(small, "", [&](const std::string& name, auto& p, const Shape& = {}) {
-    writer.add(name, Tensor<float>({p.size()}, std::vector<float>(p.data(), p.data() + p.size())));
-  });
-  const auto weights = io::SafeTensors::parse(writer.bytes());
+  const auto weights = io::SafeTensors::parse(
+      io::encoder_weights(TransformerEncoder<float>(config.encoder, rng)).bytes());
   config.encoder.layer.d_model = 1'000'000'000;
   config.encoder.layer.nhead = 1;
   expect_error_naming<IoError>(
