@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Installs what is missing, then: the Release build and every test (ctest); the whole suite
-# again under AddressSanitizer + UndefinedBehaviorSanitizer; the safetensors fuzzer for
-# ATTNLENS_FUZZ_SECONDS (default 60) seconds.
+# Installs what is missing, then: the Release build and every test (ctest); the unit tests
+# again on the portable kernels (ATTNLENS_NO_AVX512=1: an AVX-512 machine would otherwise never
+# run them); the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer; the three
+# fuzzers (safetensors, PNG, config.json) for ATTNLENS_FUZZ_SECONDS (default 40) seconds each.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 # clang builds the sanitizer pass and the fuzzer; libomp-dev gives clang OpenMP like g++.
 ensure_packages "${build_packages[@]}" clang libclang-rt-14-dev libomp-dev
-fuzz_seconds=${ATTNLENS_FUZZ_SECONDS:-60}
+fuzz_seconds=${ATTNLENS_FUZZ_SECONDS:-40}
 started=$SECONDS
 step() { printf '\n== %s (%ds)\n' "$1" $((SECONDS - started)); }
 
@@ -27,6 +28,10 @@ tests_run() { sed -n 's/.*tests failed out of \([0-9]*\).*/\1/p' "$1"; }
 step "Release tests"
 run_ctest "$repo_root/build/release" "$logs/release.log"
 
+step "Release tests, portable kernels (ATTNLENS_NO_AVX512=1)"
+ATTNLENS_NO_AVX512=1 run_ctest "$repo_root/build/release" "$logs/portable.log" \
+  --label-exclude package
+
 step "Sanitizer build (address, undefined)"
 sanitize="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 # clang -O0 -g1: about a third of the CPU time of g++ -O1 for these Eigen-heavy tests (the
@@ -44,20 +49,28 @@ step "Fuzzer build (clang, libFuzzer)"
 configure_and_build "$repo_root/build/fuzz" -DCMAKE_CXX_COMPILER=clang++ \
   -DATTNLENS_BUILD_FUZZERS=ON -DATTNLENS_BUILD_TESTS=OFF -DATTNLENS_BUILD_BENCHMARKS=OFF \
   -DATTNLENS_BUILD_EXAMPLES=OFF
-step "Fuzzing safetensors for ${fuzz_seconds}s"
-mkdir "$logs/corpus"
-fuzz_status=0
-"$repo_root/build/fuzz/fuzz/fuzz_safetensors" -max_total_time="$fuzz_seconds" \
-  -dict="$repo_root/fuzz/safetensors.dict" -print_final_stats=1 \
-  "$logs/corpus" "$repo_root/fuzz/corpus" >"$logs/fuzz.log" 2>&1 || fuzz_status=$?
-grep -E "^(stat::number_of_executed_units|Done [0-9]+ runs)" "$logs/fuzz.log" || true
-if ((fuzz_status != 0)); then
-  tail -n 40 "$logs/fuzz.log"
-  echo "fuzz_safetensors failed (exit $fuzz_status)"
-  exit 1
-fi
+
+# fuzz NAME DICT CORPUS: one fuzzer for fuzz_seconds, on a copy of its committed seed corpus.
+fuzz() {
+  local name=$1 dict=$2 seeds=$3 status=0
+  step "Fuzzing $name for ${fuzz_seconds}s"
+  mkdir "$logs/corpus_$name"
+  "$repo_root/build/fuzz/fuzz/fuzz_$name" -max_total_time="$fuzz_seconds" \
+    -dict="$repo_root/fuzz/$dict" -print_final_stats=1 \
+    "$logs/corpus_$name" "$repo_root/fuzz/$seeds" >"$logs/fuzz_$name.log" 2>&1 || status=$?
+  grep -E "^(stat::number_of_executed_units|Done [0-9]+ runs)" "$logs/fuzz_$name.log" || true
+  if ((status != 0)); then
+    tail -n 40 "$logs/fuzz_$name.log"
+    echo "fuzz_$name failed (exit $status)"
+    exit 1
+  fi
+}
+fuzz safetensors safetensors.dict corpus
+fuzz png png.dict corpus_png
+fuzz model_config config.dict corpus_config
 
 step "All done"
-# Both ctest runs passed (set -e and pipefail stop on a failure), so every test counted passed.
-total=$(($(tests_run "$logs/release.log") + $(tests_run "$logs/sanitize.log")))
+# Every ctest run passed (set -e and pipefail stop on a failure), so every test counted passed.
+total=$(($(tests_run "$logs/release.log") + $(tests_run "$logs/portable.log") +
+  $(tests_run "$logs/sanitize.log")))
 echo "run-tests: $total passed, 0 failed"
