@@ -4,6 +4,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -68,6 +69,23 @@ inline void check_method_options(const DenoiseArguments& args) {
                         "'");
 }
 
+// Runs `make`, naming the command-line option in its ArgumentErrors where the library names
+// the ImageFilterOptions field: ImageFilterOptions::patch_radius is --patch-radius.
+template <class Make>
+auto with_option_names(Make&& make) {
+  try {
+    return make();
+  } catch (const ArgumentError& e) {
+    const std::string prefix = "ImageFilterOptions::";
+    std::string message = e.what();
+    if (message.compare(0, prefix.size(), prefix) != 0) throw;
+    const std::size_t end = message.find(':', prefix.size());
+    std::string option = "--" + message.substr(prefix.size(), end - prefix.size());
+    std::replace(option.begin(), option.end(), '_', '-');
+    throw ArgumentError(option + message.substr(end));
+  }
+}
+
 // The filter's memory in doubles, as an estimate in double (no overflow): the image, the
 // output and its boosting copies, and for nlm and attention one patch of (2 pr + 1)^2 pixels
 // per pixel.
@@ -105,13 +123,15 @@ inline void run(const DenoiseArguments& args) {
 
   ImageFilterOptions options = args.filter;
   options.fused.parallel.threads = args.threads;
-  check_image_filter_options(options);
-  check_image_filter_size(options, noisy.rows(), noisy.cols());
-  require_memory(
-      filter_bytes(options, noisy.rows(), noisy.cols()),
-      detail::concat("--method ", image_filter_name(options.method), " on ", noisy.rows(), " x ",
-                     noisy.cols(), " pixels with --patch-radius ", options.patch_radius));
-  const ImageFilter<double> filter(noisy, options);
+  const ImageFilter<double> filter = with_option_names([&] {
+    check_image_filter_options(options);
+    check_image_filter_size(options, noisy.rows(), noisy.cols());
+    require_memory(
+        filter_bytes(options, noisy.rows(), noisy.cols()),
+        detail::concat("--method ", image_filter_name(options.method), " on ", noisy.rows(), " x ",
+                       noisy.cols(), " pixels with --patch-radius ", options.patch_radius));
+    return ImageFilter<double>(noisy, options);
+  });
   const auto start = std::chrono::steady_clock::now();
   const Matrix<double> output = filter.run();
   const double seconds =

@@ -142,11 +142,11 @@ TEST_F(CliHostileInput, OptionSizesAreCheckedBeforeAllocation) {
                    "relative_attention_bias.weight");
   expect_bad_input("denoise --input " + picture() +
                        " --method nlm --radius 2 --patch-radius 1000 --output " + out_path(),
-                   "patch_radius: expected < 14");
+                   "--patch-radius: expected < 14 (the image's smaller side), got 1000");
   for (const std::string& radius : {k_int64_max, std::string("4611686018427387904")})
     expect_bad_input("denoise --input " + picture() + " --method nlm --radius 2 --patch-radius " +
                          radius + " --output " + out_path(),
-                     "patch_radius");
+                     "--patch-radius: expected < 14");
   // Oversized tiles are the whole problem: the same answer, not a huge workspace.
   for (const char* option : {"--key-block", "--query-tile"}) {
     const CliRun run =
@@ -180,6 +180,24 @@ TEST_F(CliHostileInput, VanishingBandwidthsAreTheIdentityFilter) {
     const Matrix<double> out = denoised(args);
     ATTNLENS_EXPECT_CLOSE(out, quantized, 1e-6);
   }
+}
+
+// Root cause 5: weights whose q.k overflows float before the 1/sqrt(d) (PyTorch scales q first
+// and stays finite; tests/reference/oracles/mha.py checks that forming q.k first overflows).
+TEST_F(CliHostileInput, LargeWeightsGivePyTorchsFiniteAnswer) {
+  const CliRun run = run_cli_limited(mha("large_weights") + " --num-heads 2 --need-weights");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const auto expected = testing::load_fixture("cli/mha_large_weights_expected.safetensors");
+  const auto actual = io::SafeTensors::load(out_path());
+  const Tensor<float> output = expected.get<float>("output");
+  const double size = Eigen::Map<const Vector<float>>(output.data(), output.size())
+                          .cwiseAbs()
+                          .cast<double>()
+                          .maxCoeff();
+  ASSERT_GT(size, 1e15);
+  // Float precision relative to the output's size: q.k near 1e38 rounds at 1e31.
+  ATTNLENS_EXPECT_CLOSE(actual.get<float>("output"), output, 1e-5 * size);
+  ATTNLENS_EXPECT_CLOSE(actual.get<float>("weights"), expected.get<float>("weights"), 1e-5);
 }
 
 // Root cause 6: input the chosen mode does not read is an error, not ignored.

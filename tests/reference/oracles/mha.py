@@ -408,3 +408,40 @@ for _case in CLI_CASES:
     fixture(f"cli/mha_{_case.name}")(functools.partial(cli_fixture, _case))
 
 
+
+
+@fixture("cli/mha_large_weights")
+def cli_large_weights() -> FixtureFiles:
+    """`attnlens mha` on float32 weights so large that q.k overflows float before 1/sqrt(d):
+    in_proj_weight is scaled until the largest |q.k| of a head is twice float's maximum.
+    PyTorch scales q first and stays finite; so must attnlens (issue 12)."""
+    case = MhaCase("cli_large_weights", 32, 2, 2, 6, 6)
+    seed = seed_of(case.name)
+    module = make_module(case, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    query = torch.randn(case.batch, case.tgt_len, case.embed_dim, generator=g, dtype=torch.float64)
+    E, H = case.embed_dim, case.num_heads
+    d = E // H
+    with torch.no_grad():
+        q = (query @ module.in_proj_weight[:E].T).view(case.batch, -1, H, d)
+        k = (query @ module.in_proj_weight[E:2 * E].T).view(case.batch, -1, H, d)
+        largest = torch.einsum("blhd,bshd->bhls", q, k).abs().max().item()
+        scale = math.sqrt(2.0 * torch.finfo(torch.float32).max / largest)
+        module.in_proj_weight.mul_(scale)
+    module = module.to(torch.float32)
+    query = query.to(torch.float32)
+    out, w = module(query, query, query, need_weights=True, average_attn_weights=False)
+    out, w = out.detach(), w.detach()
+    assert torch.isfinite(out).all() and torch.isfinite(w).all()
+    # Forming q.k before the scale overflows: the case tests what it says.
+    with torch.no_grad():
+        q32 = (query @ module.in_proj_weight[:E].T).view(case.batch, -1, H, d)
+        k32 = (query @ module.in_proj_weight[E:2 * E].T).view(case.batch, -1, H, d)
+        assert not torch.isfinite(torch.einsum("blhd,bshd->bhls", q32, k32)).all()
+    metadata = base_metadata()
+    metadata.update({"num_heads": str(H), "weight_scale": repr(scale)})
+    state = {k: v.detach() for k, v in module.state_dict().items()}
+    stem = "cli/mha_large_weights"
+    return {f"{stem}_weights.safetensors": (state, None),
+            f"{stem}_input.safetensors": ({"query": query}, None),
+            f"{stem}_expected.safetensors": ({"output": out, "weights": w}, metadata)}
