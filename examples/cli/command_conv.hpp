@@ -46,10 +46,10 @@ void run(const ConvArguments& args) {
       const double difference = std::abs(static_cast<double>(output.data()[i]) - direct.data()[i]);
       worst = std::isnan(difference) ? difference : std::max(worst, difference);
     }
-    std::cout << "max abs difference from the direct convolution: " << worst << '\n';
     if (!std::isfinite(worst))
       throw ArgumentError(
           detail::concat("--check: expected a finite output, got a difference of ", worst));
+    std::cout << "max abs difference from the direct convolution: " << worst << '\n';
   }
 }
 

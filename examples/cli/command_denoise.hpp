@@ -80,6 +80,7 @@ auto with_option_names(Make&& make) {
     std::string message = e.what();
     if (message.compare(0, prefix.size(), prefix) != 0) throw;
     const std::size_t end = message.find(':', prefix.size());
+    if (end == std::string::npos) throw;
     std::string option = "--" + message.substr(prefix.size(), end - prefix.size());
     std::replace(option.begin(), option.end(), '_', '-');
     throw ArgumentError(option + message.substr(end));

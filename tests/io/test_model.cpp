@@ -193,7 +193,8 @@ io::EncoderModelConfig position_config(const PositionOptions& position, bool lea
   return config;
 }
 
-TEST_F(Model, EveryPositionTypeRoundTripsThroughTheFormat) {
+// One sequence encoder position of each type, with its options away from their defaults.
+std::vector<PositionOptions> every_position_type() {
   std::vector<PositionOptions> cases(7);
   cases[0].type = PositionType::sinusoidal;
   cases[0].base = 500.0;
@@ -210,6 +211,11 @@ TEST_F(Model, EveryPositionTypeRoundTripsThroughTheFormat) {
   cases[5].causal = true;
   cases[6].type = PositionType::rope;
   cases[6].pairing = RopePairing::half;
+  return cases;
+}
+
+TEST_F(Model, EveryPositionTypeRoundTripsThroughTheFormat) {
+  const std::vector<PositionOptions> cases = every_position_type();
   Rng rng(42);
   const auto x = testing::random_tensor<double>({2, 7, 8}, rng);
   for (const auto& position : cases) {
@@ -631,15 +637,8 @@ Index matrix_parameter_count(TransformerEncoder<float>& encoder) {
 TEST(ModelLimits, MinimumParameterCountIsTheEncodersMatrices) {
   // The count that load_encoder_model holds against model.safetensors before it allocates must
   // never exceed what the encoder has: it is exactly its weight matrices and tables.
-  std::vector<PositionOptions> positions(6);
-  positions[1].type = PositionType::learned;
-  positions[1].max_len = 9;
-  positions[2].type = PositionType::shaw;
-  positions[2].max_relative_position = 3;
-  positions[3].type = PositionType::transformer_xl;
-  positions[4].type = PositionType::t5;
-  positions[4].num_buckets = 8;
-  positions[5].type = PositionType::rope;
+  std::vector<PositionOptions> positions = every_position_type();
+  positions.emplace_back();  // none
   for (const auto& position : positions)
     for (const bool bias : {true, false}) {
       SCOPED_TRACE(position_type_name(position.type));
@@ -672,7 +671,13 @@ TEST(ModelLimits, ConfigLargerThanItsWeightsFailsBeforeAllocation) {
   config.encoder.position.max_relative_position = std::numeric_limits<Index>::max();
   expect_error_naming<IoError>(
       [&] { io::encoder_from_weights<float>(config, weights, "c.json", "w.safetensors"); },
-      "c.json: the parameter count");
+      "c.json: position: max_relative_position: 2 x 9223372036854775807 overflows");
+  // Negative sizes count nothing here; the constructors name them before they allocate.
+  config.encoder.position.type = PositionType::t5;
+  config.encoder.position.num_buckets = -4;
+  expect_error_naming<IoError>(
+      [&] { io::encoder_from_weights<float>(config, weights, "c.json", "w.safetensors"); },
+      "c.json: T5BiasOptions::num_buckets: expected >= 4 (bidirectional), got -4");
 }
 
 }  // namespace

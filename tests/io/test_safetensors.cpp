@@ -4,6 +4,7 @@
 // must reject.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
@@ -672,8 +673,10 @@ TEST(SafeTensorsMalformed, NestingDeeperThanFormat) {
 // A file in the test's temporary directory holding `bytes`; removed with the object.
 class TempFile {
  public:
-  explicit TempFile(const std::string& bytes, const std::string& name = "attnlens_load.st")
-      : path_(std::filesystem::temp_directory_path() / name) {
+  explicit TempFile(const std::string& bytes)
+      : path_(std::filesystem::temp_directory_path() /
+              ("attnlens_load_" + std::to_string(getpid()) + "_" + std::to_string(count_++) +
+               ".st")) {
     std::FILE* f = std::fopen(path_.c_str(), "wb");
     std::fwrite(bytes.data(), 1, bytes.size(), f);
     std::fclose(f);
@@ -682,6 +685,7 @@ class TempFile {
   std::string path() const { return path_.string(); }
 
  private:
+  static inline int count_ = 0;  // files of one process get names of their own
   std::filesystem::path path_;
 };
 
@@ -707,7 +711,9 @@ TEST(SafeTensorsLoad, DevicesAndPipesAreReadOnlyAsFarAsTheHeaderClaims) {
   // A pipe has no size: the same file read through one loads the same tensors, and one that
   // ends early or goes on is named as such.
   const auto through_pipe = [](const std::string& bytes) {
-    const std::string fifo = (std::filesystem::temp_directory_path() / "attnlens_fifo").string();
+    const std::string fifo =
+        (std::filesystem::temp_directory_path() / ("attnlens_fifo_" + std::to_string(getpid())))
+            .string();
     std::filesystem::remove(fifo);
     EXPECT_EQ(mkfifo(fifo.c_str(), 0600), 0);
     std::thread writer([&] {

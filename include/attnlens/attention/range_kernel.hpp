@@ -64,11 +64,14 @@ void range_scores(const RangeKernel<T>& range, ConstMatrixRef<T> queries, ConstM
     case RangeKernelType::negative_squared_distance: {
       // |q - k|^2 = |q|^2 + |k|^2 - 2 q.k puts the work in one GEMM; rounding can make it
       // slightly negative for near-equal rows, and a distance is never negative. The scale
-      // multiplies the finished distance, so that equal rows score exactly 0 for any finite
-      // scale, up to the largest (a bandwidth near 0: scale * (|q|^2 - |q|^2) would be inf - inf).
+      // multiplies the finished distance, so that a scale up to the largest finite one (a
+      // bandwidth near 0) leaves equal rows at 0 or a rounding residue times it, the row's
+      // largest score, where scale * |q|^2 - scale * |q|^2 would be inf - inf. Scalar rows
+      // (pixels) give exactly 0: 2 (q q) - q^2 - q^2 rounds to nothing.
       scores.setZero();
-      gemm.add_product_transposed(T(2), queries, keys, scores);
-      for (Index c = 0; c < scores.cols(); ++c) scores.col(c).array() -= keys.row(c).squaredNorm();
+      gemm.add_product_transposed(T(1), queries, keys, scores);
+      for (Index c = 0; c < scores.cols(); ++c)
+        scores.col(c) = T(2) * scores.col(c).array() - keys.row(c).squaredNorm();
       for (Index r = 0; r < scores.rows(); ++r)
         scores.row(r).array() -= queries.row(r).squaredNorm();
       scores = range.scale * scores.cwiseMin(T(0));

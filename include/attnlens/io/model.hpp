@@ -471,35 +471,39 @@ inline Index minimum_parameter_count(const EncoderOptions& o, const std::string&
   if (layer.d_model <= 0 || layer.nhead <= 0 || layer.d_model % layer.nhead != 0 ||
       layer.dim_feedforward <= 0 || o.num_layers <= 0)
     return 0;
-  const std::string what = where + ": the parameter count";
-  const auto mul = [&](std::initializer_list<Index> sizes) {
-    return attnlens::detail::checked_product<IoError>(sizes, what);
+  // Each product is named by the keys it comes from, the sums by what they total.
+  const auto mul = [&](std::initializer_list<Index> sizes, const char* keys) {
+    return attnlens::detail::checked_product<IoError>(sizes, concat(where, ": ", keys));
   };
   const auto add = [&](Index a, Index b) {
-    return attnlens::detail::checked_add<IoError>(a, b, what);
+    return attnlens::detail::checked_add<IoError>(a, b, where + ": the parameter count");
   };
   const Index E = layer.d_model, head_dim = E / layer.nhead;
   // in_proj_weight (3E x E), out_proj.weight (E x E), linear1 and linear2 (FF x E each).
-  Index per_layer = add(mul({4, E, E}), mul({2, E, layer.dim_feedforward}));
+  Index per_layer = add(mul({4, E, E}, "4 d_model^2 (in_proj, out_proj)"),
+                        mul({2, E, layer.dim_feedforward}, "2 d_model dim_feedforward"));
   const PositionOptions& p = o.position;
   switch (p.type) {
-    case PositionType::shaw:  // relative_keys and relative_values, (2k + 1) x d each
-      per_layer = add(per_layer, mul({2,
-                                      attnlens::detail::checked_side<IoError>(
-                                          std::max<Index>(p.max_relative_position, 0), what),
-                                      head_dim}));
+    case PositionType::shaw: {  // relative_keys and relative_values, (2k + 1) x d each
+      const Index rows = attnlens::detail::checked_side<IoError>(
+          std::max<Index>(p.max_relative_position, 0),
+          concat(where, ": position: max_relative_position"));
+      per_layer = add(per_layer, mul({2, rows, head_dim}, "position: max_relative_position"));
       break;
+    }
     case PositionType::transformer_xl:  // r_net.weight, E x E
-      per_layer = add(per_layer, mul({E, E}));
+      per_layer = add(per_layer, mul({E, E}, "d_model^2 (r_net)"));
       break;
     case PositionType::t5:  // relative_attention_bias.weight, num_buckets x H
-      per_layer = add(per_layer, mul({std::max<Index>(p.num_buckets, 0), layer.nhead}));
+      per_layer = add(per_layer, mul({std::max<Index>(p.num_buckets, 0), layer.nhead},
+                                     "position: num_buckets x nhead"));
       break;
     default:
       break;
   }
-  Index total = mul({o.num_layers, per_layer});
-  if (p.type == PositionType::learned) total = add(total, mul({std::max<Index>(p.max_len, 0), E}));
+  Index total = mul({o.num_layers, per_layer}, "num_layers x the parameters of a layer");
+  if (p.type == PositionType::learned)
+    total = add(total, mul({std::max<Index>(p.max_len, 0), E}, "position: max_len x d_model"));
   return total;
 }
 

@@ -20,7 +20,6 @@
 #include <limits>
 #include <memory>
 #include <new>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -378,9 +377,20 @@ inline Matrix<double> read_png_gray(const std::string& path, const PngReadOption
   file.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   bytes.resize(static_cast<std::size_t>(file.gcount()));
   if (bytes == detail::k_png_signature) {
-    std::ostringstream rest;
-    rest << file.rdbuf();
-    bytes += rest.str();
+    // At most what a PNG of max_pixels can hold: its rows uncompressed (8 bytes a pixel,
+    // 16-bit RGBA, deflate's stored blocks add 5 bytes in 65535) plus 64 MiB of other chunks,
+    // so an endless or huge file is not read whole.
+    const double rows = 8.0 * static_cast<double>(options.max_pixels) * (1.0 + 5.0 / 65535.0) +
+                        static_cast<double>(1 << 24);
+    const auto limit = static_cast<std::size_t>(rows) + (std::size_t{1} << 26);
+    char buffer[1 << 16];
+    while (file.read(buffer, sizeof buffer) || file.gcount() > 0) {
+      bytes.append(buffer, static_cast<std::size_t>(file.gcount()));
+      if (bytes.size() > limit)
+        throw IoError(attnlens::detail::concat("png '", path, "': larger than ", limit,
+                                               " bytes, the most an image of at most ",
+                                               options.max_pixels, " pixels needs"));
+    }
   }
   if (file.bad()) throw IoError("png '" + path + "': cannot read the file");
   return decode_png_gray(bytes, path, options);

@@ -64,12 +64,11 @@ class T5RelativeBias final : public ScoreTerm<T> {
  public:
   // A zero table of the right shape: load relative_attention_bias.weight into it.
   explicit T5RelativeBias(const T5BiasOptions& options)
-      : relative_attention_bias(Matrix<T>::Zero(options.num_buckets, options.num_heads)),
+      : relative_attention_bias(Matrix<T>::Zero(checked(options).num_buckets, options.num_heads)),
         options_(options) {
-    detail::check_t5_options(options);
     // Beyond max_distance every offset of a sign shares the last bucket of that sign, so the
     // table needs no more than max_distance offsets a side, and no more than k_table_reach:
-    // the rare offsets beyond it (sequences longer than that) are computed when asked for.
+    // only a max_distance beyond it, on a sequence longer than it, computes buckets.
     reach_ = std::min(options.max_distance, k_table_reach);
     for (Index offset = -reach_; offset <= reach_; ++offset)
       buckets_.push_back(t5_relative_position_bucket(offset, options));
@@ -77,11 +76,10 @@ class T5RelativeBias final : public ScoreTerm<T> {
 
   const T5BiasOptions& options() const { return options_; }
   Index bucket(Index relative_position) const {
-    if (relative_position < -reach_ || relative_position > reach_) {
-      const Index limit = options_.max_distance;
-      return t5_relative_position_bucket(std::clamp(relative_position, -limit, limit), options_);
-    }
-    return buckets_[static_cast<std::size_t>(relative_position + reach_)];
+    const Index limit = options_.max_distance;
+    const Index offset = std::clamp(relative_position, -limit, limit);
+    if (offset < -reach_ || offset > reach_) return t5_relative_position_bucket(offset, options_);
+    return buckets_[static_cast<std::size_t>(offset + reach_)];
   }
 
   void check(const ScoreShape& shape) const override {
@@ -103,6 +101,12 @@ class T5RelativeBias final : public ScoreTerm<T> {
 
  private:
   static constexpr Index k_table_reach = 1 << 16;
+
+  // The options, checked before the table is allocated from them.
+  static const T5BiasOptions& checked(const T5BiasOptions& options) {
+    detail::check_t5_options(options);
+    return options;
+  }
 
   T5BiasOptions options_;
   Index reach_ = 0;             // min(max_distance, k_table_reach)
