@@ -509,11 +509,9 @@ inline Index minimum_parameter_count(const EncoderOptions& o, const std::string&
 
 inline Index element_count(const SafeTensors& weights) {
   Index count = 0;
-  for (const auto& name : weights.names()) {
-    Index n = 1;
-    for (Index extent : weights.info(name).shape) n *= extent;  // the reader checked overflow
-    count += n;                                                 // at most the file's size in bytes
-  }
+  // The reader checked each shape's count; their sum is at most the file's size in bytes.
+  for (const auto& name : weights.names())
+    count += attnlens::detail::shape_size(weights.info(name).shape);
   return count;
 }
 
