@@ -9,7 +9,7 @@
 #include <fstream>
 #include <string>
 
-#include "attnlens/attention/image_quality.hpp"
+#include "attnlens/image/image_quality.hpp"
 #include "attnlens/io/png.hpp"  // and stb_image, to read the tool's PNG output
 #include "attnlens/io/safetensors.hpp"
 #include "support/cli_test.hpp"

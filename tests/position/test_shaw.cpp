@@ -5,7 +5,7 @@
 #include <limits>
 
 #include "attnlens/attention/multi_head.hpp"
-#include "attnlens/attention/reference_engine.hpp"
+#include "attnlens/kernel/reference_engine.hpp"
 #include "attnlens/position/shaw.hpp"
 #include "support/scalar_types.hpp"
 #include "support/score_terms.hpp"

@@ -7,7 +7,7 @@
 #include <string>
 #include <type_traits>
 
-#include "attnlens/attention/score_term.hpp"
+#include "attnlens/kernel/score_term.hpp"
 #include "attnlens/core/tensor.hpp"
 #include "support/expect_error.hpp"
 #include "support/fixtures.hpp"

@@ -8,7 +8,7 @@
 
 #include <utility>
 
-#include "attnlens/attention/query_key_transform.hpp"
+#include "attnlens/kernel/query_key_transform.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
 

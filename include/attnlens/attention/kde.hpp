@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "attnlens/attention/query_key_transform.hpp"
+#include "attnlens/kernel/query_key_transform.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
 

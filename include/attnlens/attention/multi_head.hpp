@@ -14,15 +14,15 @@
 #include <type_traits>
 #include <vector>
 
-#include "attnlens/attention/distance_kernel.hpp"
+#include "attnlens/position/distance_kernel.hpp"
 #include "attnlens/attention/elliptical.hpp"
-#include "attnlens/attention/fused_engine.hpp"
+#include "attnlens/kernel/fused_engine.hpp"
 #include "attnlens/attention/kde.hpp"
-#include "attnlens/attention/mask.hpp"
-#include "attnlens/attention/query_key_transform.hpp"
-#include "attnlens/attention/reference_engine.hpp"
-#include "attnlens/attention/score_term.hpp"
-#include "attnlens/attention/value_term.hpp"
+#include "attnlens/kernel/mask.hpp"
+#include "attnlens/kernel/query_key_transform.hpp"
+#include "attnlens/kernel/reference_engine.hpp"
+#include "attnlens/kernel/score_term.hpp"
+#include "attnlens/kernel/value_term.hpp"
 #include "attnlens/attention/variant.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/init.hpp"

@@ -8,11 +8,11 @@
 #include <cmath>
 #include <string>
 
-#include "attnlens/attention/distance_kernel.hpp"
-#include "attnlens/attention/reference_engine.hpp"
+#include "attnlens/position/distance_kernel.hpp"
+#include "attnlens/kernel/reference_engine.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
-#include "attnlens/position/grid2d.hpp"
+#include "attnlens/core/grid2d.hpp"
 
 namespace attnlens {
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <utility>
 
-#include "attnlens/attention/mask.hpp"
+#include "attnlens/kernel/mask.hpp"
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/attention/variant.hpp"
 #include "attnlens/blocks/position_encoding.hpp"

@@ -19,7 +19,7 @@
 #include "attnlens/core/types.hpp"
 #include "attnlens/position/absolute.hpp"
 #include "attnlens/position/alibi.hpp"
-#include "attnlens/position/grid2d.hpp"
+#include "attnlens/core/grid2d.hpp"
 #include "attnlens/position/learned_2d.hpp"
 #include "attnlens/position/quadratic.hpp"
 #include "attnlens/position/rope.hpp"

@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "attnlens/attention/mask.hpp"
+#include "attnlens/kernel/mask.hpp"
 #include "attnlens/attention/variant.hpp"
 #include "attnlens/blocks/encoder.hpp"
 #include "attnlens/blocks/encoder_layer.hpp"

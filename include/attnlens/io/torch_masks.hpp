@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-#include "attnlens/attention/mask.hpp"
+#include "attnlens/kernel/mask.hpp"
 #include "attnlens/io/safetensors.hpp"
 
 namespace attnlens::io {

@@ -6,9 +6,9 @@
 #include <cmath>
 #include <cstdlib>
 
-#include "attnlens/attention/score_term.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
+#include "attnlens/kernel/score_term.hpp"
 
 namespace attnlens {
 

@@ -9,7 +9,7 @@
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/init.hpp"
 #include "attnlens/core/types.hpp"
-#include "attnlens/position/grid2d.hpp"
+#include "attnlens/position/relative_grid_term.hpp"
 
 namespace attnlens {
 

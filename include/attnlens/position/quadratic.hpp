@@ -7,7 +7,7 @@
 
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
-#include "attnlens/position/grid2d.hpp"
+#include "attnlens/position/relative_grid_term.hpp"
 
 namespace attnlens {
 

@@ -7,9 +7,9 @@
 #include <cmath>
 #include <vector>
 
-#include "attnlens/attention/query_key_transform.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
+#include "attnlens/kernel/query_key_transform.hpp"
 
 namespace attnlens {
 

@@ -7,12 +7,12 @@
 #include <algorithm>
 #include <cmath>
 
-#include "attnlens/attention/score_term.hpp"
-#include "attnlens/attention/value_term.hpp"
 #include "attnlens/core/checked.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/init.hpp"
 #include "attnlens/core/types.hpp"
+#include "attnlens/kernel/score_term.hpp"
+#include "attnlens/kernel/value_term.hpp"
 
 namespace attnlens {
 

@@ -7,9 +7,9 @@
 #include <type_traits>
 
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/grid2d.hpp"
 #include "attnlens/core/types.hpp"
 #include "attnlens/position/absolute.hpp"
-#include "attnlens/position/grid2d.hpp"
 
 namespace attnlens {
 

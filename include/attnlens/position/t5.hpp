@@ -8,9 +8,9 @@
 #include <cstdlib>
 #include <vector>
 
-#include "attnlens/attention/score_term.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
+#include "attnlens/kernel/score_term.hpp"
 
 namespace attnlens {
 

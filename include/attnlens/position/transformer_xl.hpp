@@ -5,9 +5,9 @@
 
 #include <cmath>
 
-#include "attnlens/attention/score_term.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
+#include "attnlens/kernel/score_term.hpp"
 #include "attnlens/layers/linear.hpp"
 #include "attnlens/position/sinusoidal.hpp"
 

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "attnlens/attention/score_term.hpp"
+#include "attnlens/kernel/score_term.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/tensor.hpp"
 

@@ -2,8 +2,8 @@
 // weights. A term adding A C equals attention over the values V + C.
 #include <gtest/gtest.h>
 
-#include "attnlens/attention/reference_engine.hpp"
-#include "attnlens/attention/value_term.hpp"
+#include "attnlens/kernel/reference_engine.hpp"
+#include "attnlens/kernel/value_term.hpp"
 #include "attnlens/core/init.hpp"
 #include "support/fixtures.hpp"
 

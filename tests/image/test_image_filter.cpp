@@ -6,8 +6,8 @@
 #include <cmath>
 #include <limits>
 
-#include "attnlens/attention/image_filter.hpp"
-#include "attnlens/attention/image_quality.hpp"
+#include "attnlens/image/image_filter.hpp"
+#include "attnlens/image/image_quality.hpp"
 #include "support/compare.hpp"
 #include "support/direct_filters.hpp"
 #include "support/expect_error.hpp"

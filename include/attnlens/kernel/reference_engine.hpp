@@ -7,11 +7,11 @@
 #include <cmath>
 #include <limits>
 
-#include "attnlens/attention/mask.hpp"
-#include "attnlens/attention/range_kernel.hpp"
-#include "attnlens/attention/score_term.hpp"
-#include "attnlens/attention/value_term.hpp"
-#include "attnlens/attention/window.hpp"
+#include "attnlens/kernel/mask.hpp"
+#include "attnlens/kernel/range_kernel.hpp"
+#include "attnlens/kernel/score_term.hpp"
+#include "attnlens/kernel/value_term.hpp"
+#include "attnlens/kernel/window.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/softmax.hpp"
 #include "attnlens/core/types.hpp"

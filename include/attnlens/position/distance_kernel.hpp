@@ -9,10 +9,11 @@
 #include <optional>
 #include <utility>
 
-#include "attnlens/attention/score_term.hpp"
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/grid2d.hpp"
+#include "attnlens/core/softplus.hpp"
 #include "attnlens/core/types.hpp"
-#include "attnlens/position/grid2d.hpp"
+#include "attnlens/kernel/score_term.hpp"
 
 namespace attnlens {
 
@@ -28,19 +29,6 @@ struct DistanceKernelOptions {
   std::optional<Grid2d> grid = {};
   Index leading = 0;  // 1-D only: tokens 0 .. leading-1 have no position (a CLS token)
 };
-
-// softplus(x) = log(1 + e^x), without overflow for large x.
-template <class T>
-T softplus(T x) {
-  return std::max(x, T(0)) + std::log1p(std::exp(-std::abs(x)));
-}
-
-// The x with softplus(x) = y, for y > 0.
-template <class T>
-T inverse_softplus(T y) {
-  detail::require_argument(y > T(0), "inverse_softplus argument", "> 0", y);
-  return y > T(30) ? y : std::log(std::expm1(y));
-}
 
 template <class T>
 class DistanceKernel final : public ScoreTerm<T> {

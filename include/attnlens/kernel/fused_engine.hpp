@@ -14,8 +14,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "attnlens/attention/reference_engine.hpp"
-#include "attnlens/attention/window.hpp"
+#include "attnlens/kernel/reference_engine.hpp"
+#include "attnlens/kernel/window.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/gemm.hpp"
 #include "attnlens/core/parallel.hpp"

@@ -11,16 +11,16 @@
 #include <string>
 #include <utility>
 
-#include "attnlens/attention/distance_kernel.hpp"
-#include "attnlens/attention/fused_engine.hpp"
-#include "attnlens/attention/range_kernel.hpp"
-#include "attnlens/attention/reference_engine.hpp"
-#include "attnlens/attention/score_term.hpp"
-#include "attnlens/attention/window.hpp"
+#include "attnlens/position/distance_kernel.hpp"
+#include "attnlens/kernel/fused_engine.hpp"
+#include "attnlens/kernel/range_kernel.hpp"
+#include "attnlens/kernel/reference_engine.hpp"
+#include "attnlens/kernel/score_term.hpp"
+#include "attnlens/kernel/window.hpp"
 #include "attnlens/core/checked.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
-#include "attnlens/position/grid2d.hpp"
+#include "attnlens/core/grid2d.hpp"
 
 namespace attnlens {
 

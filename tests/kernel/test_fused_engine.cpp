@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "attnlens/attention/fused_engine.hpp"
+#include "attnlens/kernel/fused_engine.hpp"
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/core/init.hpp"
 #include "attnlens/position/alibi.hpp"

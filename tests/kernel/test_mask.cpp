@@ -3,7 +3,7 @@
 #include <limits>
 #include <string>
 
-#include "attnlens/attention/mask.hpp"
+#include "attnlens/kernel/mask.hpp"
 
 namespace attnlens {
 namespace {

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <limits>
 
-#include "attnlens/attention/distance_kernel.hpp"
+#include "attnlens/position/distance_kernel.hpp"
 #include "support/blocks.hpp"
 #include "support/compare.hpp"
 

@@ -3,7 +3,7 @@
 #include <cmath>
 #include <limits>
 
-#include "attnlens/attention/reference_engine.hpp"
+#include "attnlens/kernel/reference_engine.hpp"
 #include "attnlens/core/init.hpp"
 #include "support/compare.hpp"
 #include "support/random_head.hpp"

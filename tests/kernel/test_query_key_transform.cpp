@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "attnlens/attention/multi_head.hpp"
-#include "attnlens/attention/query_key_transform.hpp"
+#include "attnlens/kernel/query_key_transform.hpp"
 #include "support/fixtures.hpp"
 
 namespace attnlens {

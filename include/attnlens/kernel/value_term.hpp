@@ -6,7 +6,7 @@
 #include <memory>
 #include <vector>
 
-#include "attnlens/attention/score_term.hpp"
+#include "attnlens/kernel/score_term.hpp"
 #include "attnlens/core/types.hpp"
 
 namespace attnlens {

@@ -9,10 +9,10 @@
 #include <optional>
 #include <utility>
 
-#include "attnlens/attention/score_term.hpp"
+#include "attnlens/kernel/score_term.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
-#include "attnlens/position/grid2d.hpp"
+#include "attnlens/core/grid2d.hpp"
 
 namespace attnlens {
 
@@ -47,17 +47,6 @@ inline void check_window(const LocalWindow& window, const ScoreShape& shape) {
   window.grid->check("LocalWindow::grid");
   window.grid->check_tokens(shape.queries, "queries of a 2-D LocalWindow");
   window.grid->check_tokens(shape.keys, "keys of a 2-D LocalWindow");
-}
-
-// Whether key j is in the window of query i.
-inline bool in_window(const LocalWindow& window, Index i, Index j) {
-  if (!window.active()) return true;
-  if (!window.grid) return std::abs(j - i) <= window.radius;
-  const Grid2d& grid = *window.grid;
-  if (!grid.has_position(i) || !grid.has_position(j)) return true;
-  const auto [ri, ci] = detail::grid_cell(grid, i);
-  const auto [rj, cj] = detail::grid_cell(grid, j);
-  return std::abs(rj - ri) <= window.radius && std::abs(cj - ci) <= window.radius;
 }
 
 // Query tiles of at most `tile` rows. Under a 2-D window a tile never crosses a grid row, so

@@ -1,0 +1,25 @@
+// softplus(x) = log(1 + e^x) and its inverse: how attnlens keeps a learned width positive
+// (bilateral attention's sigma_h = softplus(rho_h), MATH.md section 2).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+
+#include "attnlens/core/errors.hpp"
+
+namespace attnlens {
+
+// softplus(x) = log(1 + e^x), without overflow for large x.
+template <class T>
+T softplus(T x) {
+  return std::max(x, T(0)) + std::log1p(std::exp(-std::abs(x)));
+}
+
+// The x with softplus(x) = y, for y > 0.
+template <class T>
+T inverse_softplus(T y) {
+  detail::require_argument(y > T(0), "inverse_softplus argument", "> 0", y);
+  return y > T(30) ? y : std::log(std::expm1(y));
+}
+
+}  // namespace attnlens
