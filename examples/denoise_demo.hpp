@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "attnlens/attention/image_filter.hpp"
-#include "attnlens/attention/image_quality.hpp"
+#include "attnlens/image/image_filter.hpp"
+#include "attnlens/image/image_quality.hpp"
 #include "attnlens/core/init.hpp"
 #include "attnlens/io/png.hpp"
 

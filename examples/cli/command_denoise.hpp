@@ -13,8 +13,8 @@
 #include <memory>
 #include <string>
 
-#include "attnlens/attention/image_filter.hpp"
-#include "attnlens/attention/image_quality.hpp"
+#include "attnlens/image/image_filter.hpp"
+#include "attnlens/image/image_quality.hpp"
 #include "attnlens/core/init.hpp"
 #include "attnlens/io/png.hpp"
 #include "attnlens/io/safetensors.hpp"
