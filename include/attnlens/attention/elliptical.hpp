@@ -8,9 +8,9 @@
 
 #include <utility>
 
-#include "attnlens/kernel/query_key_transform.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
+#include "attnlens/kernel/query_key_transform.hpp"
 
 namespace attnlens {
 

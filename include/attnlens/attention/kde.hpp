@@ -6,10 +6,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
-#include "attnlens/kernel/query_key_transform.hpp"
+#include "attnlens/attention/plan.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
+#include "attnlens/kernel/query_key_transform.hpp"
 
 namespace attnlens {
 
@@ -78,5 +80,38 @@ void robust_kde_key_weights(ConstMatrixRef<T> keys, ConstMatrixRef<T> values, T 
   joint << keys, values;
   huber_kde_weights<T>(joint, scale, a, key_value_weights);
 }
+
+// Robust KDE's per-key weights as a plan's KeyWeighting: the Huber weights of the head's real
+// keys (padding gets weight 0 and never enters the estimate of the mean), w from [k; v] in the
+// numerator and u from the keys in the denominator.
+template <class T>
+class HuberKeyWeighting final : public KeyWeighting<T> {
+ public:
+  HuberKeyWeighting(T scale, T a) : scale_(scale), a_(a) {}
+
+  void weights(ConstMatrixRef<T> keys, ConstMatrixRef<T> values, const std::vector<char>& real,
+               Vector<T>& numerator, Vector<T>& denominator) const override {
+    std::vector<Index> kept;
+    for (Index j = 0; j < keys.rows(); ++j)
+      if (real[static_cast<std::size_t>(j)]) kept.push_back(j);
+    const auto n = static_cast<Index>(kept.size());
+    Matrix<T> real_keys(n, keys.cols()), real_values(n, values.cols());
+    for (Index r = 0; r < n; ++r) {
+      real_keys.row(r) = keys.row(kept[static_cast<std::size_t>(r)]);
+      real_values.row(r) = values.row(kept[static_cast<std::size_t>(r)]);
+    }
+    Vector<T> wk, wkv;
+    robust_kde_key_weights<T>(real_keys, real_values, scale_, a_, wk, wkv);
+    numerator = Vector<T>::Zero(keys.rows());
+    denominator = Vector<T>::Zero(keys.rows());
+    for (Index r = 0; r < n; ++r) {
+      numerator[kept[static_cast<std::size_t>(r)]] = wkv[r];
+      denominator[kept[static_cast<std::size_t>(r)]] = wk[r];
+    }
+  }
+
+ private:
+  T scale_, a_;
+};
 
 }  // namespace attnlens

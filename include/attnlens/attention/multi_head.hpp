@@ -2,33 +2,32 @@
 // layouts and semantics (MATH.md section 1): packed or separate q/k/v projections, kdim/vdim,
 // bias on or off, self- and cross-attention, typed masks, per-head or averaged weights.
 // Position encodings plug in as score terms, query/key transforms and value terms; the
-// attention variants of MATH.md section 2 (bilateral, KDE, robust KDE, FourierFormer,
-// elliptical, NeuTRENO, boosting) are chosen in the options and map to kernel factors.
-// Heads run in parallel across batch x heads.
+// attention variant chosen in the options (MATH.md section 2) becomes a plan of further kernel
+// factors for each call (attention/variant.hpp), which the module executes without knowing
+// which variant it is. Heads run in parallel across batch x heads.
 #pragma once
 
 #include <cmath>
-#include <memory>
-#include <optional>
+#include <cstddef>
 #include <string>
-#include <type_traits>
 #include <vector>
 
-#include "attnlens/position/distance_kernel.hpp"
-#include "attnlens/attention/elliptical.hpp"
+#include "attnlens/attention/plan.hpp"
+#include "attnlens/attention/variant.hpp"
+#include "attnlens/core/errors.hpp"
+#include "attnlens/core/gemm.hpp"
+#include "attnlens/core/init.hpp"
+#include "attnlens/core/parallel.hpp"
+#include "attnlens/core/tensor.hpp"
+#include "attnlens/core/types.hpp"
+#include "attnlens/kernel/attention_kernel.hpp"
+#include "attnlens/kernel/factor.hpp"
 #include "attnlens/kernel/fused_engine.hpp"
-#include "attnlens/attention/kde.hpp"
 #include "attnlens/kernel/mask.hpp"
 #include "attnlens/kernel/query_key_transform.hpp"
 #include "attnlens/kernel/reference_engine.hpp"
 #include "attnlens/kernel/score_term.hpp"
 #include "attnlens/kernel/value_term.hpp"
-#include "attnlens/attention/variant.hpp"
-#include "attnlens/core/errors.hpp"
-#include "attnlens/core/init.hpp"
-#include "attnlens/core/parallel.hpp"
-#include "attnlens/core/tensor.hpp"
-#include "attnlens/core/types.hpp"
 #include "attnlens/layers/linear.hpp"
 
 namespace attnlens {
@@ -68,15 +67,6 @@ struct MultiHeadForwardOptions {
   bool return_values = false;
 };
 
-// Projected values of other layers of a stack, for the variants that read them (B*S x E each,
-// one token per row, as MultiHeadOutput::values). Null means "this is the stack's first layer":
-// NeuTRENO then adds no term and elliptical uses the metric m = 1.
-template <class T>
-struct StackValues {
-  const Matrix<T>* first = nullptr;     // V^0, the first layer's values (NeuTRENO)
-  const Matrix<T>* previous = nullptr;  // V^{l-1}, the previous layer's values (elliptical)
-};
-
 template <class T>
 struct MultiHeadOutput {
   Tensor<T> output;   // B x L x E (L x E for an unbatched call)
@@ -89,15 +79,23 @@ struct MultiHeadOutput {
 // What a backward pass needs from a forward pass; filled when passed to forward().
 template <class T>
 struct MultiHeadCache {
-  Matrix<T> queries;  // B*L x E, projected, after the query/key transforms
-  Matrix<T> keys;     // B*S x E, projected, after the query/key transforms
-  Matrix<T> values;   // B*S x E, projected
+  Matrix<T> query_input;  // B*L x E, the call's query (and key, value: B*S x kdim, vdim)
+  Matrix<T> key_input;
+  Matrix<T> value_input;
+  Matrix<T> projected_queries;  // B*L x E, before the query/key transforms
+  Matrix<T> projected_keys;     // B*S x E, before the query/key transforms (KDE normalizes them)
+  Matrix<T> queries;            // B*L x E, projected, after the query/key transforms
+  Matrix<T> keys;               // B*S x E, projected, after the query/key transforms
+  Matrix<T> values;             // B*S x E, projected
+  AttentionPlan<T> plan;        // the call's plan: its factors (the elliptical metric, ...)
+  // Per-key weights of each (sequence, head), index b * H + h, S entries (robust KDE's).
+  std::vector<Vector<T>> numerator_key_weights, denominator_key_weights;
   Tensor<T> weights;  // B x H x L x S
-  Matrix<T> context;  // B*L x E, concat_h(A_h V_h), before out_proj
+  Matrix<T> context;  // B*L x E, concat_h(A_h V_h) (+ the plan's context term), before out_proj
 };
 
 template <class T>
-class MultiHeadAttention {
+class MultiHeadAttention : public VariantParameters<T> {
   MultiHeadAttentionOptions options_;  // first: checked before any member is sized from it
 
  public:
@@ -123,6 +121,26 @@ class MultiHeadAttention {
     reset_parameters(rng);
   }
 
+  // Copies are deep: the copy's score terms, transforms and value terms are copies too (a term
+  // in two lists stays one term), so a copy never shares a table with the original.
+  MultiHeadAttention(const MultiHeadAttention& other)
+      : VariantParameters<T>(other),
+        options_(other.options_),
+        in_proj_weight(other.in_proj_weight),
+        in_proj_bias(other.in_proj_bias),
+        q_proj_weight(other.q_proj_weight),
+        k_proj_weight(other.k_proj_weight),
+        v_proj_weight(other.v_proj_weight),
+        out_proj(other.out_proj) {
+    copy_factors(other);
+  }
+  MultiHeadAttention& operator=(const MultiHeadAttention& other) {
+    if (this != &other) *this = MultiHeadAttention(other);
+    return *this;
+  }
+  MultiHeadAttention(MultiHeadAttention&&) = default;
+  MultiHeadAttention& operator=(MultiHeadAttention&&) = default;
+
   // As nn.MultiheadAttention._reset_parameters: xavier-uniform projections, zero biases,
   // out_proj.weight as nn.Linear.
   void reset_parameters(Rng& rng) {
@@ -139,14 +157,9 @@ class MultiHeadAttention {
     reset_variant_parameters();
   }
 
-  // The variant's learned parameters at their initial values (the constructor sets them too):
-  // rho_h with softplus(rho_h) = sigma_init (bilateral), R = 1 (fourier).
+  // The variant's learned parameters at their initial values (the constructor sets them too).
   void reset_variant_parameters() {
-    const auto& v = options_.variant;
-    rho = v.type == AttentionVariantType::bilateral
-              ? Vector<T>::Constant(num_heads(), inverse_softplus(static_cast<T>(v.sigma_init)))
-              : Vector<T>();
-    fourier_r = v.type == AttentionVariantType::fourier ? Vector<T>::Ones(1) : Vector<T>();
+    VariantParameters<T>::reset_variant_parameters(options_.variant, num_heads());
   }
 
   Index embed_dim() const { return options_.embed_dim; }
@@ -159,13 +172,9 @@ class MultiHeadAttention {
   bool packed() const { return kdim() == embed_dim() && vdim() == embed_dim(); }
   const MultiHeadAttentionOptions& options() const { return options_; }
   const AttentionVariantOptions& variant() const { return options_.variant; }
-  // sigma_h = softplus(rho_h) of the bilateral variant.
-  Vector<T> bilateral_sigma() const {
-    return rho.unaryExpr([](T x) { return softplus(x); });
-  }
 
   // Cross-attention: query B x L x E, key B x S x kdim, value B x S x vdim (or unbatched
-  // L x E, S x kdim, S x vdim). `stack` passes other layers' values to NeuTRENO / elliptical.
+  // L x E, S x kdim, S x vdim). `stack` passes other layers' values to the plans that read them.
   MultiHeadOutput<T> forward(const Tensor<T>& query, const Tensor<T>& key, const Tensor<T>& value,
                              const AttentionMask<T>& mask = {},
                              const MultiHeadForwardOptions& options = {},
@@ -174,6 +183,11 @@ class MultiHeadAttention {
     const Dims dims = check_inputs(query, key, value);
     MultiHeadCache<T> local;
     MultiHeadCache<T>& state = cache ? *cache : local;
+    if (cache) {
+      state.query_input = ConstMatrixMap<T>(query.data(), dims.batch * dims.tgt_len, embed_dim());
+      state.key_input = ConstMatrixMap<T>(key.data(), dims.batch * dims.src_len, kdim());
+      state.value_input = ConstMatrixMap<T>(value.data(), dims.batch * dims.src_len, vdim());
+    }
     project(query, key, value, &query == &key && &key == &value, dims, options.parallel, state);
     return attend(dims, mask, options, cache != nullptr, stack, state);
   }
@@ -205,31 +219,17 @@ class MultiHeadAttention {
     detail::require_shape(out_proj.bias.size() == (has_bias() ? E : 0), "out_proj.bias",
                           has_bias() ? detail::concat("[", E, "]") : "no bias",
                           detail::concat("[", out_proj.bias.size(), "]"));
-    const auto type = options_.variant.type;
-    const Index rho_size = type == AttentionVariantType::bilateral ? num_heads() : 0;
-    detail::require_shape(rho.size() == rho_size, "rho",
-                          rho_size ? detail::concat("[", rho_size, "] (one per head)")
-                                   : "[0] (the variant is not bilateral)",
-                          detail::concat("[", rho.size(), "]"));
-    detail::require_argument(rho.allFinite(), "rho", "finite values", rho.transpose());
-    const Index r_size = type == AttentionVariantType::fourier ? 1 : 0;
-    detail::require_shape(fourier_r.size() == r_size, "fourier_r",
-                          r_size ? "[1]" : "[0] (the variant is not fourier)",
-                          detail::concat("[", fourier_r.size(), "]"));
-    detail::require_argument(fourier_r.allFinite(), "fourier_r", "a finite value",
-                             fourier_r.transpose());
+    this->check_variant_parameters(options_.variant, num_heads());
   }
 
-  // Parameters, named as in PyTorch's state_dict.
+  // Parameters, named as in PyTorch's state_dict; the variant's (rho, fourier_r) come from
+  // VariantParameters.
   Matrix<T> in_proj_weight;  // 3E x E when packed(), else empty
   Vector<T> in_proj_bias;    // 3E, or empty without bias
   Matrix<T> q_proj_weight;   // E x E when !packed()
   Matrix<T> k_proj_weight;   // E x kdim when !packed()
   Matrix<T> v_proj_weight;   // E x vdim when !packed()
   Linear<T> out_proj;        // E -> E
-  // Learned parameters of the variants (empty for the others):
-  Vector<T> rho;        // bilateral: H entries, sigma_h = softplus(rho_h)
-  Vector<T> fourier_r;  // fourier: [R], the frequency of sinc(R (q_c - k_c)), init 1
 
   // Domain kernels added to every head's scores after q.k / sqrt(d) (positional terms).
   ScoreTerms<T> score_terms;
@@ -254,12 +254,15 @@ class MultiHeadAttention {
     detail::require_argument(o.kdim >= 0, "MultiHeadAttentionOptions::kdim", ">= 0", o.kdim);
     detail::require_argument(o.vdim >= 0, "MultiHeadAttentionOptions::vdim", ">= 0", o.vdim);
     check_variant_options(o.variant, "MultiHeadAttentionOptions::variant");
-    detail::require_argument(o.content || !needs_content(o.variant.type),
-                             "MultiHeadAttentionOptions::content",
-                             detail::concat("true for the ", attention_variant_name(o.variant.type),
-                                            " variant (it has a query-key range kernel)"),
-                             "false");
+    check_variant_content(o.variant, o.content, "MultiHeadAttentionOptions::content");
     return o;
+  }
+
+  void copy_factors(const MultiHeadAttention& other) {
+    detail::FactorCopies<T> copies;
+    score_terms = copies.of(other.score_terms);
+    query_key_transforms = copies.of(other.query_key_transforms);
+    value_terms = copies.of(other.value_terms);
   }
 
   Dims check_inputs(const Tensor<T>& query, const Tensor<T>& key, const Tensor<T>& value) const {
@@ -297,30 +300,10 @@ class MultiHeadAttention {
     const ConstMatrixMap<T> xq(query.data(), dims.batch * dims.tgt_len, E);
     const ConstMatrixMap<T> xk(key.data(), dims.batch * dims.src_len, kdim());
     const ConstMatrixMap<T> xv(value.data(), dims.batch * dims.src_len, vdim());
-    const auto bias = [&](Index part) { return in_proj_bias.segment(part * E, E).transpose(); };
+    const T* const bias = has_bias() ? in_proj_bias.data() : nullptr;
     if (self_attention && packed()) {
-#if ATTNLENS_HAS_AVX512_KERNELS
-      if constexpr (std::is_same_v<T, float>) {
-        if (detail::use_avx512()) {
-          // One GEMM whose column tiles land in q, k and v directly, the bias added on the way.
-          state.queries.resize(xq.rows(), E);
-          state.keys.resize(xq.rows(), E);
-          state.values.resize(xq.rows(), E);
-          detail::avx512::Destination qkv{
-              nullptr, E, E, {state.queries.data(), state.keys.data(), state.values.data()}};
-          detail::avx512::product_transposed(xq.data(), E, in_proj_weight.data(), E,
-                                             has_bias() ? in_proj_bias.data() : nullptr, xq.rows(),
-                                             3 * E, E, qkv, parallel);
-          return;
-        }
-      }
-#endif
-      Matrix<T> qkv(xq.rows(), 3 * E);
-      parallel_product_transposed<T>(xq, in_proj_weight, qkv, parallel);
-      if (has_bias()) qkv.rowwise() += in_proj_bias.transpose();
-      state.queries = qkv.leftCols(E);
-      state.keys = qkv.middleCols(E, E);
-      state.values = qkv.rightCols(E);
+      parallel_product_transposed_split3<T>(xq, in_proj_weight, bias, state.queries, state.keys,
+                                            state.values, parallel);
       return;
     }
     const auto weight = [&](Index part, const Matrix<T>& separate) {
@@ -334,88 +317,11 @@ class MultiHeadAttention {
     parallel_product_transposed<T>(xk, weight(1, k_proj_weight), state.keys, parallel);
     parallel_product_transposed<T>(xv, weight(2, v_proj_weight), state.values, parallel);
     if (has_bias()) {
-      state.queries.rowwise() += bias(0);
-      state.keys.rowwise() += bias(1);
-      state.values.rowwise() += bias(2);
+      const auto part = [&](Index p) { return in_proj_bias.segment(p * E, E).transpose(); };
+      state.queries.rowwise() += part(0);
+      state.keys.rowwise() += part(1);
+      state.values.rowwise() += part(2);
     }
-  }
-
-  // The score terms and query/key transforms of a call: the module's own, then the variant's.
-  struct VariantFactors {
-    ScoreTerms<T> terms;
-    QueryKeyTransforms<T> transforms;
-  };
-
-  VariantFactors variant_factors(const Dims& dims, const AttentionMask<T>& mask,
-                                 const StackValues<T>& stack,
-                                 const MultiHeadCache<T>& state) const {
-    const AttentionVariantOptions& v = variant();
-    VariantFactors factors{score_terms, query_key_transforms};
-    const auto check_stack = [&](const Matrix<T>* values, const char* what) {
-      if (values) detail::require_matrix(*values, dims.batch * dims.src_len, embed_dim(), what);
-    };
-    check_stack(stack.first, "StackValues::first (B*S x E)");
-    check_stack(stack.previous, "StackValues::previous (B*S x E)");
-    switch (v.type) {
-      case AttentionVariantType::bilateral:
-        factors.terms.push_back(std::make_shared<DistanceKernel<T>>(v.domain, bilateral_sigma()));
-        break;
-      case AttentionVariantType::kde:
-      case AttentionVariantType::robust_kde:
-        factors.transforms.push_back(std::make_shared<KeyNormalization<T>>());
-        break;
-      case AttentionVariantType::elliptical:
-        if (stack.previous)
-          factors.transforms.push_back(std::make_shared<QueryMetric<T>>(
-              elliptical_metric<T>(state.values, *stack.previous, dims.batch, num_heads(),
-                                   static_cast<T>(v.elliptical_delta),
-                                   [&](Index b, Index n) { return is_real_key(mask, b, n); }),
-              num_heads()));
-        break;
-      case AttentionVariantType::neutreno:
-        // V^0 - V lives on the keys and is added to the queries' outputs.
-        if (stack.first)
-          detail::require_shape(dims.src_len == dims.tgt_len, "keys of NeuTRENO attention",
-                                detail::concat(dims.tgt_len, " (as many as queries)"),
-                                detail::concat(dims.src_len));
-        break;
-      default:
-        break;
-    }
-    return factors;
-  }
-
-  // Whether key j of sequence b survives the mask's key padding (key_keep, key_lengths); the
-  // mask's shapes were checked when it was bound.
-  static bool is_real_key(const AttentionMask<T>& mask, Index b, Index j) {
-    if (mask.key_lengths && j >= (*mask.key_lengths)[static_cast<std::size_t>(b)]) return false;
-    if (mask.key_keep) {
-      const Tensor<std::uint8_t>& keep = *mask.key_keep;
-      return keep.data()[keep.rank() == 1 ? j : b * keep.dim(1) + j] != 0;
-    }
-    return true;
-  }
-
-  // The kernel every head of this module uses, with the call's support and score terms.
-  AttentionKernel<T> attention_kernel(const BoundMask<T>& bound, const ScoreTerms<T>& terms) const {
-    const AttentionVariantOptions& v = variant();
-    AttentionKernel<T> kernel;
-    kernel.range.type = options_.content ? RangeKernelType::dot_product : RangeKernelType::none;
-    kernel.range.scale = T(1) / std::sqrt(static_cast<T>(head_dim()));
-    if (v.type == AttentionVariantType::kde || v.type == AttentionVariantType::robust_kde) {
-      kernel.range.type = RangeKernelType::negative_squared_distance;  // -|q - k|^2 / sqrt(d)
-    } else if (v.type == AttentionVariantType::fourier) {
-      detail::require_shape(fourier_r.size() == 1, "fourier_r", "[1]",
-                            detail::concat("[", fourier_r.size(), "]"));
-      kernel.range.type = RangeKernelType::sinc4;
-      kernel.range.frequency = fourier_r[0];
-      kernel.epsilon = static_cast<T>(v.fourier_epsilon);
-    }
-    kernel.terms = &terms;
-    kernel.mask = &bound;
-    kernel.value_terms = &value_terms;
-    kernel.boost = v.boost;
-    return kernel;
   }
 
   MultiHeadOutput<T> attend(const Dims& dims, const AttentionMask<T>& mask,
@@ -424,13 +330,31 @@ class MultiHeadAttention {
     const Index B = dims.batch, H = num_heads(), L = dims.tgt_len, S = dims.src_len;
     const Index d = head_dim(), E = embed_dim();
     const ScoreShape shape{B, H, L, S, d};
-    const VariantFactors factors = variant_factors(dims, mask, stack, state);
-    for (const auto& term : factors.terms) term->check(shape);
-    for (const auto& transform : factors.transforms) transform->check(shape);
+    const auto check_stack = [&](const Matrix<T>* values, const char* what) {
+      if (values) detail::require_matrix(*values, B * S, E, what);
+    };
+    check_stack(stack.first, "StackValues::first (B*S x E)");
+    check_stack(stack.previous, "StackValues::previous (B*S x E)");
+
+    // The module's own factors first, then the plan's.
+    state.plan = attention_plan<T>(variant(), *this, options_.content,
+                                   PlanContext<T>{shape, mask, stack, state.values});
+    const AttentionPlan<T>& plan = state.plan;
+    ScoreTerms<T> terms = score_terms;
+    terms.insert(terms.end(), plan.score_terms.begin(), plan.score_terms.end());
+    QueryKeyTransforms<T> transforms = query_key_transforms;
+    transforms.insert(transforms.end(), plan.transforms.begin(), plan.transforms.end());
+    for (const auto& term : terms) term->check(shape);
+    for (const auto& transform : transforms) transform->check(shape);
     for (const auto& term : value_terms) term->check(shape, d);
     const BoundMask<T> bound(mask, shape);
-    AttentionKernel<T> kernel = attention_kernel(bound, factors.terms);
-    if (mask.empty()) kernel.mask = nullptr;  // lets the engines take their unmasked paths
+    AttentionKernel<T> kernel;
+    kernel.range = plan.range;
+    kernel.terms = &terms;
+    kernel.mask = mask.empty() ? nullptr : &bound;  // lets the engines take their unmasked paths
+    kernel.value_terms = &value_terms;
+    kernel.epsilon = plan.epsilon;
+    kernel.boost = plan.boost;
     check_kernel<T>(kernel, shape);
 
     const bool keep_weights = caching || options.weights != AttentionWeights::none;
@@ -439,53 +363,39 @@ class MultiHeadAttention {
     detail::require_argument(!(fused && keep_weights), "MultiHeadForwardOptions::engine",
                              "reference or automatic when weights are returned or cached", "fused");
 
+    if (caching) {
+      state.projected_queries = state.queries;
+      state.projected_keys = state.keys;
+    }
     // Each task owns its head's column block of q and k: transforming in place is safe.
-    if (!factors.transforms.empty())
+    if (!transforms.empty())
       parallel_for(
           B * H,
           [&](Index task) {
             const Index b = task / H, h = task % H;
-            apply_query_key_transforms<T>(factors.transforms, b, h,
-                                          state.queries.block(b * L, h * d, L, d),
+            apply_query_key_transforms<T>(transforms, b, h, state.queries.block(b * L, h * d, L, d),
                                           state.keys.block(b * S, h * d, S, d));
           },
           options.parallel);
 
-    // Robust KDE: Huber weights per (sequence, head) from the unit keys and [k; v] of the
-    // sequence's real keys; padded keys (key_keep, key_lengths) get weight 0 and never enter the
-    // estimate of the mean.
-    std::vector<Vector<T>> key_weights, key_value_weights;
-    if (variant().type == AttentionVariantType::robust_kde) {
-      key_weights.resize(static_cast<std::size_t>(B * H));
-      key_value_weights.resize(static_cast<std::size_t>(B * H));
+    // Per-key weights of every (sequence, head), from its transformed keys and its values.
+    std::vector<Vector<T>>& numerator = state.numerator_key_weights;
+    std::vector<Vector<T>>& denominator = state.denominator_key_weights;
+    numerator.assign(plan.key_weighting ? static_cast<std::size_t>(B * H) : 0, Vector<T>());
+    denominator.assign(numerator.size(), Vector<T>());
+    if (plan.key_weighting)
       parallel_for(
           B * H,
           [&](Index task) {
             const Index b = task / H, h = task % H;
-            const auto t = static_cast<std::size_t>(task);
-            std::vector<Index> kept;
-            for (Index j = 0; j < S; ++j)
-              if (is_real_key(mask, b, j)) kept.push_back(j);
-            const auto n = static_cast<Index>(kept.size());
-            Matrix<T> keys(n, d), values(n, d);
-            for (Index r = 0; r < n; ++r) {
-              keys.row(r) =
-                  state.keys.block(b * S + kept[static_cast<std::size_t>(r)], h * d, 1, d);
-              values.row(r) =
-                  state.values.block(b * S + kept[static_cast<std::size_t>(r)], h * d, 1, d);
-            }
-            Vector<T> wk, wkv;
-            robust_kde_key_weights<T>(keys, values, kernel.range.scale,
-                                      static_cast<T>(variant().huber_a), wk, wkv);
-            key_weights[t] = Vector<T>::Zero(S);
-            key_value_weights[t] = Vector<T>::Zero(S);
-            for (Index r = 0; r < n; ++r) {
-              key_weights[t][kept[static_cast<std::size_t>(r)]] = wk[r];
-              key_value_weights[t][kept[static_cast<std::size_t>(r)]] = wkv[r];
-            }
+            std::vector<char> real(static_cast<std::size_t>(S));
+            for (Index j = 0; j < S; ++j) real[static_cast<std::size_t>(j)] = mask.keeps_key(b, j);
+            plan.key_weighting->weights(state.keys.block(b * S, h * d, S, d),
+                                        state.values.block(b * S, h * d, S, d), real,
+                                        numerator[static_cast<std::size_t>(task)],
+                                        denominator[static_cast<std::size_t>(task)]);
           },
           options.parallel);
-    }
 
     // Attention tasks go head-major, so a contiguous block of them is a block of heads: the
     // columns of q, k and v the same thread projected (avx512::product_transposed).
@@ -494,10 +404,10 @@ class MultiHeadAttention {
       HeadInputs<T> head{b, h, state.queries.block(b * L, h * d, L, d),
                          state.keys.block(b * S, h * d, S, d),
                          state.values.block(b * S, h * d, S, d)};
-      if (!key_weights.empty()) {
+      if (!numerator.empty()) {
         const auto sequence_head = static_cast<std::size_t>(b * H + h);
-        head.numerator_key_weights = key_value_weights[sequence_head].data();
-        head.denominator_key_weights = key_weights[sequence_head].data();
+        head.numerator_key_weights = numerator[sequence_head].data();
+        head.denominator_key_weights = denominator[sequence_head].data();
       }
       return head;
     };
@@ -523,13 +433,10 @@ class MultiHeadAttention {
           },
           options.parallel);
     }
-
-    // NeuTRENO's fidelity term, U = A V + lambda (V^0 - V), on every head at once.
-    if (variant().type == AttentionVariantType::neutreno && stack.first)
-      state.context += static_cast<T>(variant().neutreno_lambda) * (*stack.first - state.values);
+    if (plan.context_term) plan.context_term->add(state.values, state.context);
 
     MultiHeadOutput<T> result;
-    if (options.return_values || uses_stack_values(variant().type)) result.values = state.values;
+    if (options.return_values || plan.reads_stack_values) result.values = state.values;
     result.output = dims.batched ? Tensor<T>({B, L, E}) : Tensor<T>({L, E});
     MatrixMap<T> output(result.output.data(), B * L, E);
     out_proj.check_parameters("out_proj");
@@ -550,5 +457,25 @@ class MultiHeadAttention {
     return result;
   }
 };
+
+// The parameters in nn.MultiheadAttention's state_dict order, then the variant's (rho,
+// fourier_r) and those of the attached score terms, transforms and value terms (each once, by
+// their own names under the same prefix).
+template <class T, class F>
+void for_each_parameter(MultiHeadAttention<T>& mha, const std::string& prefix, F&& f) {
+  if (mha.packed()) {
+    f(prefix + "in_proj_weight", mha.in_proj_weight);
+  } else {
+    f(prefix + "q_proj_weight", mha.q_proj_weight);
+    f(prefix + "k_proj_weight", mha.k_proj_weight);
+    f(prefix + "v_proj_weight", mha.v_proj_weight);
+  }
+  if (mha.has_bias()) f(prefix + "in_proj_bias", mha.in_proj_bias);
+  for_each_parameter(mha.out_proj, prefix + "out_proj.", f);
+  detail::ParameterCallback<T, std::remove_reference_t<F>> visit(f);
+  mha.visit_variant_parameters(prefix, visit);
+  detail::visit_factor_parameters<T>(prefix, visit, mha.score_terms, mha.query_key_transforms,
+                                     mha.value_terms);
+}
 
 }  // namespace attnlens

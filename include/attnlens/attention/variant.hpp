@@ -1,18 +1,27 @@
-// The attention variants MultiHeadAttention offers (MATH.md section 2), each a choice of kernel
-// factors: softmax, bilateral (a distance kernel on positions), KDE and robust KDE (Gaussian
-// range kernel on unit keys, Huber key weights), FourierFormer (sinc^4), elliptical (a metric
-// on the queries) and NeuTRENO (a fidelity term on the values), with boosting of order k for
-// any of them. Defaults are the published ones.
+// The attention variants MultiHeadAttention offers (MATH.md section 2), each a plan of kernel
+// factors (attention/plan.hpp): softmax, bilateral (a distance kernel on positions), KDE and
+// robust KDE (Gaussian range kernel on unit keys, Huber key weights), FourierFormer (sinc^4),
+// elliptical (a metric on the queries) and NeuTRENO (a fidelity term on the values), with
+// boosting of order k for any of them. Defaults are the published ones. This is the one place
+// that knows the variants by name: their options, learned parameters and plans.
 #pragma once
 
 #include <cmath>
+#include <memory>
 #include <string>
+#include <vector>
 
-#include "attnlens/position/distance_kernel.hpp"
-#include "attnlens/kernel/reference_engine.hpp"
+#include "attnlens/attention/elliptical.hpp"
+#include "attnlens/attention/kde.hpp"
+#include "attnlens/attention/neutreno.hpp"
+#include "attnlens/attention/plan.hpp"
 #include "attnlens/core/errors.hpp"
-#include "attnlens/core/types.hpp"
 #include "attnlens/core/grid2d.hpp"
+#include "attnlens/core/softplus.hpp"
+#include "attnlens/core/types.hpp"
+#include "attnlens/kernel/attention_kernel.hpp"
+#include "attnlens/kernel/factor.hpp"
+#include "attnlens/position/distance_kernel.hpp"
 
 namespace attnlens {
 
@@ -120,6 +129,114 @@ inline void check_variant_options(const AttentionVariantOptions& o,
   detail::require_argument(!(o.domain.grid && o.domain.leading != 0), what + "::domain.leading",
                            "0 with a grid (use grid->leading)", o.domain.leading);
   if (o.domain.grid) o.domain.grid->check(what + "::domain.grid");
+}
+
+// Throws ArgumentError unless the variant can run with `content` (a module without the q.k
+// range kernel serves only the variants whose range kernel can be turned off).
+inline void check_variant_content(const AttentionVariantOptions& o, bool content,
+                                  const std::string& what) {
+  detail::require_argument(content || !needs_content(o.type), what,
+                           detail::concat("true for the ", attention_variant_name(o.type),
+                                          " variant (it has a query-key range kernel)"),
+                           "false");
+}
+
+// The variants' learned parameters, public under their state_dict names (empty for the other
+// variants); MultiHeadAttention holds them.
+template <class T>
+struct VariantParameters {
+  Vector<T> rho;        // bilateral: H entries, sigma_h = softplus(rho_h)
+  Vector<T> fourier_r;  // fourier: [R], the frequency of sinc(R (q_c - k_c)), init 1
+
+  // sigma_h = softplus(rho_h) of the bilateral variant.
+  Vector<T> bilateral_sigma() const {
+    return rho.unaryExpr([](T x) { return softplus(x); });
+  }
+
+  // The initial values: rho_h with softplus(rho_h) = sigma_init (bilateral), R = 1 (fourier).
+  void reset_variant_parameters(const AttentionVariantOptions& v, Index heads) {
+    rho = v.type == AttentionVariantType::bilateral
+              ? Vector<T>::Constant(heads, inverse_softplus(static_cast<T>(v.sigma_init)))
+              : Vector<T>();
+    fourier_r = v.type == AttentionVariantType::fourier ? Vector<T>::Ones(1) : Vector<T>();
+  }
+
+  // Throws ShapeError / ArgumentError naming the parameter that does not fit the variant.
+  void check_variant_parameters(const AttentionVariantOptions& v, Index heads) const {
+    const Index rho_size = v.type == AttentionVariantType::bilateral ? heads : 0;
+    detail::require_shape(rho.size() == rho_size, "rho",
+                          rho_size ? detail::concat("[", rho_size, "] (one per head)")
+                                   : "[0] (the variant is not bilateral)",
+                          detail::concat("[", rho.size(), "]"));
+    detail::require_argument(rho.allFinite(), "rho", "finite values", rho.transpose());
+    const Index r_size = v.type == AttentionVariantType::fourier ? 1 : 0;
+    detail::require_shape(fourier_r.size() == r_size, "fourier_r",
+                          r_size ? "[1]" : "[0] (the variant is not fourier)",
+                          detail::concat("[", fourier_r.size(), "]"));
+    detail::require_argument(fourier_r.allFinite(), "fourier_r", "a finite value",
+                             fourier_r.transpose());
+  }
+
+  // visit(prefix + name, parameter) for the parameters the variant has.
+  void visit_variant_parameters(const std::string& prefix, ParameterVisitor<T>& visit) {
+    if (rho.size()) visit(prefix + "rho", rho);
+    if (fourier_r.size()) visit(prefix + "fourier_r", fourier_r);
+  }
+};
+
+// The plan of a variant for one call. `content` false drops the q.k range kernel (positional-
+// only attention); every range kernel is scaled by 1 / sqrt(d).
+template <class T>
+AttentionPlan<T> attention_plan(const AttentionVariantOptions& v,
+                                const VariantParameters<T>& parameters, bool content,
+                                const PlanContext<T>& call) {
+  const ScoreShape& shape = call.shape;
+  AttentionPlan<T> plan;
+  plan.range.type = content ? RangeKernelType::dot_product : RangeKernelType::none;
+  plan.range.scale = T(1) / std::sqrt(static_cast<T>(shape.head_dim));
+  plan.boost = v.boost;
+  plan.reads_stack_values = uses_stack_values(v.type);
+  switch (v.type) {
+    case AttentionVariantType::softmax:
+      break;
+    case AttentionVariantType::bilateral:
+      plan.score_terms.push_back(
+          std::make_shared<DistanceKernel<T>>(v.domain, parameters.bilateral_sigma()));
+      break;
+    case AttentionVariantType::robust_kde:
+      plan.key_weighting =
+          std::make_shared<HuberKeyWeighting<T>>(plan.range.scale, static_cast<T>(v.huber_a));
+      [[fallthrough]];
+    case AttentionVariantType::kde:
+      plan.range.type = RangeKernelType::negative_squared_distance;  // -|q - k|^2 / sqrt(d)
+      plan.transforms.push_back(std::make_shared<KeyNormalization<T>>());
+      break;
+    case AttentionVariantType::fourier:
+      detail::require_shape(parameters.fourier_r.size() == 1, "fourier_r", "[1]",
+                            detail::concat("[", parameters.fourier_r.size(), "]"));
+      plan.range.type = RangeKernelType::sinc4;
+      plan.range.frequency = parameters.fourier_r[0];
+      plan.epsilon = static_cast<T>(v.fourier_epsilon);
+      break;
+    case AttentionVariantType::elliptical:
+      if (call.stack.previous)
+        plan.transforms.push_back(std::make_shared<QueryMetric<T>>(
+            elliptical_metric<T>(call.values, *call.stack.previous, shape.batch, shape.heads,
+                                 static_cast<T>(v.elliptical_delta),
+                                 [&](Index b, Index j) { return call.mask.keeps_key(b, j); }),
+            shape.heads));
+      break;
+    case AttentionVariantType::neutreno:
+      if (call.stack.first) {
+        detail::require_shape(shape.keys == shape.queries, "keys of NeuTRENO attention",
+                              detail::concat(shape.queries, " (as many as queries)"),
+                              detail::concat(shape.keys));
+        plan.context_term =
+            std::make_shared<NeutrenoTerm<T>>(*call.stack.first, static_cast<T>(v.neutreno_lambda));
+      }
+      break;
+  }
+  return plan;
 }
 
 }  // namespace attnlens

@@ -8,7 +8,6 @@
 #include <string>
 #include <utility>
 
-#include "attnlens/kernel/mask.hpp"
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/attention/variant.hpp"
 #include "attnlens/blocks/position_encoding.hpp"
@@ -17,6 +16,7 @@
 #include "attnlens/core/parallel.hpp"
 #include "attnlens/core/tensor.hpp"
 #include "attnlens/core/types.hpp"
+#include "attnlens/kernel/mask.hpp"
 #include "attnlens/layers/activations.hpp"
 #include "attnlens/layers/feed_forward.hpp"
 #include "attnlens/layers/layer_norm.hpp"
@@ -81,7 +81,8 @@ class TransformerEncoderLayer {
     reset_parameters(rng);
   }
 
-  // Copies own their relative position: self_attn of the copy uses the copy's tables.
+  // Copies own their relative position: self_attn's copy holds copies of its terms, and the
+  // copy's position is the copy of the original's term there.
   TransformerEncoderLayer(const TransformerEncoderLayer& other)
       : options_(other.options_),
         self_attn(other.self_attn),
@@ -89,10 +90,7 @@ class TransformerEncoderLayer {
         linear2(other.linear2),
         norm1(other.norm1),
         norm2(other.norm2),
-        position(other.position) {
-    other.position.detach(self_attn);
-    position.attach(self_attn);
-  }
+        position(other.position.copied_into(other.self_attn, self_attn)) {}
   TransformerEncoderLayer& operator=(const TransformerEncoderLayer& other) {
     if (this != &other) *this = TransformerEncoderLayer(other);
     return *this;
@@ -213,29 +211,11 @@ class TransformerEncoderLayer {
   }
 };
 
-// nn.MultiheadAttention's state_dict names (packed or separate projections).
-template <class T, class F>
-void for_each_parameter(MultiHeadAttention<T>& mha, const std::string& prefix, F&& f) {
-  if (mha.packed()) {
-    f(prefix + "in_proj_weight", mha.in_proj_weight);
-  } else {
-    f(prefix + "q_proj_weight", mha.q_proj_weight);
-    f(prefix + "k_proj_weight", mha.k_proj_weight);
-    f(prefix + "v_proj_weight", mha.v_proj_weight);
-  }
-  if (mha.has_bias()) f(prefix + "in_proj_bias", mha.in_proj_bias);
-  for_each_parameter(mha.out_proj, prefix + "out_proj.", f);
-  // attnlens's variants (docs/model-format.md): bilateral's rho [H], fourier's R [1].
-  if (mha.rho.size()) f(prefix + "rho", mha.rho);
-  if (mha.fourier_r.size()) f(prefix + "fourier_r", mha.fourier_r);
-}
-
 // In nn.TransformerEncoderLayer's state_dict order; a relative position's parameters follow
-// self_attn's, under self_attn. (docs/model-format.md).
+// self_attn's, under self_attn (self_attn's walk visits its attached terms; docs/model-format.md).
 template <class T, class F>
 void for_each_parameter(TransformerEncoderLayer<T>& layer, const std::string& prefix, F&& f) {
   for_each_parameter(layer.self_attn, prefix + "self_attn.", f);
-  for_each_parameter(layer.position, prefix + "self_attn.", f);
   for_each_parameter(layer.linear1, prefix + "linear1.", f);
   for_each_parameter(layer.linear2, prefix + "linear2.", f);
   for_each_parameter(layer.norm1, prefix + "norm1.", f);

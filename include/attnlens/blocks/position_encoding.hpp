@@ -14,12 +14,12 @@
 
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/grid2d.hpp"
 #include "attnlens/core/init.hpp"
 #include "attnlens/core/tensor.hpp"
 #include "attnlens/core/types.hpp"
 #include "attnlens/position/absolute.hpp"
 #include "attnlens/position/alibi.hpp"
-#include "attnlens/core/grid2d.hpp"
 #include "attnlens/position/learned_2d.hpp"
 #include "attnlens/position/quadratic.hpp"
 #include "attnlens/position/rope.hpp"
@@ -224,6 +224,33 @@ class RelativePosition {
         term);
   }
 
+  // The same encoding in `to`, a copy of `from`: the copy `to` holds of this encoding's term.
+  RelativePosition copied_into(const MultiHeadAttention<T>& from,
+                               const MultiHeadAttention<T>& to) const {
+    RelativePosition copy;
+    copy.type_ = type_;
+    copy.term = std::visit(
+        [&](const auto& p) -> Term {
+          using P = std::decay_t<decltype(p)>;
+          if constexpr (std::is_same_v<P, std::monostate>) {
+            return p;
+          } else {
+            const auto in = [&](const auto& original, const auto& copied) -> P {
+              for (std::size_t i = 0; i < original.size(); ++i)
+                if (original[i].get() == p.get())
+                  return std::dynamic_pointer_cast<typename P::element_type>(copied[i]);
+              return nullptr;
+            };
+            if constexpr (std::is_same_v<P, std::shared_ptr<RotaryEmbedding<T>>>)
+              return in(from.query_key_transforms, to.query_key_transforms);
+            else
+              return in(from.score_terms, to.score_terms);
+          }
+        },
+        term);
+    return copy;
+  }
+
   // Adds the term to mha's lists (Shaw to both score and value terms, RoPE to the query/key
   // transforms), or removes exactly this object from them.
   void attach(MultiHeadAttention<T>& mha) const { edit(mha, true); }
@@ -273,37 +300,6 @@ class RelativePosition {
 
   PositionType type_ = PositionType::none;
 };
-
-// The parameters of a relative encoding, under the names of each paper's code: Shaw's
-// relative_keys / relative_values, Transformer-XL's r_w_bias, r_r_bias, r_net.weight, HF T5's
-// relative_attention_bias.weight, Cordonnier et al.'s alpha / center_shift and
-// row_embeddings.weight, col_embeddings.weight, head_keys_row.weight, head_keys_col.weight.
-template <class T, class F>
-void for_each_parameter(RelativePosition<T>& position, const std::string& prefix, F&& f) {
-  std::visit(
-      [&](auto& p) {
-        using P = std::decay_t<decltype(p)>;
-        if constexpr (std::is_same_v<P, std::shared_ptr<ShawRelativePosition<T>>>) {
-          f(prefix + "relative_keys", p->relative_keys);
-          f(prefix + "relative_values", p->relative_values);
-        } else if constexpr (std::is_same_v<P, std::shared_ptr<TransformerXlRelativePosition<T>>>) {
-          f(prefix + "r_w_bias", p->r_w_bias);
-          f(prefix + "r_r_bias", p->r_r_bias);
-          f(prefix + "r_net.weight", p->r_net.weight);
-        } else if constexpr (std::is_same_v<P, std::shared_ptr<T5RelativeBias<T>>>) {
-          f(prefix + "relative_attention_bias.weight", p->relative_attention_bias);
-        } else if constexpr (std::is_same_v<P, std::shared_ptr<QuadraticEncoding<T>>>) {
-          f(prefix + "alpha", p->alpha);
-          f(prefix + "center_shift", p->center_shift);
-        } else if constexpr (std::is_same_v<P, std::shared_ptr<LearnedRelative2d<T>>>) {
-          f(prefix + "row_embeddings.weight", p->row_embeddings);
-          f(prefix + "col_embeddings.weight", p->col_embeddings);
-          f(prefix + "head_keys_row.weight", p->head_keys_row);
-          f(prefix + "head_keys_col.weight", p->head_keys_col);
-        }
-      },
-      position.term);
-}
 
 // The absolute encoding of a stack, added to its input before the first layer.
 template <class T>

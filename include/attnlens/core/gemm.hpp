@@ -526,4 +526,31 @@ void parallel_product_transposed(ConstMatrixRef<T> a, ConstMatrixRef<T> b, Matri
       parallel);
 }
 
+// The three equal column blocks of a * b^T + bias in three matrices, resized here: parts[s] =
+// a * b.middleRows(s n, n)^T + bias.segment(s n, n) with n = b.rows() / 3 (the q, k and v of a
+// packed in-projection). The AVX-512 kernel stores its tiles into the parts directly.
+template <class T>
+void parallel_product_transposed_split3(ConstMatrixRef<T> a, ConstMatrixRef<T> b, const T* bias,
+                                        Matrix<T>& part0, Matrix<T>& part1, Matrix<T>& part2,
+                                        const ParallelOptions& parallel) {
+  const Index n = b.rows() / 3;
+#if ATTNLENS_HAS_AVX512_KERNELS
+  if constexpr (std::is_same_v<T, float>) {
+    if (detail::use_avx512() && a.cols() > 0) {
+      for (Matrix<T>* part : {&part0, &part1, &part2}) part->resize(a.rows(), n);
+      detail::avx512::Destination parts{nullptr, n, n, {part0.data(), part1.data(), part2.data()}};
+      detail::avx512::product_transposed(a.data(), a.outerStride(), b.data(), b.outerStride(), bias,
+                                         a.rows(), 3 * n, a.cols(), parts, parallel);
+      return;
+    }
+  }
+#endif
+  Matrix<T> all(a.rows(), 3 * n);
+  parallel_product_transposed<T>(a, b, all, parallel);
+  if (bias) all.rowwise() += Eigen::Map<const RowVector<T>>(bias, 3 * n);
+  part0 = all.leftCols(n);
+  part1 = all.middleCols(n, n);
+  part2 = all.rightCols(n);
+}
+
 }  // namespace attnlens

@@ -56,14 +56,42 @@ void exp_shifted_in_place(Row&& row, typename std::decay_t<Row>::Scalar shift) {
     row(c) = row(c) == neg_inf ? T(0) : std::exp(std::max(row(c) - shift, k_log_min_normal<T>));
 }
 
-// Turns each row of kernel log-values into A_ij = w_j K_ij / (sum_l u_l K_il + epsilon) with
-// K = exp(score): the row maximum is factored out of numerator and denominator (so epsilon is
-// scaled by exp(-max)), -inf entries become exactly 0 and fully masked rows all 0.
+// The normalization of kernel rows K_ij = exp(score_ij) into
+//   A_ij = w_j K_ij / (sum_l u_l K_il + epsilon),
+// with optional per-key weights w (numerator) and u (denominator) (robust KDE) and an epsilon
+// (FourierFormer). Kernel values arrive shifted by the row maximum, exp(score - max), so
+// epsilon is scaled by exp(-max). A row may come whole (normalize_kernel_rows) or in blocks of
+// keys (the fused engine's online softmax); both use these pieces.
 template <class T>
-void normalize_kernel_rows(MatrixRef<T> scores, const T* numerator_weights,
-                           const T* denominator_weights, T epsilon) {
+struct KernelNormalization {
+  const T* numerator_weights = nullptr;    // w, one per key; null: all ones
+  const T* denominator_weights = nullptr;  // u, one per key; null: all ones
+  T epsilon = T(0);
+
+  // sum_c u_{key_begin + c} p_c over a block of shifted kernel values p.
+  template <class Row>
+  T weighted_sum(const Row& p, Index key_begin) const {
+    if (!denominator_weights) return p.sum();
+    return p.dot(Eigen::Map<const RowVector<T>>(denominator_weights + key_begin, p.size()));
+  }
+  // p(r, c) *= w_{key_begin + c} for a block of rows.
+  template <class Block>
+  void weigh(Block&& p, Index key_begin) const {
+    if (numerator_weights)
+      p.array().rowwise() *= Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>(
+          numerator_weights + key_begin, p.cols());
+  }
+  // The denominator of a row whose kernel values, shifted by exp(-row_max), sum to `sum`.
+  T denominator(T sum, T row_max) const {
+    return epsilon > T(0) ? sum + epsilon * std::exp(-row_max) : sum;
+  }
+};
+
+// In place: each row of kernel log-values becomes its row of A; -inf entries become exactly 0
+// and fully masked rows all 0.
+template <class T>
+void normalize_kernel_rows(MatrixRef<T> scores, const KernelNormalization<T>& normalization) {
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
-  const Index S = scores.cols();
   for (Index i = 0; i < scores.rows(); ++i) {
     auto row = scores.row(i);
     const T row_max = row.maxCoeff();
@@ -72,13 +100,9 @@ void normalize_kernel_rows(MatrixRef<T> scores, const T* numerator_weights,
       continue;
     }
     exp_shifted_in_place(row, row_max);
-    T denominator = denominator_weights
-                        ? row.dot(Eigen::Map<const RowVector<T>>(denominator_weights, S))
-                        : row.sum();
-    if (epsilon > T(0)) denominator += epsilon * std::exp(-row_max);
-    if (numerator_weights)
-      row.array() *= Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>(numerator_weights, S);
-    row /= denominator;
+    const T sum = normalization.weighted_sum(row, 0);
+    normalization.weigh(row, 0);
+    row /= normalization.denominator(sum, row_max);
   }
 }
 
@@ -87,20 +111,7 @@ void normalize_kernel_rows(MatrixRef<T> scores, const T* numerator_weights,
 // In place: each row of scores becomes softmax(row). -inf entries get weight exactly 0.
 template <class T>
 void softmax_rows(MatrixRef<T> scores) {
-  detail::normalize_kernel_rows<T>(scores, nullptr, nullptr, T(0));
-}
-
-// Log of sum_j exp(row_j) for every row; -inf for a row of -inf entries.
-template <class T>
-Vector<T> logsumexp_rows(ConstMatrixRef<T> scores) {
-  constexpr T neg_inf = -std::numeric_limits<T>::infinity();
-  Vector<T> out(scores.rows());
-  for (Index i = 0; i < scores.rows(); ++i) {
-    const auto row = scores.row(i);
-    const T row_max = row.maxCoeff();
-    out[i] = row_max == neg_inf ? neg_inf : row_max + std::log((row.array() - row_max).exp().sum());
-  }
-  return out;
+  detail::normalize_kernel_rows<T>(scores, {});
 }
 
 }  // namespace attnlens

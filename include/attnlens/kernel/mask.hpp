@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "attnlens/kernel/score_term.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/tensor.hpp"
+#include "attnlens/kernel/score_term.hpp"
 
 namespace attnlens {
 
@@ -34,6 +34,15 @@ struct AttentionMask {
   std::optional<Tensor<T>> bias;
 
   bool empty() const { return !causal && !key_keep && !key_lengths && !keep && !bias; }
+
+  // Whether key j of sequence b survives the key padding (key_keep, key_lengths): a real token.
+  // The shapes must have been checked (BoundMask does).
+  bool keeps_key(Index b, Index j) const {
+    if (key_lengths && j >= (*key_lengths)[static_cast<std::size_t>(b)]) return false;
+    if (key_keep)
+      return key_keep->data()[key_keep->rank() == 1 ? j : b * key_keep->dim(1) + j] != 0;
+    return true;
+  }
 };
 
 // PyTorch's boolean masks say True = "not allowed"; attnlens keeps the opposite.

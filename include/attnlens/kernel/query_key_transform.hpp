@@ -6,8 +6,9 @@
 #include <memory>
 #include <vector>
 
-#include "attnlens/kernel/score_term.hpp"
 #include "attnlens/core/types.hpp"
+#include "attnlens/kernel/factor.hpp"
+#include "attnlens/kernel/score_term.hpp"
 
 namespace attnlens {
 
@@ -20,9 +21,8 @@ struct RowCoords {
 };
 
 template <class T>
-class QueryKeyTransform {
+class QueryKeyTransform : public virtual KernelFactor<T> {
  public:
-  virtual ~QueryKeyTransform() = default;
   // Throws ShapeError / ArgumentError when the transform cannot serve a problem of this shape
   // (shape.head_dim is the width of the rows it will transform).
   virtual void check(const ScoreShape& shape) const = 0;
@@ -33,7 +33,7 @@ class QueryKeyTransform {
 };
 
 template <class T>
-using QueryKeyTransforms = std::vector<std::shared_ptr<const QueryKeyTransform<T>>>;
+using QueryKeyTransforms = std::vector<std::shared_ptr<QueryKeyTransform<T>>>;
 
 // Applies every transform, in order, to one head's queries and keys (all rows from 0).
 template <class T>

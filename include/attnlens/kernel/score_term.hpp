@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "attnlens/core/types.hpp"
+#include "attnlens/kernel/factor.hpp"
 
 namespace attnlens {
 
@@ -38,9 +39,8 @@ struct ScoreTile {
 };
 
 template <class T>
-class ScoreTerm {
+class ScoreTerm : public virtual KernelFactor<T> {
  public:
-  virtual ~ScoreTerm() = default;
   // Throws ShapeError / ArgumentError when the term cannot serve a problem of this shape.
   virtual void check(const ScoreShape& shape) const = 0;
   // scores(r, c) += b(batch, head, query_begin + r, key_begin + c).
@@ -48,6 +48,6 @@ class ScoreTerm {
 };
 
 template <class T>
-using ScoreTerms = std::vector<std::shared_ptr<const ScoreTerm<T>>>;
+using ScoreTerms = std::vector<std::shared_ptr<ScoreTerm<T>>>;
 
 }  // namespace attnlens

@@ -6,15 +6,15 @@
 #include <memory>
 #include <vector>
 
-#include "attnlens/kernel/score_term.hpp"
 #include "attnlens/core/types.hpp"
+#include "attnlens/kernel/factor.hpp"
+#include "attnlens/kernel/score_term.hpp"
 
 namespace attnlens {
 
 template <class T>
-class ValueTerm {
+class ValueTerm : public virtual KernelFactor<T> {
  public:
-  virtual ~ValueTerm() = default;
   // Throws ShapeError / ArgumentError when the term cannot serve a problem of this shape
   // with value heads of width value_dim.
   virtual void check(const ScoreShape& shape, Index value_dim) const = 0;
@@ -24,6 +24,6 @@ class ValueTerm {
 };
 
 template <class T>
-using ValueTerms = std::vector<std::shared_ptr<const ValueTerm<T>>>;
+using ValueTerms = std::vector<std::shared_ptr<ValueTerm<T>>>;
 
 }  // namespace attnlens

@@ -9,10 +9,10 @@
 #include <optional>
 #include <utility>
 
-#include "attnlens/kernel/score_term.hpp"
 #include "attnlens/core/errors.hpp"
-#include "attnlens/core/types.hpp"
 #include "attnlens/core/grid2d.hpp"
+#include "attnlens/core/types.hpp"
+#include "attnlens/kernel/score_term.hpp"
 
 namespace attnlens {
 

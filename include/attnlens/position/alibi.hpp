@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <memory>
 
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
@@ -36,6 +37,8 @@ Vector<T> alibi_slopes(Index num_heads) {
 template <class T>
 class Alibi final : public ScoreTerm<T> {
  public:
+  std::shared_ptr<KernelFactor<T>> clone() const override { return std::make_shared<Alibi>(*this); }
+
   explicit Alibi(const AlibiOptions& options)
       : slopes(alibi_slopes<T>(options.num_heads)), causal_(options.causal) {}
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <memory>
 #include <optional>
 #include <utility>
 
@@ -33,6 +34,10 @@ struct DistanceKernelOptions {
 template <class T>
 class DistanceKernel final : public ScoreTerm<T> {
  public:
+  std::shared_ptr<KernelFactor<T>> clone() const override {
+    return std::make_shared<DistanceKernel>(*this);
+  }
+
   // sigma: one width per head, > 0 (+infinity gives term 0: plain attention).
   DistanceKernel(const DistanceKernelOptions& options, Vector<T> sigma_per_head)
       : sigma(std::move(sigma_per_head)), options_(options) {

@@ -4,7 +4,9 @@
 // term it is positional-only attention (MultiHeadAttentionOptions::content = false).
 #pragma once
 
+#include <memory>
 #include <optional>
+#include <string>
 
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/init.hpp"
@@ -26,6 +28,16 @@ struct LearnedRelative2dOptions {
 template <class T>
 class LearnedRelative2d final : public RelativeGridTerm<T> {
  public:
+  std::shared_ptr<KernelFactor<T>> clone() const override {
+    return std::make_shared<LearnedRelative2d>(*this);
+  }
+  void visit_parameters(const std::string& prefix, ParameterVisitor<T>& visit) override {
+    visit(prefix + "row_embeddings.weight", row_embeddings);
+    visit(prefix + "col_embeddings.weight", col_embeddings);
+    visit(prefix + "head_keys_row.weight", head_keys_row);
+    visit(prefix + "head_keys_col.weight", head_keys_col);
+  }
+
   // Zero parameters of the right shapes: load them or call reset_parameters().
   explicit LearnedRelative2d(const LearnedRelative2dOptions& options)
       : RelativeGridTerm<T>(options.queries, options.keys.value_or(options.queries)) {

@@ -3,7 +3,9 @@
 // - |Delta_h|^2); generalized: -1/2 (delta - mu_h)^T Sigma_h^-1 (delta - mu_h).
 #pragma once
 
+#include <memory>
 #include <optional>
+#include <string>
 
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
@@ -21,6 +23,14 @@ struct QuadraticEncodingOptions {
 template <class T>
 class QuadraticEncoding final : public RelativeGridTerm<T> {
  public:
+  std::shared_ptr<KernelFactor<T>> clone() const override {
+    return std::make_shared<QuadraticEncoding>(*this);
+  }
+  void visit_parameters(const std::string& prefix, ParameterVisitor<T>& visit) override {
+    visit(prefix + "alpha", alpha);
+    visit(prefix + "center_shift", center_shift);
+  }
+
   // Zero parameters of the right shapes: set or load them.
   explicit QuadraticEncoding(const QuadraticEncodingOptions& options)
       : RelativeGridTerm<T>(options.queries, options.keys.value_or(options.queries)),
@@ -51,6 +61,14 @@ class QuadraticEncoding final : public RelativeGridTerm<T> {
 template <class T>
 class GeneralizedQuadraticEncoding final : public RelativeGridTerm<T> {
  public:
+  std::shared_ptr<KernelFactor<T>> clone() const override {
+    return std::make_shared<GeneralizedQuadraticEncoding>(*this);
+  }
+  void visit_parameters(const std::string& prefix, ParameterVisitor<T>& visit) override {
+    visit(prefix + "center_shift", center_shift);
+    visit(prefix + "inverse_covariance", inverse_covariance);
+  }
+
   explicit GeneralizedQuadraticEncoding(const QuadraticEncodingOptions& options)
       : RelativeGridTerm<T>(options.queries, options.keys.value_or(options.queries)),
         center_shift(Matrix<T>::Zero(options.num_heads, 2)),

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "attnlens/core/errors.hpp"
@@ -24,6 +25,10 @@ struct RopeOptions {
 template <class T>
 class RotaryEmbedding final : public QueryKeyTransform<T> {
  public:
+  std::shared_ptr<KernelFactor<T>> clone() const override {
+    return std::make_shared<RotaryEmbedding>(*this);
+  }
+
   explicit RotaryEmbedding(const RopeOptions& options) : options_(options) {
     detail::require_argument(options.head_dim > 0 && options.head_dim % 2 == 0,
                              "RopeOptions::head_dim", "a positive even number", options.head_dim);

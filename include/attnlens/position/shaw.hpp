@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <string>
 
 #include "attnlens/core/checked.hpp"
 #include "attnlens/core/errors.hpp"
@@ -24,6 +26,14 @@ struct ShawOptions {
 template <class T>
 class ShawRelativePosition final : public ScoreTerm<T>, public ValueTerm<T> {
  public:
+  std::shared_ptr<KernelFactor<T>> clone() const override {
+    return std::make_shared<ShawRelativePosition>(*this);
+  }
+  void visit_parameters(const std::string& prefix, ParameterVisitor<T>& visit) override {
+    visit(prefix + "relative_keys", relative_keys);
+    visit(prefix + "relative_values", relative_values);
+  }
+
   // Zero tables of the right shapes: load them or call reset_parameters().
   explicit ShawRelativePosition(const ShawOptions& options) {
     detail::require_argument(options.head_dim > 0, "ShawOptions::head_dim", "> 0",

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "attnlens/core/errors.hpp"
@@ -62,6 +64,13 @@ inline Index t5_relative_position_bucket(Index relative_position, const T5BiasOp
 template <class T>
 class T5RelativeBias final : public ScoreTerm<T> {
  public:
+  std::shared_ptr<KernelFactor<T>> clone() const override {
+    return std::make_shared<T5RelativeBias>(*this);
+  }
+  void visit_parameters(const std::string& prefix, ParameterVisitor<T>& visit) override {
+    visit(prefix + "relative_attention_bias.weight", relative_attention_bias);
+  }
+
   // A zero table of the right shape: load relative_attention_bias.weight into it.
   explicit T5RelativeBias(const T5BiasOptions& options)
       : relative_attention_bias(Matrix<T>::Zero(checked(options).num_buckets, options.num_heads)),

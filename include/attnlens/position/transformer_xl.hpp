@@ -4,8 +4,11 @@
 #pragma once
 
 #include <cmath>
+#include <memory>
+#include <string>
 
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/scratch.hpp"
 #include "attnlens/core/types.hpp"
 #include "attnlens/kernel/score_term.hpp"
 #include "attnlens/layers/linear.hpp"
@@ -24,6 +27,15 @@ struct TransformerXlOptions {
 template <class T>
 class TransformerXlRelativePosition final : public ScoreTerm<T> {
  public:
+  std::shared_ptr<KernelFactor<T>> clone() const override {
+    return std::make_shared<TransformerXlRelativePosition>(*this);
+  }
+  void visit_parameters(const std::string& prefix, ParameterVisitor<T>& visit) override {
+    visit(prefix + "r_w_bias", r_w_bias);
+    visit(prefix + "r_r_bias", r_r_bias);
+    visit(prefix + "r_net.weight", r_net.weight);
+  }
+
   // Zero parameters of the right shapes: load them.
   explicit TransformerXlRelativePosition(const TransformerXlOptions& options)
       : r_w_bias(Matrix<T>::Zero(checked(options).num_heads, options.head_dim)),
@@ -46,20 +58,24 @@ class TransformerXlRelativePosition final : public ScoreTerm<T> {
     const Index rows = scores.rows(), cols = scores.cols(), d = tile.queries.cols();
     const Index head = tile.at.head;
     const T scale = T(1) / std::sqrt(static_cast<T>(d));
-    // The tile spans distances i - j from i0 - (j0 + cols - 1) up: project each one once.
+    // The tile spans distances i - j from i0 - (j0 + cols - 1) up: project each one once, into
+    // this thread's scratch (nothing is allocated per tile).
     const Index nearest = tile.at.query_begin - (tile.at.key_begin + cols - 1);
-    Matrix<T> embeddings(rows + cols - 1, r_net.in_features());
-    for (Index n = 0; n < embeddings.rows(); ++n)
+    const Index distances = rows + cols - 1;
+    MatrixMap<T> embeddings = detail::scratch_matrix<T, 0>(distances, r_net.in_features());
+    for (Index n = 0; n < distances; ++n)
       detail::write_sinusoid(embeddings.row(n), static_cast<double>(nearest + n), 10000.0, true);
-    const Matrix<T> projected =
-        embeddings * r_net.weight.middleRows(head * d, d).transpose();  // W_R R, per distance
-    const RowVector<T> position_bias = r_r_bias.row(head) * projected.transpose();  // v.(W_R R)
-    const RowVector<T> content_bias = r_w_bias.row(head) * tile.keys.transpose();   // u.k_j
+    MatrixMap<T> projected = detail::scratch_matrix<T, 1>(distances, d);  // W_R R, per distance
+    projected.noalias() = embeddings * r_net.weight.middleRows(head * d, d).transpose();
+    auto position_bias = detail::scratch_matrix<T, 2>(1, distances);  // v.(W_R R)
+    position_bias.noalias() = r_r_bias.row(head) * projected.transpose();
+    auto content_bias = detail::scratch_matrix<T, 3>(1, cols);  // u.k_j
+    content_bias.noalias() = r_w_bias.row(head) * tile.keys.transpose();
     for (Index r = 0; r < rows; ++r)
       for (Index c = 0; c < cols; ++c) {
         const Index n = r - c + cols - 1;  // distance i - j = nearest + n
-        scores(r, c) += scale * (tile.queries.row(r).dot(projected.row(n)) + content_bias[c] +
-                                 position_bias[n]);
+        scores(r, c) += scale * (tile.queries.row(r).dot(projected.row(n)) + content_bias(0, c) +
+                                 position_bias(0, n));
       }
   }
 
