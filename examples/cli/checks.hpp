@@ -10,12 +10,14 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/names.hpp"
 #include "attnlens/io/safetensors.hpp"
 
 namespace attnlens::cli {
@@ -44,6 +46,14 @@ inline const CLI::Validator k_non_negative_number =
 
 // Throws ArgumentError when `option` was given although `applies` is false; `why` completes
 // "<option> does not apply <why>".
+// The names of an enum's table (core/names.hpp), for CLI::IsMember.
+template <class Enum, std::size_t N>
+std::vector<std::string> names_of(const Named<Enum> (&table)[N]) {
+  std::vector<std::string> names;
+  for (const auto& entry : table) names.push_back(entry.name);
+  return names;
+}
+
 inline void reject_unless(const CLI::Option* option, bool applies, const std::string& why) {
   if (option->count() > 0 && !applies)
     throw ArgumentError(option->get_name() + " does not apply " + why);

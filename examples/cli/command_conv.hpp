@@ -1,5 +1,5 @@
 // attnlens conv: a K x K convolution computed as multi-head self-attention with the quadratic
-// encoding (Cordonnier et al., MATH.md section 4); --check compares with the direct
+// encoding (Cordonnier et al., docs/math.md section 4); --check compares with the direct
 // convolution.
 #pragma once
 

@@ -1,6 +1,6 @@
 // attnlens denoise: a grayscale image filtered by the attention engine with identity
 // projections (tokens = pixels): Gaussian, bilateral, non-local means or dot-product attention
-// kernels, optionally boosted (twicing = --boost 1); MATH.md section 2, docs/image-filtering.md.
+// kernels, optionally boosted (twicing = --boost 1); docs/math.md section 2, docs/image-filtering.md.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -13,9 +13,9 @@
 #include <memory>
 #include <string>
 
+#include "attnlens/core/init.hpp"
 #include "attnlens/image/image_filter.hpp"
 #include "attnlens/image/image_quality.hpp"
-#include "attnlens/core/init.hpp"
 #include "attnlens/io/png.hpp"
 #include "attnlens/io/safetensors.hpp"
 #include "cli/checks.hpp"
@@ -170,7 +170,7 @@ inline void add_denoise_command(CLI::App& app) {
   cmd->add_option("--method", args->method,
                   "gaussian, bilateral, nlm (non-local means) or attention (dot product)")
       ->required()
-      ->check(CLI::IsMember({"gaussian", "bilateral", "nlm", "attention"}));
+      ->check(CLI::IsMember(names_of(k_image_filter_names)));
   given["--sigma-space"] =
       cmd->add_option("--sigma-space", f.sigma_space,
                       "s: Gaussian domain kernel exp(-|delta|^2 / (2 s^2)) in pixels (gaussian, "
@@ -215,11 +215,7 @@ inline void add_denoise_command(CLI::App& app) {
   given["--seed"] = cmd->add_option("--seed", args->seed, "Seed of the noise (default 0)");
   cmd->callback([args] {
     run_reporting_errors("denoise", [&] {
-      const std::string& m = args->method;
-      args->filter.method = m == "gaussian"    ? ImageFilterMethod::gaussian
-                            : m == "bilateral" ? ImageFilterMethod::bilateral
-                            : m == "nlm"       ? ImageFilterMethod::nlm
-                                               : ImageFilterMethod::attention;
+      args->filter.method = value_named(k_image_filter_names, args->method, "--method");
       detail_denoise::run(*args);
     });
   });

@@ -21,7 +21,7 @@ ensure_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-# The packages every build needs (DESIGN.md section 7).
+# The packages every build needs (README.md, "Use it from CMake", and docs/architecture.md).
 build_packages=(g++ cmake make libeigen3-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev
                 libcli11-dev libstb-dev)
 

@@ -1,5 +1,5 @@
 // KDE attention's pieces: key normalization and the Huber weights of robust KDE, against
-// MATH.md's formula written with a dense kernel matrix and loops, across block boundaries.
+// docs/math.md's formula written with a dense kernel matrix and loops, across block boundaries.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,7 +11,7 @@
 namespace attnlens {
 namespace {
 
-// MATH.md: r_j^2 = k(x_j,x_j) - (2/N) sum_l k(x_j,x_l) + (1/N^2) sum_{l,m} k(x_l,x_m),
+// docs/math.md: r_j^2 = k(x_j,x_j) - (2/N) sum_l k(x_j,x_l) + (1/N^2) sum_{l,m} k(x_l,x_m),
 // w_j = 1 if r_j <= a else a / r_j, normalized to sum 1.
 Vector<double> dense_huber_weights(const Matrix<double>& x, double scale, double a) {
   const Index N = x.rows();

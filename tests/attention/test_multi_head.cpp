@@ -317,7 +317,7 @@ TEST(MultiHeadAttention, CheckParametersNamesTheParameter) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Attention variants (MATH.md section 2), against tests/reference/oracles/variants.py.
+// Attention variants (docs/math.md section 2), against tests/reference/oracles/variants.py.
 
 template <class T>
 MultiHeadAttention<T> variant_module(const io::SafeTensors& file, const nlohmann::json& c) {
@@ -489,7 +489,7 @@ TEST(MultiHeadAttentionVariants, NeutrenoWithLambdaZeroIsPlainAttention) {
   ATTNLENS_EXPECT_CLOSE(six.forward(x).output, plain_out, 1e-15);
 }
 
-// MATH.md's theorem: with one head and identity projections, self-attention on x_i = y_i + p_i
+// docs/math.md's theorem: with one head and identity projections, self-attention on x_i = y_i + p_i
 // is the Nadaraya-Watson estimate with K_SA(i,j) = exp((y_i + p_i).(y_j + p_j) / sqrt(d)).
 TEST(MultiHeadAttentionVariants, IdentityProjectionSelfAttentionIsNadarayaWatson) {
   const Index L = 9, d = 6;

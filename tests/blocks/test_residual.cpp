@@ -1,4 +1,4 @@
-// Residual<T>: the fidelity term lambda_l (x_0 - x_l) of MATH.md section 2, its options and
+// Residual<T>: the fidelity term lambda_l (x_0 - x_l) of docs/math.md section 2, its options and
 // their errors. (Its use inside a stack is tested with TransformerEncoder.)
 #include <gtest/gtest.h>
 

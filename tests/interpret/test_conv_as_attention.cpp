@@ -1,6 +1,6 @@
-// Convolution as attention (MATH.md section 4): the K^2-head quadratic MHSA against the
+// Convolution as attention (docs/math.md section 4): the K^2-head quadratic MHSA against the
 // direct convolution and torch.nn.functional.conv2d (tests/reference/data/conv_f64), with
-// the error falling as alpha grows as MATH.md states.
+// the error falling as alpha grows as docs/math.md states.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -22,7 +22,7 @@ TEST(ConvAsAttention, DirectConvolutionMatchesPyTorch) {
   }
 }
 
-// The error table of MATH.md: max |MHSA - conv| over alpha; it must fall with alpha and reach
+// The error table of docs/math.md: max |MHSA - conv| over alpha; it must fall with alpha and reach
 // 1e-5 at alpha 16 and 1e-11 at alpha 32 (double).
 TEST(ConvAsAttention, ErrorFallsWithAlphaAsMathMdStates) {
   const auto file = testing::load_fixture("conv_f64.safetensors");
@@ -65,7 +65,7 @@ TEST(ConvAsAttention, FloatReachesFloatPrecisionAtAlpha20) {
   ATTNLENS_EXPECT_CLOSE(layer.forward(image), expected.get<float>("output"), 1e-5);
 }
 
-// The construction of MATH.md section 4: one head per shift, keys on the padded grid, the
+// The construction of docs/math.md section 4: one head per shift, keys on the padded grid, the
 // conv weights in out_proj.
 TEST(ConvAsAttention, HeadsAttendToTheirShift) {
   const auto file = testing::load_fixture("conv_f64.safetensors");

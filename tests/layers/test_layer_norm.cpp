@@ -17,7 +17,7 @@ using testing::expect_error_naming;
 
 // Case ln03 has inputs around 40 (float ulp 3.8e-6): there PyTorch's own float32 result is
 // 4.9e-6 from the exact one and attnlens's (moments in double) 5.2e-6 from PyTorch's, within
-// DESIGN.md's 1e-5.
+// the tolerance of tests/reference/README.md, 1e-5.
 template <class T>
 void check_layer_norm_against_pytorch() {
   const io::SafeTensors file = testing::load_typed_fixture<T>("layers");

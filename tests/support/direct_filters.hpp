@@ -1,4 +1,4 @@
-// Plain-loop image filters in double, written from the formulas of issue 5 / MATH.md section 2
+// Plain-loop image filters in double, written from the formulas of issue 5 / docs/math.md section 2
 // without the attention engine: the yardstick for attnlens::ImageFilter and `attnlens denoise`.
 #pragma once
 

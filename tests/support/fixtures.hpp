@@ -28,7 +28,7 @@ inline nlohmann::json fixture_cases(const io::SafeTensors& file) {
   return nlohmann::json::parse(file.metadata().at("cases"));
 }
 
-// DESIGN.md section 5: 1e-5 in float, 1e-10 in double, on O(1) values.
+// tests/reference/README.md: 1e-5 in float, 1e-10 in double, on O(1) values.
 template <class T>
 constexpr double default_tolerance() {
   return std::is_same_v<T, float> ? 1e-5 : 1e-10;

@@ -1,4 +1,4 @@
-// Elliptical attention (Nielsen et al., NeurIPS 2024; MATH.md section 2): the range kernel
+// Elliptical attention (Nielsen et al., NeurIPS 2024; docs/math.md section 2): the range kernel
 // (q_i * m).k_j / sqrt(d) with a per-head diagonal metric m estimated from how the values moved
 // between layers, m_c = mean_n |v^l_{n,c} - v^{l-1}_{n,c}| / delta, then m / max_c m_c. As in the
 // paper's code the mean runs over the tokens of one sequence, separately for each sequence and

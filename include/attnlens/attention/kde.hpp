@@ -1,4 +1,4 @@
-// KDE attention and its robust (Huber) form (Han et al., NeurIPS 2023; MATH.md section 2): keys
+// KDE attention and its robust (Huber) form (Han et al., NeurIPS 2023; docs/math.md section 2): keys
 // scaled to unit length, a Gaussian range kernel exp(-|q - k|^2 / sqrt(d)), and for the robust
 // form per-key Huber weights from each key's RKHS distance to the mean, computed blockwise in
 // O(S) memory, that the engines apply as numerator / denominator key weights.

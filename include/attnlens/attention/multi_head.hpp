@@ -1,8 +1,8 @@
 // MultiHeadAttention<T>: torch.nn.MultiheadAttention (batch_first) with its parameter names,
-// layouts and semantics (MATH.md section 1): packed or separate q/k/v projections, kdim/vdim,
+// layouts and semantics (docs/math.md section 1): packed or separate q/k/v projections, kdim/vdim,
 // bias on or off, self- and cross-attention, typed masks, per-head or averaged weights.
 // Position encodings plug in as score terms, query/key transforms and value terms; the
-// attention variant chosen in the options (MATH.md section 2) becomes a plan of further kernel
+// attention variant chosen in the options (docs/math.md section 2) becomes a plan of further kernel
 // factors for each call (attention/variant.hpp), which the module executes without knowing
 // which variant it is. Heads run in parallel across batch x heads.
 #pragma once
@@ -41,7 +41,7 @@ struct MultiHeadAttentionOptions {
   // false: no q.k range kernel, the scores are the score terms alone (positional-only
   // attention, Cordonnier et al.); the query projection is then unused.
   bool content = true;
-  // Which attention (MATH.md section 2) and its settings; softmax by default.
+  // Which attention (docs/math.md section 2) and its settings; softmax by default.
   AttentionVariantOptions variant = {};
 };
 

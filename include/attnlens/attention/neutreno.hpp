@@ -1,4 +1,4 @@
-// NeuTRENO's fidelity term (Nguyen et al., NeurIPS 2023; MATH.md section 2): the smoother's
+// NeuTRENO's fidelity term (Nguyen et al., NeurIPS 2023; docs/math.md section 2): the smoother's
 // output plus lambda (V^0 - V), V^0 the first layer's values, added to every head at once.
 #pragma once
 

@@ -1,8 +1,8 @@
-// An attention plan: what MultiHeadAttention executes for one call (DESIGN.md section 1). It
+// An attention plan: what MultiHeadAttention executes for one call (docs/architecture.md). It
 // names the kernel's factors (range kernel, normalization epsilon, boosting order, the score
 // terms and query/key transforms of the variant), per-key weights computed from a head's keys
 // and values, a term on the smoother's output, and what the call needs from other layers. The
-// variants of MATH.md section 2 are plans (attention/variant.hpp); the module knows none of them.
+// variants of docs/math.md section 2 are plans (attention/variant.hpp); the module knows none of them.
 #pragma once
 
 #include <memory>

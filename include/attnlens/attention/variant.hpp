@@ -1,4 +1,4 @@
-// The attention variants MultiHeadAttention offers (MATH.md section 2), each a plan of kernel
+// The attention variants MultiHeadAttention offers (docs/math.md section 2), each a plan of kernel
 // factors (attention/plan.hpp): softmax, bilateral (a distance kernel on positions), KDE and
 // robust KDE (Gaussian range kernel on unit keys, Huber key weights), FourierFormer (sinc^4),
 // elliptical (a metric on the queries) and NeuTRENO (a fidelity term on the values), with
@@ -17,6 +17,7 @@
 #include "attnlens/attention/plan.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/grid2d.hpp"
+#include "attnlens/core/names.hpp"
 #include "attnlens/core/softplus.hpp"
 #include "attnlens/core/types.hpp"
 #include "attnlens/kernel/attention_kernel.hpp"
@@ -62,52 +63,35 @@ inline bool needs_content(AttentionVariantType type) {
          type == AttentionVariantType::fourier || type == AttentionVariantType::elliptical;
 }
 
+inline constexpr Named<AttentionVariantType> k_attention_variant_names[] = {
+    {AttentionVariantType::softmax, "softmax"},  {AttentionVariantType::bilateral, "bilateral"},
+    {AttentionVariantType::kde, "kde"},          {AttentionVariantType::robust_kde, "robust_kde"},
+    {AttentionVariantType::fourier, "fourier"},  {AttentionVariantType::elliptical, "elliptical"},
+    {AttentionVariantType::neutreno, "neutreno"}};
+
 inline const char* attention_variant_name(AttentionVariantType type) {
-  switch (type) {
-    case AttentionVariantType::softmax:
-      return "softmax";
-    case AttentionVariantType::bilateral:
-      return "bilateral";
-    case AttentionVariantType::kde:
-      return "kde";
-    case AttentionVariantType::robust_kde:
-      return "robust_kde";
-    case AttentionVariantType::fourier:
-      return "fourier";
-    case AttentionVariantType::elliptical:
-      return "elliptical";
-    case AttentionVariantType::neutreno:
-      return "neutreno";
-  }
-  return "unknown";
+  return name_of(k_attention_variant_names, type);
 }
 
 // The type named `name` (as attention_variant_name writes it); throws ArgumentError naming
 // `what` otherwise.
 inline AttentionVariantType attention_variant_from_name(
     const std::string& name, const std::string& what = "attention type") {
-  for (auto type :
-       {AttentionVariantType::softmax, AttentionVariantType::bilateral, AttentionVariantType::kde,
-        AttentionVariantType::robust_kde, AttentionVariantType::fourier,
-        AttentionVariantType::elliptical, AttentionVariantType::neutreno})
-    if (name == attention_variant_name(type)) return type;
-  throw ArgumentError(what +
-                      ": expected one of softmax, bilateral, kde, robust_kde, fourier, "
-                      "elliptical, neutreno, got '" +
-                      name + "'");
+  return value_named(k_attention_variant_names, name, what);
 }
 
+inline constexpr Named<DistanceKernelType> k_distance_kernel_names[] = {
+    {DistanceKernelType::gaussian, "gaussian"}, {DistanceKernelType::laplacian, "laplacian"}};
+
 inline const char* distance_kernel_name(DistanceKernelType type) {
-  return type == DistanceKernelType::gaussian ? "gaussian" : "laplacian";
+  return name_of(k_distance_kernel_names, type);
 }
 
 // The type named `name` (as distance_kernel_name writes it); throws ArgumentError naming `what`
 // otherwise.
 inline DistanceKernelType distance_kernel_from_name(const std::string& name,
                                                     const std::string& what = "domain kernel") {
-  for (auto type : {DistanceKernelType::gaussian, DistanceKernelType::laplacian})
-    if (name == distance_kernel_name(type)) return type;
-  throw ArgumentError(what + ": expected gaussian or laplacian, got '" + name + "'");
+  return value_named(k_distance_kernel_names, name, what);
 }
 
 // Throws ArgumentError naming the first option out of its domain; `what` prefixes the names.

@@ -1,7 +1,7 @@
 // TransformerEncoder<T>: torch.nn.TransformerEncoder (a stack of TransformerEncoderLayer with an
-// optional final LayerNorm `norm`), with a choice of residual between layers (MATH.md section 2:
+// optional final LayerNorm `norm`), with a choice of residual between layers (docs/math.md section 2:
 // standard, or fidelity x_{l+1} = layer_l(x_l) + lambda_l (x_0 - x_l)), a positional encoding
-// (absolute: added to the input; relative: attached to every layer's self-attention; MATH.md
+// (absolute: added to the input; relative: attached to every layer's self-attention; docs/math.md
 // section 3), every layer's attention variant (NeuTRENO and elliptical read the first and the
 // previous layer's values) and per-layer attention maps.
 #pragma once

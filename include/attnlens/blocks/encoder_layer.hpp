@@ -1,8 +1,8 @@
 // TransformerEncoderLayer<T>: torch.nn.TransformerEncoderLayer (batch_first, inference: dropout
 // off) with its parameter names. Post-norm: x = norm1(x + sa(x)); x = norm2(x + ff(x)).
-// Pre-norm (norm_first): x = x + sa(norm1(x)); x = x + ff(norm2(x)). sa is MATH.md section 1,
+// Pre-norm (norm_first): x = x + sa(norm1(x)); x = x + ff(norm2(x)). sa is docs/math.md section 1,
 // with the layer's relative position encoding, if any, attached to it, and with the attention
-// variant of EncoderLayerOptions::attention (MATH.md section 2; softmax is PyTorch's).
+// variant of EncoderLayerOptions::attention (docs/math.md section 2; softmax is PyTorch's).
 #pragma once
 
 #include <string>

@@ -1,4 +1,4 @@
-// Residual connections between the layers of an encoder (MATH.md section 2, residual part):
+// Residual connections between the layers of an encoder (docs/math.md section 2, residual part):
 // standard x_{l+1} = x_l + f_l(x_l), and fidelity x_{l+1} = x_l + f_l(x_l) + lambda_l (x_0 - x_l),
 // which pulls every layer's state back towards the stack's input x_0 (NeuTRENO-style), with
 // lambda_l fixed by the options or learned (a parameter, fidelity_lambda).
@@ -9,28 +9,29 @@
 #include <vector>
 
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/names.hpp"
 #include "attnlens/core/types.hpp"
 
 namespace attnlens {
 
 enum class ResidualType { standard, fidelity };
 
+inline constexpr Named<ResidualType> k_residual_type_names[] = {
+    {ResidualType::standard, "standard"}, {ResidualType::fidelity, "fidelity"}};
+
 inline const char* residual_type_name(ResidualType type) {
-  return type == ResidualType::standard ? "standard" : "fidelity";
+  return name_of(k_residual_type_names, type);
 }
 
 inline ResidualType residual_type_from_name(const std::string& name,
                                             const std::string& what = "residual.type") {
-  for (ResidualType t : {ResidualType::standard, ResidualType::fidelity})
-    if (name == residual_type_name(t)) return t;
-  throw ArgumentError(
-      detail::concat(what, ": expected \"standard\" or \"fidelity\", got \"", name, "\""));
+  return value_named(k_residual_type_names, name, what);
 }
 
 struct ResidualOptions {
   ResidualType type = ResidualType::standard;
   // Fidelity only: lambda_l for every layer, or a single value shared by all layers.
-  // MATH.md suggests 0.0-0.6 (NeuTRENO: 0.6 vision, 0.4 language).
+  // docs/math.md suggests 0.0-0.6 (NeuTRENO: 0.6 vision, 0.4 language).
   std::vector<double> lambda;
   // Fidelity only: lambda is a parameter (the tensor fidelity_lambda, one value per layer)
   // rather than a constant; `lambda` then holds its initial values (none: 0).
@@ -40,7 +41,7 @@ struct ResidualOptions {
 // The residual variant of a stack of `num_layers` layers. Every layer already adds its own
 // standard residual x_l + f_l(x_l) (inside TransformerEncoderLayer, as PyTorch does); the
 // fidelity term is added to the layer's output: x_{l+1} = layer_l(x_l) + lambda_l (x_0 - x_l).
-// For norm_first layers that is exactly MATH.md's formula; after a post-norm layer the term
+// For norm_first layers that is exactly docs/math.md's formula; after a post-norm layer the term
 // is added after norm2. lambda = 0 is the standard residual.
 template <class T>
 struct Residual {

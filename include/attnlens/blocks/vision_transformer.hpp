@@ -1,6 +1,6 @@
 // VisionTransformer<T>: ViT (Dosovitskiy et al. 2021) as timm builds it: patch embedding
 // (a stride = kernel conv as one GEMM), optional CLS token, learned absolute positions and/or
-// 2-D relative ones (MATH.md section 3: the quadratic encoding, or Bello et al.'s learned row and
+// 2-D relative ones (docs/math.md section 3: the quadratic encoding, or Bello et al.'s learned row and
 // column offsets, as score terms of every block's self-attention; the CLS token, outside the
 // patch grid, gets domain term 0), a stack of TransformerEncoderLayer, final norm, pooling (CLS
 // token or mean) and a linear head.

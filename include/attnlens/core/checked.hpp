@@ -6,6 +6,7 @@
 #include <initializer_list>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
@@ -37,11 +38,19 @@ Index checked_mul(Index a, Index b, const std::string& what) {
 }
 
 // The product of sizes >= 0, checked like checked_mul.
-template <class Error = ArgumentError>
-Index checked_product(std::initializer_list<Index> sizes, const std::string& what) {
+template <class Error = ArgumentError, class Sizes>
+Index checked_product_of(const Sizes& sizes, const std::string& what) {
   Index product = 1;
   for (Index size : sizes) product = checked_mul<Error>(product, size, what);
   return product;
+}
+template <class Error = ArgumentError>
+Index checked_product(std::initializer_list<Index> sizes, const std::string& what) {
+  return checked_product_of<Error>(sizes, what);
+}
+template <class Error = ArgumentError>
+Index checked_product(const std::vector<Index>& sizes, const std::string& what) {
+  return checked_product_of<Error>(sizes, what);
 }
 
 // 2 r + 1, the side of a window or patch of radius r >= 0.

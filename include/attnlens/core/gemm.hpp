@@ -1,7 +1,7 @@
 // Matrix products. SerialGemm: Eigen's own blocked GEMM kernel on views, called without Eigen's
 // OpenMP dispatch (a caller that runs single-threaded outside a parallel region would otherwise
 // make Eigen fork threads for every small tile product; attnlens decides its own threads,
-// DESIGN.md section 6), with packing buffers allocated once and reused, so a tile loop allocates
+// docs/performance.md), with packing buffers allocated once and reused, so a tile loop allocates
 // nothing. parallel_product_transposed: x W^T for a Linear's weight on attnlens's threads. For
 // float on AVX-512 CPUs, detail::avx512 has the register-blocked kernels of the fast paths: x W^T
 // with W read in place, and the packed micro-kernel of the attention tiles.

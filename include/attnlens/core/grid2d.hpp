@@ -1,5 +1,5 @@
 // Token grids: tokens are pixels or patches of an H x W grid in row-major order, after
-// `leading` tokens without a position (a CLS token), which get domain term 0 (MATH.md
+// `leading` tokens without a position (a CLS token), which get domain term 0 (docs/math.md
 // section 2, bilateral attention). Plain geometry, shared by windows and 2-D encodings.
 #pragma once
 

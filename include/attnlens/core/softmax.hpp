@@ -1,4 +1,4 @@
-// Numerically stable row softmax (MATH.md section 1): subtract the row maximum, exponentiate,
+// Numerically stable row softmax (docs/math.md section 1): subtract the row maximum, exponentiate,
 // normalize; and its generalization to weighted kernel smoothers (robust KDE, FourierFormer).
 // A row whose every entry is -inf (every key masked) becomes all zeros, never NaN.
 #pragma once

@@ -1,5 +1,5 @@
 // softplus(x) = log(1 + e^x) and its inverse: how attnlens keeps a learned width positive
-// (bilateral attention's sigma_h = softplus(rho_h), MATH.md section 2).
+// (bilateral attention's sigma_h = softplus(rho_h), docs/math.md section 2).
 #pragma once
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-// Classical image filters computed by the attention engine (MATH.md section 2, S0): the tokens
+// Classical image filters computed by the attention engine (docs/math.md section 2, S0): the tokens
 // are the pixels of a grayscale image on a Grid2d, queries = keys = identity projections of a
 // pixel or of its patch, values = pixels, and each filter is a choice of kernel factors: range
 // kernel, Gaussian domain term, square search window and boosting order.
@@ -11,16 +11,17 @@
 #include <string>
 #include <utility>
 
-#include "attnlens/position/distance_kernel.hpp"
+#include "attnlens/core/checked.hpp"
+#include "attnlens/core/errors.hpp"
+#include "attnlens/core/grid2d.hpp"
+#include "attnlens/core/names.hpp"
+#include "attnlens/core/types.hpp"
 #include "attnlens/kernel/fused_engine.hpp"
 #include "attnlens/kernel/range_kernel.hpp"
 #include "attnlens/kernel/reference_engine.hpp"
 #include "attnlens/kernel/score_term.hpp"
 #include "attnlens/kernel/window.hpp"
-#include "attnlens/core/checked.hpp"
-#include "attnlens/core/errors.hpp"
-#include "attnlens/core/types.hpp"
-#include "attnlens/core/grid2d.hpp"
+#include "attnlens/position/distance_kernel.hpp"
 
 namespace attnlens {
 
@@ -46,18 +47,14 @@ struct ImageFilterOptions {
   FusedOptions fused = {{8, 256}, {}};
 };
 
+inline constexpr Named<ImageFilterMethod> k_image_filter_names[] = {
+    {ImageFilterMethod::gaussian, "gaussian"},
+    {ImageFilterMethod::bilateral, "bilateral"},
+    {ImageFilterMethod::nlm, "nlm"},
+    {ImageFilterMethod::attention, "attention"}};
+
 inline const char* image_filter_name(ImageFilterMethod method) {
-  switch (method) {
-    case ImageFilterMethod::gaussian:
-      return "gaussian";
-    case ImageFilterMethod::bilateral:
-      return "bilateral";
-    case ImageFilterMethod::nlm:
-      return "nlm";
-    case ImageFilterMethod::attention:
-      return "attention";
-  }
-  return "?";
+  return name_of(k_image_filter_names, method);
 }
 
 // The window radius the options select: radius, or ceil(3 sigma_space) when radius < 0

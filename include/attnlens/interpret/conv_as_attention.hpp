@@ -1,4 +1,4 @@
-// Convolution as multi-head self-attention (Cordonnier et al., Theorem 1; MATH.md section 4):
+// Convolution as multi-head self-attention (Cordonnier et al., Theorem 1; docs/math.md section 4):
 // from a K x K conv2d (PyTorch layout D_out x D_in x K x K, bias D_out) build a
 // MultiHeadAttention with K^2 positional-only heads and the quadratic encoding, whose output
 // tends to the zero-padded convolution as alpha grows (error ~ 20 e^-alpha). conv2d_same is

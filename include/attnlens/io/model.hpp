@@ -14,6 +14,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "attnlens/attention/variant.hpp"
@@ -23,6 +24,8 @@
 #include "attnlens/io/encoder_state_dict.hpp"
 #include "attnlens/io/json_text.hpp"
 #include "attnlens/io/safetensors.hpp"
+#include "attnlens/position/encoding.hpp"
+#include "attnlens/position/registry.hpp"
 
 namespace attnlens::io {
 
@@ -248,78 +251,44 @@ inline nlohmann::ordered_json attention_config_json(const AttentionVariantOption
   return json;
 }
 
-// The position types a sequence encoder's config accepts: the 2-D ones need a patch grid.
-inline constexpr PositionType k_encoder_position_types[] = {
-    PositionType::none,           PositionType::sinusoidal,
-    PositionType::learned,        PositionType::shaw,
-    PositionType::transformer_xl, PositionType::t5,
-    PositionType::alibi,          PositionType::rope};
-
+// "position": {"type": ..., the settings of its registry entry} (docs/model-format.md). A
+// sequence encoder takes every registered encoding except those on a patch grid.
 inline PositionOptions parse_position_config(const ConfigReader& reader) {
   PositionOptions out;
-  out.type = type_from_name(reader, reader.get<std::string>("type"), k_encoder_position_types,
-                            position_type_name,
-                            " (2-D encodings need an image grid: see VisionTransformer)");
-  switch (out.type) {
-    case PositionType::sinusoidal:
-      out.base = reader.get<double>("base", out.base);
-      break;
-    case PositionType::learned:
-      out.max_len = reader.get<Index>("max_len");
-      break;
-    case PositionType::shaw:
-      out.max_relative_position = reader.get<Index>("max_relative_position");
-      break;
-    case PositionType::t5:
-      out.num_buckets = reader.get<Index>("num_buckets", out.num_buckets);
-      out.max_distance = reader.get<Index>("max_distance", out.max_distance);
-      out.bidirectional = reader.get<bool>("bidirectional", out.bidirectional);
-      break;
-    case PositionType::alibi:
-      out.causal = reader.get<bool>("causal", out.causal);
-      break;
-    case PositionType::rope: {
-      out.base = reader.get<double>("base", out.base);
-      const auto pairing = reader.get<std::string>("pairing", "interleaved");
-      if (pairing != "interleaved" && pairing != "half")
-        reader.fail("pairing", "\"interleaved\" or \"half\"", "\"" + pairing + "\"");
-      out.pairing = pairing == "half" ? RopePairing::half : RopePairing::interleaved;
-      break;
+  const auto name = reader.get<std::string>("type");
+  std::string names;
+  for (const PositionEncoding& entry : position_encodings()) {
+    if (entry.kind == PositionKind::grid) continue;
+    if (name == entry.type.name()) out.type = entry.type;
+    names += concat(names.empty() ? "\"" : ", \"", entry.type.name(), "\"");
+  }
+  if (name != out.type.name())
+    reader.fail(
+        "type",
+        concat("one of ", names, " (2-D encodings need an image grid: see VisionTransformer)"),
+        "\"" + name + "\"");
+  for (const PositionSetting& setting : position_encoding(out.type).settings) {
+    if (!setting.required && !reader.has(setting.key)) continue;
+    SettingValue value = setting.get(out);  // the default, and the type the value must have
+    std::visit([&](auto& v) { v = reader.get<std::decay_t<decltype(v)>>(setting.key); }, value);
+    if (!setting.choices.empty() &&
+        std::find(setting.choices.begin(), setting.choices.end(), std::get<std::string>(value)) ==
+            setting.choices.end()) {
+      std::string allowed;
+      for (const auto& choice : setting.choices)
+        allowed += concat(allowed.empty() ? "\"" : "\" or \"", choice);
+      reader.fail(setting.key, allowed + "\"", "\"" + std::get<std::string>(value) + "\"");
     }
-    default:
-      break;  // none, transformer_xl: no parameters
+    setting.set(out, value);
   }
   reader.reject_unknown_keys();
   return out;
 }
 
 inline nlohmann::ordered_json position_config_json(const PositionOptions& o) {
-  nlohmann::ordered_json json{{"type", position_type_name(o.type)}};
-  switch (o.type) {
-    case PositionType::sinusoidal:
-      json["base"] = o.base;
-      break;
-    case PositionType::learned:
-      json["max_len"] = o.max_len;
-      break;
-    case PositionType::shaw:
-      json["max_relative_position"] = o.max_relative_position;
-      break;
-    case PositionType::t5:
-      json["num_buckets"] = o.num_buckets;
-      json["max_distance"] = o.max_distance;
-      json["bidirectional"] = o.bidirectional;
-      break;
-    case PositionType::alibi:
-      json["causal"] = o.causal;
-      break;
-    case PositionType::rope:
-      json["base"] = o.base;
-      json["pairing"] = rope_pairing_name(o.pairing);
-      break;
-    default:
-      break;
-  }
+  nlohmann::ordered_json json{{"type", o.type.name()}};
+  for (const PositionSetting& setting : position_encoding(o.type).settings)
+    std::visit([&](const auto& v) { json[setting.key] = v; }, setting.get(o));
   return json;
 }
 
@@ -478,32 +447,16 @@ inline Index minimum_parameter_count(const EncoderOptions& o, const std::string&
   const auto add = [&](Index a, Index b) {
     return attnlens::detail::checked_add<IoError>(a, b, where + ": the parameter count");
   };
-  const Index E = layer.d_model, head_dim = E / layer.nhead;
+  const Index E = layer.d_model;
   // in_proj_weight (3E x E), out_proj.weight (E x E), linear1 and linear2 (FF x E each).
   Index per_layer = add(mul({4, E, E}, "4 d_model^2 (in_proj, out_proj)"),
                         mul({2, E, layer.dim_feedforward}, "2 d_model dim_feedforward"));
   const PositionOptions& p = o.position;
-  switch (p.type) {
-    case PositionType::shaw: {  // relative_keys and relative_values, (2k + 1) x d each
-      const Index rows = attnlens::detail::checked_side<IoError>(
-          std::max<Index>(p.max_relative_position, 0),
-          concat(where, ": position: max_relative_position"));
-      per_layer = add(per_layer, mul({2, rows, head_dim}, "position: max_relative_position"));
-      break;
-    }
-    case PositionType::transformer_xl:  // r_net.weight, E x E
-      per_layer = add(per_layer, mul({E, E}, "d_model^2 (r_net)"));
-      break;
-    case PositionType::t5:  // relative_attention_bias.weight, num_buckets x H
-      per_layer = add(per_layer, mul({std::max<Index>(p.num_buckets, 0), layer.nhead},
-                                     "position: num_buckets x nhead"));
-      break;
-    default:
-      break;
-  }
+  const PositionEncoding& encoding = position_encoding(p.type);
+  const Index position = table_parameter_count(encoding, p, E, layer.nhead, where);
+  if (encoding.kind != PositionKind::absolute) per_layer = add(per_layer, position);
   Index total = mul({o.num_layers, per_layer}, "num_layers x the parameters of a layer");
-  if (p.type == PositionType::learned)
-    total = add(total, mul({std::max<Index>(p.max_len, 0), E}, "position: max_len x d_model"));
+  if (encoding.kind == PositionKind::absolute) total = add(total, position);
   return total;
 }
 

@@ -3,11 +3,17 @@
 // with every shape checked against what the module needs.
 #pragma once
 
+#include <map>
+#include <memory>
+#include <stdexcept>
 #include <string>
 
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/io/safetensors.hpp"
+#include "attnlens/kernel/factor.hpp"
+#include "attnlens/position/encoding.hpp"
+#include "attnlens/position/registry.hpp"
 
 namespace attnlens::io {
 
@@ -92,6 +98,38 @@ MultiHeadAttention<T> load_multi_head_attention(const SafeTensors& file, const s
                   "in_proj_bias': nn.MultiheadAttention has both biases or neither");
   }
   return mha;
+}
+
+// The factor of a registered relative encoding (position/registry.hpp) for a layer of d_model
+// and num_heads, with its parameters read from `file` under `prefix`: every tensor the entry
+// names is read and its shape checked before the factor is made, so options that would size
+// a large table fail on the file's tensor instead of allocating it.
+template <class T>
+std::shared_ptr<KernelFactor<T>> load_position_factor(const SafeTensors& file,
+                                                      const std::string& prefix,
+                                                      const PositionOptions& options, Index d_model,
+                                                      Index num_heads) {
+  const PositionEncoding& encoding = position_encoding(options.type);
+  std::map<std::string, Tensor<T>> tensors;
+  if (encoding.parameters)
+    for (const ParameterShape& p : encoding.parameters(options, d_model, num_heads, prefix)) {
+      Tensor<T> t = file.get<T>(prefix + p.name);
+      attnlens::detail::require_shape(t.shape() == p.shape, "tensor '" + prefix + p.name + "'",
+                                      attnlens::detail::shape_string(p.shape),
+                                      attnlens::detail::shape_string(t.shape()));
+      tensors.emplace(p.name, std::move(t));
+    }
+  std::shared_ptr<KernelFactor<T>> factor = encoding.make<T>(options, d_model, num_heads);
+  const auto assign = [&](const std::string& name, auto& parameter) {
+    const auto it = tensors.find(name);
+    if (it == tensors.end())
+      throw std::logic_error("position registry: no shape for parameter '" + name + "'");
+    parameter = Eigen::Map<const std::decay_t<decltype(parameter)>>(
+        it->second.data(), parameter.rows(), parameter.cols());
+  };
+  attnlens::detail::ParameterCallback<T, decltype(assign)> visit(assign);
+  if (factor) factor->visit_parameters("", visit);
+  return factor;
 }
 
 }  // namespace attnlens::io

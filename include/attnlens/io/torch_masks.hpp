@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <string>
 
-#include "attnlens/kernel/mask.hpp"
 #include "attnlens/io/safetensors.hpp"
+#include "attnlens/kernel/mask.hpp"
 
 namespace attnlens::io {
 

@@ -1,4 +1,4 @@
-// The kernel of one attention call, factor by factor (DESIGN.md section 1): range kernel, score
+// The kernel of one attention call, factor by factor (docs/architecture.md): range kernel, score
 // terms (domain kernels), support (mask and local window), normalization (per-key weights,
 // epsilon), value terms and boosting order; and one head's inputs. Both engines consume it.
 #pragma once
@@ -19,7 +19,7 @@ namespace attnlens {
 // z_{m+1} = z_m + A (y - z_m) has converged to within rounding of y long before it.
 inline constexpr Index k_max_boost = 100;
 
-// The kernel of one attention call, factor by factor (DESIGN.md section 1): the range kernel,
+// The kernel of one attention call, factor by factor (docs/architecture.md): the range kernel,
 // the domain-kernel score terms, the support (mask and local window), the normalization, the
 // value terms and the iteration order.
 template <class T>
@@ -31,7 +31,7 @@ struct AttentionKernel {
   LocalWindow window = {};                     // inactive by default: every key
   // A_ij = K_ij / (sum_j K_ij + epsilon); FourierFormer uses 1e-6, softmax 0.
   T epsilon = T(0);
-  // Boosting order k (MATH.md section 2): z_0 = F(V), z_{m+1} = z_m + F(V - z_m) for m < k,
+  // Boosting order k (docs/math.md section 2): z_0 = F(V), z_{m+1} = z_m + F(V - z_m) for m < k,
   // with the smoother F(X) = A X + value terms; 1 is twicing. Needs as many keys as queries.
   Index boost = 0;
 };

@@ -1,4 +1,4 @@
-// Boosting of order k (MATH.md section 2): z_0 = F(y), z_{m+1} = z_m + F(y - z_m) for m < k,
+// Boosting of order k (docs/math.md section 2): z_0 = F(y), z_{m+1} = z_m + F(y - z_m) for m < k,
 // with the smoother F(X) = A X + value terms; order 1 is twicing. One driver for both engines.
 #pragma once
 

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "attnlens/core/init.hpp"
 #include "attnlens/core/types.hpp"
 
 namespace attnlens {
@@ -34,6 +35,8 @@ class KernelFactor {
     (void)prefix;
     (void)visit;
   }
+  // The factor's own initialisation of its learned parameters (its paper's code's).
+  virtual void reset_parameters(Rng& rng) { (void)rng; }
   // A deep copy; null when the factor holds no parameters, so that copies may share it.
   virtual std::shared_ptr<KernelFactor<T>> clone() const { return nullptr; }
 };

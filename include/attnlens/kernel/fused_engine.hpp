@@ -1,4 +1,4 @@
-// The fused attention engine (DESIGN.md section 6): queries in tiles, keys in blocks, an online
+// The fused attention engine (docs/performance.md): queries in tiles, keys in blocks, an online
 // softmax (running maximum and sum, one rescale per block, one division at the end) around
 // GEMMs on views of the tiles. Each block's scores and weighted values come from the steps of
 // kernel/tile.hpp, the same the reference engine takes, so every factor of the kernel is served;

@@ -1,4 +1,4 @@
-// Typed attention masks: the support of the attention kernel (DESIGN.md section 4). A causal
+// Typed attention masks: the support of the attention kernel (docs/limits.md). A causal
 // flag, a per-key keep vector or per-sequence lengths (key padding), a boolean keep mask and
 // an additive float bias over (batch, head, query, key) with broadcasting. Masked entries are
 // selected to -inf, never computed with, so NaN or Inf behind a mask cannot leak through.

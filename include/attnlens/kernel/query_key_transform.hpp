@@ -1,5 +1,5 @@
 // Query/key transforms: position encodings that act on a head's projected queries and keys
-// instead of adding to the scores (RoPE, MATH.md section 3). An engine applies each transform
+// instead of adding to the scores (RoPE, docs/math.md section 3). An engine applies each transform
 // once per (sequence, head), in O(L * d), before any score is formed.
 #pragma once
 

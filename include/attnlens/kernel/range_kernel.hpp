@@ -1,4 +1,4 @@
-// Range kernels: the content factor of attention's kernel (DESIGN.md section 1, MATH.md
+// Range kernels: the content factor of attention's kernel (docs/architecture.md, docs/math.md
 // section 2), in log space. A tile of scores gets range(q_i, k_j) for its queries and keys, so
 // the reference and the fused engine share one definition.
 #pragma once

@@ -1,4 +1,4 @@
-// The reference attention engine (MATH.md sections 1-2): for one head of one sequence it
+// The reference attention engine (docs/math.md sections 1-2): for one head of one sequence it
 // materializes the L x S scores as one tile, normalizes the kernel rows into A and returns the
 // smoother output A V plus the value terms, boosted to the kernel's order. It is the engine
 // that returns attention maps, and the yardstick the fused engine is tested against.

@@ -1,4 +1,4 @@
-// Score terms: the domain kernels of attention in log space (DESIGN.md section 1). A term adds
+// Score terms: the domain kernels of attention in log space (docs/architecture.md). A term adds
 // b_h(i, j) to a tile of scores before the softmax; any engine, materialized or tiled, calls
 // it tile by tile, so no term ever needs the whole L x S matrix.
 #pragma once

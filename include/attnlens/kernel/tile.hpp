@@ -1,4 +1,4 @@
-// The two steps every engine takes on a tile of one head (DESIGN.md section 1): the tile's
+// The two steps every engine takes on a tile of one head (docs/architecture.md): the tile's
 // scores from the kernel's factors, and the smoother's weighted sum of values with the value
 // terms. The reference engine calls them once on the whole L x S problem, the fused engine on
 // every (query tile, key block); only normalization and accumulation differ between them.
@@ -26,7 +26,7 @@ void tile_scores(const AttentionKernel<T>& kernel, const TileCoords& at, ConstMa
 }
 
 // out += weights * values + every value term, for a tile of weights (rows x cols, normalized or
-// not) over the values of its keys. The non-finite rule (DESIGN.md section 4): a key whose value
+// not) over the values of its keys. The non-finite rule (docs/limits.md): a key whose value
 // holds NaN or Inf reaches exactly the rows whose support holds it, in_support(r, c), and no
 // other: 0 * NaN would be NaN. values_finite says that no row of `values` needs the rule;
 // finite_values is scratch of at least cols x dv for the case that some do.

@@ -1,5 +1,5 @@
 // Value terms: position encodings that add to the values an attention row averages (Shaw et
-// al.'s a^V, MATH.md section 3). A term is linear in the weights, out += f(weights), so an
+// al.'s a^V, docs/math.md section 3). A term is linear in the weights, out += f(weights), so an
 // online-softmax engine can apply it to unnormalized tiles and rescale like A V itself.
 #pragma once
 

@@ -1,6 +1,6 @@
 // Local windows: a support that limits each query to the keys near it, |j - i| <= radius on a
 // sequence or |dr|, |dc| <= radius on a 2-D grid (the search window of a bilateral filter or
-// non-local means, DESIGN.md section 1). Engines enumerate the key ranges a query tile can
+// non-local means, docs/architecture.md). Engines enumerate the key ranges a query tile can
 // reach, so the cost is proportional to the window, not to L x S.
 #pragma once
 

@@ -7,32 +7,25 @@
 #include <string>
 
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/names.hpp"
 #include "attnlens/core/types.hpp"
 
 namespace attnlens {
 
 enum class Activation { relu, gelu, gelu_tanh };
 
-// The name PyTorch's TransformerEncoderLayer(activation=...) and attnlens's config.json use.
+// The names PyTorch's TransformerEncoderLayer(activation=...) and attnlens's config.json use.
+inline constexpr Named<Activation> k_activation_names[] = {
+    {Activation::relu, "relu"}, {Activation::gelu, "gelu"}, {Activation::gelu_tanh, "gelu_tanh"}};
+
 inline const char* activation_name(Activation activation) {
-  switch (activation) {
-    case Activation::relu:
-      return "relu";
-    case Activation::gelu:
-      return "gelu";
-    case Activation::gelu_tanh:
-      return "gelu_tanh";
-  }
-  return "?";
+  return name_of(k_activation_names, activation);
 }
 
 // Inverse of activation_name; throws ArgumentError naming `what` for anything else.
 inline Activation activation_from_name(const std::string& name,
                                        const std::string& what = "activation") {
-  for (Activation a : {Activation::relu, Activation::gelu, Activation::gelu_tanh})
-    if (name == activation_name(a)) return a;
-  throw ArgumentError(
-      detail::concat(what, ": expected \"relu\", \"gelu\" or \"gelu_tanh\", got \"", name, "\""));
+  return value_named(k_activation_names, name, what);
 }
 
 // In place: x <- activation(x), elementwise.

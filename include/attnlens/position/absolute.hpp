@@ -1,4 +1,4 @@
-// Absolute position encodings are added to the input tokens (MATH.md section 3): row p of a
+// Absolute position encodings are added to the input tokens (docs/math.md section 3): row p of a
 // table goes to token p of every sequence. Shared by the sinusoidal and learned encodings.
 #pragma once
 

@@ -1,4 +1,4 @@
-// ALiBi (Press et al. 2022, MATH.md section 3): a per-head linear distance penalty added to
+// ALiBi (Press et al. 2022, docs/math.md section 3): a per-head linear distance penalty added to
 // the scores, S_h(i,j) += -m_h |i - j| (symmetric) or m_h (j - i) (causal form, to be used
 // with a causal mask), with the published slopes m_h.
 #pragma once

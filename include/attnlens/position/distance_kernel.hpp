@@ -1,4 +1,4 @@
-// Distance kernels: the spatial (domain) factor of bilateral self-attention (MATH.md section 2),
+// Distance kernels: the spatial (domain) factor of bilateral self-attention (docs/math.md section 2),
 // S_h(i,j) += -|p_i - p_j|^2 / (2 sigma_h^2) (Gaussian) or -|p_i - p_j|_1 / sigma_h (Laplacian),
 // on 1-D positions p_i = i or on the cells of a Grid2d. Tokens without a position get term 0.
 #pragma once

@@ -1,4 +1,4 @@
-// Learned absolute positions (MATH.md section 3): a max_len x E table, nn.Embedding-like,
+// Learned absolute positions (docs/math.md section 3): a max_len x E table, nn.Embedding-like,
 // whose row p is added to token p.
 #pragma once
 

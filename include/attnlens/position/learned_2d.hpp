@@ -1,4 +1,4 @@
-// Learned 2-D relative positions (Bello et al. 2019, as in Cordonnier et al.; MATH.md
+// Learned 2-D relative positions (Bello et al. 2019, as in Cordonnier et al.; docs/math.md
 // section 3): row and column offset tables with 2 * max_position - 1 rows and a per-head key
 // for each, S_h(i,j) += w_row_h.r^row_{delta_1} + w_col_h.r^col_{delta_2}. Without the content
 // term it is positional-only attention (MultiHeadAttentionOptions::content = false).
@@ -54,7 +54,7 @@ class LearnedRelative2d final : public RelativeGridTerm<T> {
   }
 
   // nn.Embedding (N(0, 1)) and nn.Linear (U(+-1/sqrt(dim))) initialisation.
-  void reset_parameters(Rng& rng) {
+  void reset_parameters(Rng& rng) override {
     init::normal(row_embeddings, rng);
     init::normal(col_embeddings, rng);
     init::linear_uniform(head_keys_row, dim(), rng);

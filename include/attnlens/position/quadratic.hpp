@@ -1,4 +1,4 @@
-// The quadratic 2-D encoding of Cordonnier et al. (MATH.md section 3): each head attends
+// The quadratic 2-D encoding of Cordonnier et al. (docs/math.md section 3): each head attends
 // around a center shift Delta_h with width alpha_h, S_h(i,j) += -alpha_h (|delta - Delta_h|^2
 // - |Delta_h|^2); generalized: -1/2 (delta - mu_h)^T Sigma_h^-1 (delta - mu_h).
 #pragma once
@@ -8,6 +8,7 @@
 #include <string>
 
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/init.hpp"
 #include "attnlens/core/types.hpp"
 #include "attnlens/position/relative_grid_term.hpp"
 
@@ -23,6 +24,11 @@ struct QuadraticEncodingOptions {
 template <class T>
 class QuadraticEncoding final : public RelativeGridTerm<T> {
  public:
+  // alpha = 1 and centres N(0, 1), as Cordonnier et al.'s code.
+  void reset_parameters(Rng& rng) override {
+    alpha.setOnes();
+    init::normal(center_shift, rng);
+  }
   std::shared_ptr<KernelFactor<T>> clone() const override {
     return std::make_shared<QuadraticEncoding>(*this);
   }

@@ -1,5 +1,5 @@
 // The base of the 2-D relative score terms (quadratic, learned 2-D): a term b_h(delta) of the
-// offset delta = p_j - p_i between a query's and a key's grid cells (MATH.md section 3). A tile
+// offset delta = p_j - p_i between a query's and a key's grid cells (docs/math.md section 3). A tile
 // asks its subclass once per offset it spans, into a per-tile table, and adds from the table.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Rotary position embedding (Su et al. 2021, MATH.md section 3): each pair of a head's query
+// Rotary position embedding (Su et al. 2021, docs/math.md section 3): each pair of a head's query
 // and key channels is rotated by p * theta_c, theta_c = base^(-2c/d), so that
 // rot(q, p_i).rot(k, p_j) depends on p_j - p_i only. Both pairings: interleaved (2c, 2c+1;
 // RoFormer, GPT-J) and half (c, c + d/2; GPT-NeoX, Llama).
@@ -9,12 +9,16 @@
 #include <vector>
 
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/names.hpp"
 #include "attnlens/core/types.hpp"
 #include "attnlens/kernel/query_key_transform.hpp"
 
 namespace attnlens {
 
 enum class RopePairing { interleaved, half };
+
+inline constexpr Named<RopePairing> k_rope_pairing_names[] = {
+    {RopePairing::interleaved, "interleaved"}, {RopePairing::half, "half"}};
 
 struct RopeOptions {
   Index head_dim = 0;  // even

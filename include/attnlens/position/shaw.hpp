@@ -1,4 +1,4 @@
-// Shaw et al. 2018 relative positions (MATH.md section 3): clipped offsets c(j - i) =
+// Shaw et al. 2018 relative positions (docs/math.md section 3): clipped offsets c(j - i) =
 // clip(j - i, -k, k) index a key table and a value table shared by the heads,
 // e_ij = q_i.(k_j + a^K_c) / sqrt(d) and z_i = sum_j A_ij (v_j + a^V_c). One object is both
 // the score term and the value term: register it in score_terms and value_terms.
@@ -48,7 +48,7 @@ class ShawRelativePosition final : public ScoreTerm<T>, public ValueTerm<T> {
   }
 
   // Shaw et al. initialise the tables like embeddings: N(0, 1).
-  void reset_parameters(Rng& rng) {
+  void reset_parameters(Rng& rng) override {
     init::normal(relative_keys, rng);
     init::normal(relative_values, rng);
   }

@@ -1,4 +1,4 @@
-// Sinusoidal absolute encodings (MATH.md section 3): Vaswani et al.'s interleaved table
+// Sinusoidal absolute encodings (docs/math.md section 3): Vaswani et al.'s interleaved table
 // PE(p, 2c) = sin(p / base^(2c/E)), PE(p, 2c+1) = cos(...), and its 2-D form for patch grids
 // (ViT/MAE style): the first E/2 channels encode the row, the last E/2 the column.
 #pragma once

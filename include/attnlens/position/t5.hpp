@@ -1,4 +1,4 @@
-// T5 relative position bias (Raffel et al. 2020, MATH.md section 3): S_h(i,j) += b_h[bucket(j-i)]
+// T5 relative position bias (Raffel et al. 2020, docs/math.md section 3): S_h(i,j) += b_h[bucket(j-i)]
 // with HF transformers' _relative_position_bucket (bidirectional or causal; exact buckets near
 // 0, logarithmic ones up to max_distance) and a learned num_buckets x H table.
 #pragma once
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/init.hpp"
 #include "attnlens/core/types.hpp"
 #include "attnlens/kernel/score_term.hpp"
 
@@ -64,6 +65,8 @@ inline Index t5_relative_position_bucket(Index relative_position, const T5BiasOp
 template <class T>
 class T5RelativeBias final : public ScoreTerm<T> {
  public:
+  // The table N(0, 1), as nn.Embedding.
+  void reset_parameters(Rng& rng) override { init::normal(relative_attention_bias, rng); }
   std::shared_ptr<KernelFactor<T>> clone() const override {
     return std::make_shared<T5RelativeBias>(*this);
   }

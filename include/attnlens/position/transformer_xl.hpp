@@ -1,4 +1,4 @@
-// Transformer-XL relative positions (Dai et al. 2019, MATH.md section 3): the score terms
+// Transformer-XL relative positions (Dai et al. 2019, docs/math.md section 3): the score terms
 // q_i.(W_R R_{i-j}) + u.k_j + v.(W_R R_{i-j}) beside the content term q_i.k_j, all scaled by
 // 1/sqrt(d) as in the paper's code; R is sinusoidal ([sin | cos]) in the distance i - j.
 #pragma once
@@ -8,6 +8,7 @@
 #include <string>
 
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/init.hpp"
 #include "attnlens/core/scratch.hpp"
 #include "attnlens/core/types.hpp"
 #include "attnlens/kernel/score_term.hpp"
@@ -27,6 +28,12 @@ struct TransformerXlOptions {
 template <class T>
 class TransformerXlRelativePosition final : public ScoreTerm<T> {
  public:
+  // As the Transformer-XL code: u and v N(0, 0.02^2), r_net like nn.Linear.
+  void reset_parameters(Rng& rng) override {
+    for (Matrix<T>* m : {&r_w_bias, &r_r_bias})
+      for (Index i = 0; i < m->size(); ++i) m->data()[i] = rng.normal<T>(T(0), T(0.02));
+    init::linear_uniform(r_net.weight, r_net.in_features(), rng);
+  }
   std::shared_ptr<KernelFactor<T>> clone() const override {
     return std::make_shared<TransformerXlRelativePosition>(*this);
   }

@@ -1,5 +1,5 @@
 """Fixtures for transformer blocks: LayerNorm, FeedForward, TransformerEncoderLayer and
-TransformerEncoder (MATH.md section 2, residual part). Oracle: PyTorch's own modules
+TransformerEncoder (docs/math.md section 2, residual part). Oracle: PyTorch's own modules
 (nn.LayerNorm, nn.TransformerEncoderLayer(batch_first=True), nn.TransformerEncoder), run on
 the slow path; the fidelity residual, which PyTorch does not have, is written out here."""
 
@@ -358,7 +358,7 @@ def make_encoder(case: EncoderCase, seed: int) -> nn.TransformerEncoder:
 
 
 def encoder_by_layers(encoder: nn.TransformerEncoder, case: EncoderCase, src, mask, padding):
-    """MATH.md section 2's residual stack written out layer by layer:
+    """docs/math.md section 2's residual stack written out layer by layer:
     x_{l+1} = layer_l(x_l) + lambda_l (x_0 - x_l), then the final norm. Also returns each
     layer's per-head attention maps (B x H x L x L)."""
     lambdas = case.fidelity_lambda
@@ -535,7 +535,7 @@ VIT_CASES = [
 
 
 def vit_relative_bias(case: VitCase, attn: nn.Module, prefix: int, grid) -> torch.Tensor:
-    """H x L x L domain term of one block (MATH.md section 3, written with torch operations in
+    """H x L x L domain term of one block (docs/math.md section 3, written with torch operations in
     oracles/positions.py), from the block's parameters in float64, rounded to their dtype; the
     CLS token (no position) gets 0."""
     from oracles import positions
@@ -648,7 +648,7 @@ def vit() -> FixtureFiles:
 # blocks_model_<case>/{config.json,model.safetensors}, blocks_model_<case>_{input,expected}
 # .safetensors): nn.TransformerEncoder's layers carry the extra parameters under the names of
 # docs/model-format.md, exported with examples/export_pytorch.py; the expected output is the
-# stack written out with torch operations (MATH.md sections 1-3, the encodings' formulas from
+# stack written out with torch operations (docs/math.md sections 1-3, the encodings' formulas from
 # oracles/positions.py, the variants' from oracles/variants.py), checked against PyTorch's own
 # layers wherever PyTorch can run it.
 
@@ -694,7 +694,7 @@ MODEL_CASES = [
     ModelCase("rope_half", {"type": "rope", "base": 100.0, "pairing": "half"}, nhead=2,
               double=True),
     ModelCase("rope_interleaved", {"type": "rope"}, d_model=24, nhead=3, key_padding_mask=True),
-    # Attention variants (MATH.md section 2), alone or with an additive / rotary position.
+    # Attention variants (docs/math.md section 2), alone or with an additive / rotary position.
     ModelCase("twicing_kpm", NO_POSITION, attention={"type": "twicing"}, key_padding_mask=True),
     ModelCase("boost2_alibi", {"type": "alibi", "causal": False},
               attention={"type": "softmax", "boost": 2}, nhead=4, norm_first=True,
@@ -780,7 +780,7 @@ def add_position_parameters(encoder: nn.TransformerEncoder, case: ModelCase) -> 
 
 
 def attention_with_position(attn: nn.MultiheadAttention, x, case: ModelCase, padding):
-    """nn.MultiheadAttention's self-attention (MATH.md section 1) with the case's relative
+    """nn.MultiheadAttention's self-attention (docs/math.md section 1) with the case's relative
     encoding, written with torch operations; returns B x L x E."""
     from oracles import positions
     B, L, E = x.shape
@@ -907,7 +907,7 @@ def layer_with_position(layer: nn.TransformerEncoderLayer, x, case: ModelCase, p
 
 def encoder_with_position(encoder: nn.TransformerEncoder, case: ModelCase, src, padding):
     """x_0 = src + absolute positions; x_{l+1} = layer_l(x_l) + lambda_l (x_0 - x_l); final
-    norm (MATH.md sections 2 and 3). Layer l's variant sees V^0 (NeuTRENO) and V^{l-1}
+    norm (docs/math.md sections 2 and 3). Layer l's variant sees V^0 (NeuTRENO) and V^{l-1}
     (elliptical), the values of layers 0 and l - 1 (none in layer 0)."""
     from oracles import positions
     B, L, E = src.shape

@@ -1,4 +1,4 @@
-"""Fixtures for multi-head attention (MATH.md section 1) and the `attnlens mha` tool.
+"""Fixtures for multi-head attention (docs/math.md section 1) and the `attnlens mha` tool.
 Oracle: torch.nn.MultiheadAttention(batch_first=True), checked against torch primitives."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from fixturelib import (FixtureFiles, Metadata, Tensors, assert_close, base_meta
                         seed_of)
 
 # ----------------------------------------------------------------------------------------------
-# Multi-head attention (MATH.md section 1); oracle: torch.nn.MultiheadAttention(batch_first=True)
+# Multi-head attention (docs/math.md section 1); oracle: torch.nn.MultiheadAttention(batch_first=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +213,7 @@ def make_masks(case: MhaCase, g: torch.Generator):
 
 
 def mha_from_primitives(case: MhaCase, params: Tensors, query, key, value, mask):
-    """MATH.md section 1 with torch primitives, independent of nn.MultiheadAttention.
+    """docs/math.md section 1 with torch primitives, independent of nn.MultiheadAttention.
 
     `mask` is B x H x L x S additive. Returns (output, weights, dead) where dead (B x H x L)
     marks query rows with no admissible key: attnlens gives them weights 0 and a head output 0.

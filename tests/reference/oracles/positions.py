@@ -1,4 +1,4 @@
-"""Fixtures for position encodings (MATH.md section 3), convolution as attention (section 4)
+"""Fixtures for position encodings (docs/math.md section 3), convolution as attention (section 4)
 and `attnlens mha --position` / `attnlens conv`. No PyTorch module exists for these, so each
 oracle writes the paper's formula with torch operations (for T5 the bucket function as HF
 transformers writes it, for ALiBi the slopes as Press et al.'s code computes them, for the
@@ -320,7 +320,7 @@ def positions_f64() -> FixtureFiles:
 
 
 # ----------------------------------------------------------------------------------------------
-# Convolution (MATH.md section 4): the oracle is F.conv2d with zero padding K // 2
+# Convolution (docs/math.md section 4): the oracle is F.conv2d with zero padding K // 2
 
 
 def conv_case(name: str, d_out: int, d_in: int, kernel: int, height: int, width: int,
@@ -371,7 +371,7 @@ T5_CLI_BUCKETS, T5_CLI_DISTANCE = 32, 128  # the CLI's defaults
 
 def mha_with_position(mha: nn.MultiheadAttention, x: torch.Tensor, position: str,
                       table: Optional[torch.Tensor], causal: bool) -> torch.Tensor:
-    """MATH.md section 1 with torch primitives: the encoding's bias added to q.k / sqrt(d),
+    """docs/math.md section 1 with torch primitives: the encoding's bias added to q.k / sqrt(d),
     or RoPE applied to each head's projected q and k, positions 0 .. L-1."""
     B, L, E = x.shape
     H = mha.num_heads

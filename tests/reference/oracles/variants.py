@@ -1,7 +1,7 @@
-"""Fixtures for the attention variants of MATH.md section 2 in MultiHeadAttention: bilateral
+"""Fixtures for the attention variants of docs/math.md section 2 in MultiHeadAttention: bilateral
 self-attention (Gaussian / Laplacian distance on 1-D or 2-D positions), boosting and twicing,
 KDE and robust KDE (Huber), FourierFormer, elliptical and NeuTRENO. No PyTorch module exists for
-these, so each is written here from MATH.md's formula with torch operations (dense L x S
+these, so each is written here from docs/math.md's formula with torch operations (dense L x S
 matrices, explicit matrix powers for boosting), independently of the C++ code.
 
 Every case computes in float64 from inputs rounded to the file's dtype, so a float fixture's
@@ -89,7 +89,7 @@ def domain_kernel(case: dict, sigma: torch.Tensor, length: int) -> torch.Tensor:
 
 def huber_weights(x: torch.Tensor, a: float, key_keep: torch.Tensor,
                   head_dim: int) -> torch.Tensor:
-    """B x H x N: MATH.md's Huber weights of the rows of x (B x H x N x D) under
+    """B x H x N: docs/math.md's Huber weights of the rows of x (B x H x N x D) under
     kappa(x, y) = exp(-|x - y|^2 / sqrt(d)) (d = head_dim, also for the joint [k; v] rows),
     normalized to sum 1, over each sequence's real keys (key_keep, B x N); padded keys get
     weight 0."""

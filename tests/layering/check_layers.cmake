@@ -1,0 +1,42 @@
+# Fails naming every #include in include/attnlens that reaches a folder at or above its own
+# layer (docs/architecture.md, "Layers"): a header may include its own folder and the folders
+# of lower rank only, so no two folders depend on each other.
+# cmake -DINCLUDE_DIR=<repo>/include/attnlens -P check_layers.cmake
+set(rank_core 0)
+set(rank_layers 1)
+set(rank_kernel 1)
+set(rank_position 2)
+set(rank_attention 3)
+set(rank_image 4)
+set(rank_blocks 4)
+set(rank_interpret 5)
+set(rank_io 6)
+
+file(GLOB_RECURSE headers RELATIVE ${INCLUDE_DIR} ${INCLUDE_DIR}/*.hpp)
+set(violations "")
+set(checked 0)
+foreach(header ${headers})
+  string(REGEX MATCH "^[a-z_]+" folder ${header})
+  if(folder STREQUAL header OR NOT DEFINED rank_${folder})  # attnlens.hpp, version.hpp
+    continue()
+  endif()
+  file(STRINGS ${INCLUDE_DIR}/${header} includes REGEX "^#include \"attnlens/")
+  foreach(line ${includes})
+    string(REGEX REPLACE "^#include \"attnlens/([a-z_]+)/.*$" "\\1" target "${line}")
+    math(EXPR checked "${checked} + 1")
+    if(target STREQUAL folder)
+      continue()
+    endif()
+    if(NOT DEFINED rank_${target} OR NOT rank_${target} LESS rank_${folder})
+      string(APPEND violations "\n  ${header}: ${line} (${folder} is layer ${rank_${folder}}, "
+                               "${target} is layer ${rank_${target}})")
+    endif()
+  endforeach()
+endforeach()
+if(checked EQUAL 0)
+  message(FATAL_ERROR "no #include \"attnlens/...\" found under ${INCLUDE_DIR}")
+endif()
+if(violations)
+  message(FATAL_ERROR "includes against the layering:${violations}")
+endif()
+message(STATUS "layering: ${checked} includes in line")
