@@ -13,7 +13,8 @@ started=$SECONDS
 step() { printf '\n== %s (%ds)\n' "$1" $((SECONDS - started)); }
 
 step "Release build"
-configure_and_build "$repo_root/build/release"
+# With attnlens::compiled: the package test links a program against it.
+configure_and_build "$repo_root/build/release" -DATTNLENS_BUILD_COMPILED=ON
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 # run_ctest BUILD_DIR LOG [CTEST_ARGS...]: ctest with its output kept for the summary.
@@ -40,7 +41,7 @@ sanitize="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit
 configure_and_build "$repo_root/build/sanitize" -DCMAKE_BUILD_TYPE=None \
   -DCMAKE_CXX_COMPILER=clang++ \
   -DCMAKE_CXX_FLAGS="-O0 -g1 $sanitize" -DCMAKE_EXE_LINKER_FLAGS="$sanitize" \
-  -DATTNLENS_BUILD_BENCHMARKS=OFF -DATTNLENS_BUILD_DEMO=OFF
+  -DATTNLENS_BUILD_BENCHMARKS=OFF -DATTNLENS_BUILD_DEMO=OFF -DATTNLENS_BUILD_COMPILED=OFF
 step "Sanitizer tests"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   run_ctest "$repo_root/build/sanitize" "$logs/sanitize.log" --label-exclude package
@@ -48,7 +49,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 step "Fuzzer build (clang, libFuzzer)"
 configure_and_build "$repo_root/build/fuzz" -DCMAKE_CXX_COMPILER=clang++ \
   -DATTNLENS_BUILD_FUZZERS=ON -DATTNLENS_BUILD_TESTS=OFF -DATTNLENS_BUILD_BENCHMARKS=OFF \
-  -DATTNLENS_BUILD_EXAMPLES=OFF
+  -DATTNLENS_BUILD_EXAMPLES=OFF -DATTNLENS_BUILD_COMPILED=OFF
 
 # fuzz NAME DICT CORPUS: one fuzzer for fuzz_seconds, on a copy of its committed seed corpus.
 fuzz() {

@@ -9,9 +9,11 @@
 #include <string>
 #include <vector>
 
-#include "attnlens/kernel/fused_engine.hpp"
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/core/init.hpp"
+#include "attnlens/kernel/fused_engine.hpp"
+#include "attnlens/kernel/reference_engine.hpp"
+#include "attnlens/kernel/tile.hpp"
 #include "attnlens/position/alibi.hpp"
 #include "attnlens/position/quadratic.hpp"
 #include "attnlens/position/rope.hpp"
@@ -262,6 +264,45 @@ TEST(FusedEngine, MultiHeadFusedEqualsReferenceWithRopeAndThreads) {
   fused_with_weights.engine = AttentionEngine::fused;
   fused_with_weights.weights = AttentionWeights::averaged;
   EXPECT_THROW(mha.forward(x, mask, fused_with_weights), ArgumentError);
+}
+
+// The log of each row's denominator, as a backward pass reads it: A_ij = w_j exp(s_ij - lse_i)
+// is the reference engine's A, with key weights, epsilon and a causal mask whose first row of a
+// length-limited sequence has no keys at all; the output is unchanged by asking for it.
+TEST(FusedEngine, RowLogSumExpRecomputesTheReferenceWeights) {
+  const Index L = 23, d = 5;
+  const auto h = testing::random_head<double>(L, L, d, 4, 91);
+  Rng rng(92);
+  Vector<double> u(L), w(L);
+  for (Index j = 0; j < L; ++j)
+    u[j] = rng.uniform<double>(0.2, 1.0), w[j] = rng.uniform<double>(0.2, 1.0);
+  AttentionMask<double> mask;
+  mask.causal = true;
+  mask.keep = Tensor<std::uint8_t>({L, L});
+  for (Index i = 0; i < L * L; ++i) mask.keep->data()[i] = i >= L ? 1 : 0;  // row 0: no keys
+  const BoundMask<double> bound(mask, ScoreShape{1, 1, L, L, d});
+  AttentionKernel<double> kernel{dot_product_range(0.4), nullptr, &bound};
+  kernel.epsilon = 1e-3;
+  HeadInputs<double> head{0, 0, h.q, h.k, h.v, w.data(), u.data()};
+
+  Matrix<double> weights(L, L), expected(L, 4);
+  reference_attention<double>(head, kernel, weights, expected);
+  Matrix<double> scores(L, L);
+  SerialGemm<double> gemm(L, L, d);
+  tile_scores<double>(kernel, {0, 0, 0, 0}, h.q, h.k, scores, gemm);
+  for (const FusedTiling& tiling : k_tilings) {
+    Matrix<double> out(L, 4);
+    Vector<double> lse(L);
+    fused_attention_heads<double>(
+        1, [&](Index) { return head; }, [&](Index) { return MatrixRef<double>(out); },
+        [&](Index) { return lse.data(); }, kernel, FusedOptions{tiling, {}});
+    ATTNLENS_EXPECT_CLOSE(out, expected, 1e-12);
+    EXPECT_EQ(lse[0], -std::numeric_limits<double>::infinity());
+    Matrix<double> recomputed = Matrix<double>::Zero(L, L);
+    for (Index i = 1; i < L; ++i)
+      for (Index j = 0; j <= i; ++j) recomputed(i, j) = w[j] * std::exp(scores(i, j) - lse[i]);
+    ATTNLENS_EXPECT_CLOSE(recomputed, weights, 1e-12);
+  }
 }
 
 }  // namespace

@@ -20,3 +20,6 @@ endif()
 run(${CMAKE_COMMAND_PATH} ${args})
 run(${CMAKE_COMMAND_PATH} --build ${WORK_DIR}/build)
 run(${WORK_DIR}/build/consumer)
+if(MODE STREQUAL "find_package")  # the installed package has attnlens::compiled
+  run(${WORK_DIR}/build/consumer_compiled)
+endif()

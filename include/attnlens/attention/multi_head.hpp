@@ -179,18 +179,7 @@ class MultiHeadAttention : public VariantParameters<T> {
                              const AttentionMask<T>& mask = {},
                              const MultiHeadForwardOptions& options = {},
                              MultiHeadCache<T>* cache = nullptr,
-                             const StackValues<T>& stack = {}) const {
-    const Dims dims = check_inputs(query, key, value);
-    MultiHeadCache<T> local;
-    MultiHeadCache<T>& state = cache ? *cache : local;
-    if (cache) {
-      state.query_input = ConstMatrixMap<T>(query.data(), dims.batch * dims.tgt_len, embed_dim());
-      state.key_input = ConstMatrixMap<T>(key.data(), dims.batch * dims.src_len, kdim());
-      state.value_input = ConstMatrixMap<T>(value.data(), dims.batch * dims.src_len, vdim());
-    }
-    project(query, key, value, &query == &key && &key == &value, dims, options.parallel, state);
-    return attend(dims, mask, options, cache != nullptr, stack, state);
-  }
+                             const StackValues<T>& stack = {}) const;
 
   // Self-attention: query = key = value = x; one GEMM projects q, k and v together.
   MultiHeadOutput<T> forward(const Tensor<T>& x, const AttentionMask<T>& mask = {},
@@ -295,168 +284,201 @@ class MultiHeadAttention : public VariantParameters<T> {
   // q, k, v = x W^T + b for the three projections; one GEMM when all three read the same x.
   void project(const Tensor<T>& query, const Tensor<T>& key, const Tensor<T>& value,
                bool self_attention, const Dims& dims, const ParallelOptions& parallel,
-               MultiHeadCache<T>& state) const {
-    const Index E = embed_dim();
-    const ConstMatrixMap<T> xq(query.data(), dims.batch * dims.tgt_len, E);
-    const ConstMatrixMap<T> xk(key.data(), dims.batch * dims.src_len, kdim());
-    const ConstMatrixMap<T> xv(value.data(), dims.batch * dims.src_len, vdim());
-    const T* const bias = has_bias() ? in_proj_bias.data() : nullptr;
-    if (self_attention && packed()) {
-      parallel_product_transposed_split3<T>(xq, in_proj_weight, bias, state.queries, state.keys,
-                                            state.values, parallel);
-      return;
-    }
-    const auto weight = [&](Index part, const Matrix<T>& separate) {
-      return packed() ? ConstMatrixRef<T>(in_proj_weight.middleRows(part * E, E))
-                      : ConstMatrixRef<T>(separate);
-    };
-    state.queries.resize(xq.rows(), E);
-    state.keys.resize(xk.rows(), E);
-    state.values.resize(xv.rows(), E);
-    parallel_product_transposed<T>(xq, weight(0, q_proj_weight), state.queries, parallel);
-    parallel_product_transposed<T>(xk, weight(1, k_proj_weight), state.keys, parallel);
-    parallel_product_transposed<T>(xv, weight(2, v_proj_weight), state.values, parallel);
-    if (has_bias()) {
-      const auto part = [&](Index p) { return in_proj_bias.segment(p * E, E).transpose(); };
-      state.queries.rowwise() += part(0);
-      state.keys.rowwise() += part(1);
-      state.values.rowwise() += part(2);
-    }
-  }
+               MultiHeadCache<T>& state) const;
 
   MultiHeadOutput<T> attend(const Dims& dims, const AttentionMask<T>& mask,
                             const MultiHeadForwardOptions& options, bool caching,
-                            const StackValues<T>& stack, MultiHeadCache<T>& state) const {
-    const Index B = dims.batch, H = num_heads(), L = dims.tgt_len, S = dims.src_len;
-    const Index d = head_dim(), E = embed_dim();
-    const ScoreShape shape{B, H, L, S, d};
-    const auto check_stack = [&](const Matrix<T>* values, const char* what) {
-      if (values) detail::require_matrix(*values, B * S, E, what);
-    };
-    check_stack(stack.first, "StackValues::first (B*S x E)");
-    check_stack(stack.previous, "StackValues::previous (B*S x E)");
-
-    // The module's own factors first, then the plan's.
-    state.plan = attention_plan<T>(variant(), *this, options_.content,
-                                   PlanContext<T>{shape, mask, stack, state.values});
-    const AttentionPlan<T>& plan = state.plan;
-    ScoreTerms<T> terms = score_terms;
-    terms.insert(terms.end(), plan.score_terms.begin(), plan.score_terms.end());
-    QueryKeyTransforms<T> transforms = query_key_transforms;
-    transforms.insert(transforms.end(), plan.transforms.begin(), plan.transforms.end());
-    for (const auto& term : terms) term->check(shape);
-    for (const auto& transform : transforms) transform->check(shape);
-    for (const auto& term : value_terms) term->check(shape, d);
-    const BoundMask<T> bound(mask, shape);
-    AttentionKernel<T> kernel;
-    kernel.range = plan.range;
-    kernel.terms = &terms;
-    kernel.mask = mask.empty() ? nullptr : &bound;  // lets the engines take their unmasked paths
-    kernel.value_terms = &value_terms;
-    kernel.epsilon = plan.epsilon;
-    kernel.boost = plan.boost;
-    check_kernel<T>(kernel, shape);
-
-    const bool keep_weights = caching || options.weights != AttentionWeights::none;
-    const bool fused = options.engine == AttentionEngine::fused ||
-                       (options.engine == AttentionEngine::automatic && !keep_weights);
-    detail::require_argument(!(fused && keep_weights), "MultiHeadForwardOptions::engine",
-                             "reference or automatic when weights are returned or cached", "fused");
-
-    if (caching) {
-      state.projected_queries = state.queries;
-      state.projected_keys = state.keys;
-    }
-    // Each task owns its head's column block of q and k: transforming in place is safe.
-    if (!transforms.empty())
-      parallel_for(
-          B * H,
-          [&](Index task) {
-            const Index b = task / H, h = task % H;
-            apply_query_key_transforms<T>(transforms, b, h, state.queries.block(b * L, h * d, L, d),
-                                          state.keys.block(b * S, h * d, S, d));
-          },
-          options.parallel);
-
-    // Per-key weights of every (sequence, head), from its transformed keys and its values.
-    std::vector<Vector<T>>& numerator = state.numerator_key_weights;
-    std::vector<Vector<T>>& denominator = state.denominator_key_weights;
-    numerator.assign(plan.key_weighting ? static_cast<std::size_t>(B * H) : 0, Vector<T>());
-    denominator.assign(numerator.size(), Vector<T>());
-    if (plan.key_weighting)
-      parallel_for(
-          B * H,
-          [&](Index task) {
-            const Index b = task / H, h = task % H;
-            std::vector<char> real(static_cast<std::size_t>(S));
-            for (Index j = 0; j < S; ++j) real[static_cast<std::size_t>(j)] = mask.keeps_key(b, j);
-            plan.key_weighting->weights(state.keys.block(b * S, h * d, S, d),
-                                        state.values.block(b * S, h * d, S, d), real,
-                                        numerator[static_cast<std::size_t>(task)],
-                                        denominator[static_cast<std::size_t>(task)]);
-          },
-          options.parallel);
-
-    // Attention tasks go head-major, so a contiguous block of them is a block of heads: the
-    // columns of q, k and v the same thread projected (avx512::product_transposed).
-    const auto head_at = [&](Index task) {
-      const Index b = task % B, h = task / B;
-      HeadInputs<T> head{b, h, state.queries.block(b * L, h * d, L, d),
-                         state.keys.block(b * S, h * d, S, d),
-                         state.values.block(b * S, h * d, S, d)};
-      if (!numerator.empty()) {
-        const auto sequence_head = static_cast<std::size_t>(b * H + h);
-        head.numerator_key_weights = numerator[sequence_head].data();
-        head.denominator_key_weights = denominator[sequence_head].data();
-      }
-      return head;
-    };
-    const auto context_at = [&](Index task) {
-      const Index b = task % B, h = task / B;
-      return MatrixRef<T>(state.context.block(b * L, h * d, L, d));
-    };
-    state.context.resize(B * L, E);
-    state.weights = keep_weights ? Tensor<T>({B, H, L, S}) : Tensor<T>();
-    if (fused) {
-      fused_attention_heads<T>(B * H, head_at, context_at, kernel,
-                               FusedOptions{options.tiling, options.parallel});
-    } else {
-      // All B x H weight matrices are kept only when someone reads them; otherwise each task
-      // uses an L x S scratch matrix of its own.
-      parallel_for(
-          B * H,
-          [&](Index task) {
-            Matrix<T> scratch(keep_weights ? 0 : L, keep_weights ? 0 : S);
-            const MatrixMap<T> weights = keep_weights ? state.weights.matrix({task % B, task / B})
-                                                      : MatrixMap<T>(scratch.data(), L, S);
-            reference_attention<T>(head_at(task), kernel, weights, context_at(task));
-          },
-          options.parallel);
-    }
-    if (plan.context_term) plan.context_term->add(state.values, state.context);
-
-    MultiHeadOutput<T> result;
-    if (options.return_values || plan.reads_stack_values) result.values = state.values;
-    result.output = dims.batched ? Tensor<T>({B, L, E}) : Tensor<T>({L, E});
-    MatrixMap<T> output(result.output.data(), B * L, E);
-    out_proj.check_parameters("out_proj");
-    parallel_product_transposed<T>(state.context, out_proj.weight, output, options.parallel,
-                                   out_proj.has_bias() ? out_proj.bias.data() : nullptr);
-
-    if (options.weights == AttentionWeights::per_head) {
-      result.weights = dims.batched ? state.weights : state.weights.reshaped({H, L, S});
-    } else if (options.weights == AttentionWeights::averaged) {
-      result.weights = dims.batched ? Tensor<T>({B, L, S}) : Tensor<T>({L, S});
-      for (Index b = 0; b < B; ++b) {
-        MatrixMap<T> mean(result.weights.data() + b * L * S, L, S);
-        mean.setZero();
-        for (Index h = 0; h < H; ++h) mean += state.weights.matrix({b, h});
-        mean /= static_cast<T>(H);
-      }
-    }
-    return result;
-  }
+                            const StackValues<T>& stack, MultiHeadCache<T>& state) const;
 };
+
+// The heavy members are defined out of the class, so that attnlens::compiled can instantiate
+// them once (src/compiled.cpp) and a program that links it does not compile them again.
+template <class T>
+MultiHeadOutput<T> MultiHeadAttention<T>::forward(const Tensor<T>& query, const Tensor<T>& key,
+                                                  const Tensor<T>& value,
+                                                  const AttentionMask<T>& mask,
+                                                  const MultiHeadForwardOptions& options,
+                                                  MultiHeadCache<T>* cache,
+                                                  const StackValues<T>& stack) const {
+  const Dims dims = check_inputs(query, key, value);
+  MultiHeadCache<T> local;
+  MultiHeadCache<T>& state = cache ? *cache : local;
+  if (cache) {
+    state.query_input = ConstMatrixMap<T>(query.data(), dims.batch * dims.tgt_len, embed_dim());
+    state.key_input = ConstMatrixMap<T>(key.data(), dims.batch * dims.src_len, kdim());
+    state.value_input = ConstMatrixMap<T>(value.data(), dims.batch * dims.src_len, vdim());
+  }
+  project(query, key, value, &query == &key && &key == &value, dims, options.parallel, state);
+  return attend(dims, mask, options, cache != nullptr, stack, state);
+}
+
+template <class T>
+void MultiHeadAttention<T>::project(const Tensor<T>& query, const Tensor<T>& key,
+                                    const Tensor<T>& value, bool self_attention, const Dims& dims,
+                                    const ParallelOptions& parallel,
+                                    MultiHeadCache<T>& state) const {
+  const Index E = embed_dim();
+  const ConstMatrixMap<T> xq(query.data(), dims.batch * dims.tgt_len, E);
+  const ConstMatrixMap<T> xk(key.data(), dims.batch * dims.src_len, kdim());
+  const ConstMatrixMap<T> xv(value.data(), dims.batch * dims.src_len, vdim());
+  const T* const bias = has_bias() ? in_proj_bias.data() : nullptr;
+  if (self_attention && packed()) {
+    parallel_product_transposed_split3<T>(xq, in_proj_weight, bias, state.queries, state.keys,
+                                          state.values, parallel);
+    return;
+  }
+  const auto weight = [&](Index part, const Matrix<T>& separate) {
+    return packed() ? ConstMatrixRef<T>(in_proj_weight.middleRows(part * E, E))
+                    : ConstMatrixRef<T>(separate);
+  };
+  state.queries.resize(xq.rows(), E);
+  state.keys.resize(xk.rows(), E);
+  state.values.resize(xv.rows(), E);
+  parallel_product_transposed<T>(xq, weight(0, q_proj_weight), state.queries, parallel);
+  parallel_product_transposed<T>(xk, weight(1, k_proj_weight), state.keys, parallel);
+  parallel_product_transposed<T>(xv, weight(2, v_proj_weight), state.values, parallel);
+  if (has_bias()) {
+    const auto part = [&](Index p) { return in_proj_bias.segment(p * E, E).transpose(); };
+    state.queries.rowwise() += part(0);
+    state.keys.rowwise() += part(1);
+    state.values.rowwise() += part(2);
+  }
+}
+
+template <class T>
+MultiHeadOutput<T> MultiHeadAttention<T>::attend(const Dims& dims, const AttentionMask<T>& mask,
+                                                 const MultiHeadForwardOptions& options,
+                                                 bool caching, const StackValues<T>& stack,
+                                                 MultiHeadCache<T>& state) const {
+  const Index B = dims.batch, H = num_heads(), L = dims.tgt_len, S = dims.src_len;
+  const Index d = head_dim(), E = embed_dim();
+  const ScoreShape shape{B, H, L, S, d};
+  const auto check_stack = [&](const Matrix<T>* values, const char* what) {
+    if (values) detail::require_matrix(*values, B * S, E, what);
+  };
+  check_stack(stack.first, "StackValues::first (B*S x E)");
+  check_stack(stack.previous, "StackValues::previous (B*S x E)");
+
+  // The module's own factors first, then the plan's.
+  state.plan = attention_plan<T>(variant(), *this, options_.content,
+                                 PlanContext<T>{shape, mask, stack, state.values});
+  const AttentionPlan<T>& plan = state.plan;
+  ScoreTerms<T> terms = score_terms;
+  terms.insert(terms.end(), plan.score_terms.begin(), plan.score_terms.end());
+  QueryKeyTransforms<T> transforms = query_key_transforms;
+  transforms.insert(transforms.end(), plan.transforms.begin(), plan.transforms.end());
+  for (const auto& term : terms) term->check(shape);
+  for (const auto& transform : transforms) transform->check(shape);
+  for (const auto& term : value_terms) term->check(shape, d);
+  const BoundMask<T> bound(mask, shape);
+  AttentionKernel<T> kernel;
+  kernel.range = plan.range;
+  kernel.terms = &terms;
+  kernel.mask = mask.empty() ? nullptr : &bound;  // lets the engines take their unmasked paths
+  kernel.value_terms = &value_terms;
+  kernel.epsilon = plan.epsilon;
+  kernel.boost = plan.boost;
+  check_kernel<T>(kernel, shape);
+
+  const bool keep_weights = caching || options.weights != AttentionWeights::none;
+  const bool fused = options.engine == AttentionEngine::fused ||
+                     (options.engine == AttentionEngine::automatic && !keep_weights);
+  detail::require_argument(!(fused && keep_weights), "MultiHeadForwardOptions::engine",
+                           "reference or automatic when weights are returned or cached", "fused");
+
+  if (caching) {
+    state.projected_queries = state.queries;
+    state.projected_keys = state.keys;
+  }
+  // Each task owns its head's column block of q and k: transforming in place is safe.
+  if (!transforms.empty())
+    parallel_for(
+        B * H,
+        [&](Index task) {
+          const Index b = task / H, h = task % H;
+          apply_query_key_transforms<T>(transforms, b, h, state.queries.block(b * L, h * d, L, d),
+                                        state.keys.block(b * S, h * d, S, d));
+        },
+        options.parallel);
+
+  // Per-key weights of every (sequence, head), from its transformed keys and its values.
+  std::vector<Vector<T>>& numerator = state.numerator_key_weights;
+  std::vector<Vector<T>>& denominator = state.denominator_key_weights;
+  numerator.assign(plan.key_weighting ? static_cast<std::size_t>(B * H) : 0, Vector<T>());
+  denominator.assign(numerator.size(), Vector<T>());
+  if (plan.key_weighting)
+    parallel_for(
+        B * H,
+        [&](Index task) {
+          const Index b = task / H, h = task % H;
+          std::vector<char> real(static_cast<std::size_t>(S));
+          for (Index j = 0; j < S; ++j) real[static_cast<std::size_t>(j)] = mask.keeps_key(b, j);
+          plan.key_weighting->weights(state.keys.block(b * S, h * d, S, d),
+                                      state.values.block(b * S, h * d, S, d), real,
+                                      numerator[static_cast<std::size_t>(task)],
+                                      denominator[static_cast<std::size_t>(task)]);
+        },
+        options.parallel);
+
+  // Attention tasks go head-major, so a contiguous block of them is a block of heads: the
+  // columns of q, k and v the same thread projected (avx512::product_transposed).
+  const auto head_at = [&](Index task) {
+    const Index b = task % B, h = task / B;
+    HeadInputs<T> head{b, h, state.queries.block(b * L, h * d, L, d),
+                       state.keys.block(b * S, h * d, S, d),
+                       state.values.block(b * S, h * d, S, d)};
+    if (!numerator.empty()) {
+      const auto sequence_head = static_cast<std::size_t>(b * H + h);
+      head.numerator_key_weights = numerator[sequence_head].data();
+      head.denominator_key_weights = denominator[sequence_head].data();
+    }
+    return head;
+  };
+  const auto context_at = [&](Index task) {
+    const Index b = task % B, h = task / B;
+    return MatrixRef<T>(state.context.block(b * L, h * d, L, d));
+  };
+  state.context.resize(B * L, E);
+  state.weights = keep_weights ? Tensor<T>({B, H, L, S}) : Tensor<T>();
+  if (fused) {
+    fused_attention_heads<T>(B * H, head_at, context_at, kernel,
+                             FusedOptions{options.tiling, options.parallel});
+  } else {
+    // All B x H weight matrices are kept only when someone reads them; otherwise each task
+    // uses an L x S scratch matrix of its own.
+    parallel_for(
+        B * H,
+        [&](Index task) {
+          Matrix<T> scratch(keep_weights ? 0 : L, keep_weights ? 0 : S);
+          const MatrixMap<T> weights = keep_weights ? state.weights.matrix({task % B, task / B})
+                                                    : MatrixMap<T>(scratch.data(), L, S);
+          reference_attention<T>(head_at(task), kernel, weights, context_at(task));
+        },
+        options.parallel);
+  }
+  if (plan.context_term) plan.context_term->add(state.values, state.context);
+
+  MultiHeadOutput<T> result;
+  if (options.return_values || plan.reads_stack_values) result.values = state.values;
+  result.output = dims.batched ? Tensor<T>({B, L, E}) : Tensor<T>({L, E});
+  MatrixMap<T> output(result.output.data(), B * L, E);
+  out_proj.check_parameters("out_proj");
+  parallel_product_transposed<T>(state.context, out_proj.weight, output, options.parallel,
+                                 out_proj.has_bias() ? out_proj.bias.data() : nullptr);
+
+  if (options.weights == AttentionWeights::per_head) {
+    result.weights = dims.batched ? state.weights : state.weights.reshaped({H, L, S});
+  } else if (options.weights == AttentionWeights::averaged) {
+    result.weights = dims.batched ? Tensor<T>({B, L, S}) : Tensor<T>({L, S});
+    for (Index b = 0; b < B; ++b) {
+      MatrixMap<T> mean(result.weights.data() + b * L * S, L, S);
+      mean.setZero();
+      for (Index h = 0; h < H; ++h) mean += state.weights.matrix({b, h});
+      mean /= static_cast<T>(H);
+    }
+  }
+  return result;
+}
 
 // The parameters in nn.MultiheadAttention's state_dict order, then the variant's (rho,
 // fourier_r) and those of the attached score terms, transforms and value terms (each once, by
@@ -477,5 +499,10 @@ void for_each_parameter(MultiHeadAttention<T>& mha, const std::string& prefix, F
   detail::visit_factor_parameters<T>(prefix, visit, mha.score_terms, mha.query_key_transforms,
                                      mha.value_terms);
 }
+
+#ifdef ATTNLENS_COMPILED
+extern template class MultiHeadAttention<float>;
+extern template class MultiHeadAttention<double>;
+#endif
 
 }  // namespace attnlens

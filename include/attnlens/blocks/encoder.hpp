@@ -1,6 +1,6 @@
 // TransformerEncoder<T>: torch.nn.TransformerEncoder (a stack of TransformerEncoderLayer with an
-// optional final LayerNorm `norm`), with a choice of residual between layers (docs/math.md section 2:
-// standard, or fidelity x_{l+1} = layer_l(x_l) + lambda_l (x_0 - x_l)), a positional encoding
+// optional final LayerNorm `norm`), with a choice of residual between layers (docs/math.md section
+// 2: standard, or fidelity x_{l+1} = layer_l(x_l) + lambda_l (x_0 - x_l)), a positional encoding
 // (absolute: added to the input; relative: attached to every layer's self-attention; docs/math.md
 // section 3), every layer's attention variant (NeuTRENO and elliptical read the first and the
 // previous layer's values) and per-layer attention maps.
@@ -11,13 +11,13 @@
 #include <utility>
 #include <vector>
 
-#include "attnlens/kernel/mask.hpp"
 #include "attnlens/blocks/encoder_layer.hpp"
 #include "attnlens/blocks/position_encoding.hpp"
 #include "attnlens/blocks/residual.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/init.hpp"
 #include "attnlens/core/tensor.hpp"
+#include "attnlens/kernel/mask.hpp"
 #include "attnlens/layers/layer_norm.hpp"
 
 namespace attnlens {
@@ -136,13 +136,7 @@ class TransformerEncoder {
   // residual's x_0 includes it.
   EncoderOutput<T> forward(const Tensor<T>& src, const AttentionMask<T>& mask = {},
                            const EncoderForwardOptions& options = {},
-                           EncoderCache<T>* cache = nullptr) const {
-    if (!position.active())
-      return run_encoder_stack(layers, residual, norm, src, mask, options, cache);
-    Tensor<T> x = src;
-    position.add_to(x);
-    return run_encoder_stack(layers, residual, norm, x, mask, options, cache);
-  }
+                           EncoderCache<T>* cache = nullptr) const;
 
   // Parameters, named as in PyTorch's state_dict: layers.{i}..., norm.weight, norm.bias; and
   // attnlens's own (see for_each_parameter).
@@ -151,6 +145,17 @@ class TransformerEncoder {
   Residual<T> residual;
   AbsolutePosition<T> position;  // none unless EncoderOptions::position is absolute
 };
+
+template <class T>
+EncoderOutput<T> TransformerEncoder<T>::forward(const Tensor<T>& src, const AttentionMask<T>& mask,
+                                                const EncoderForwardOptions& options,
+                                                EncoderCache<T>* cache) const {
+  if (!position.active())
+    return run_encoder_stack(layers, residual, norm, src, mask, options, cache);
+  Tensor<T> x = src;
+  position.add_to(x);
+  return run_encoder_stack(layers, residual, norm, x, mask, options, cache);
+}
 
 // nn.TransformerEncoder's state_dict names: layers.{i}.<layer names> (with a relative position's
 // tables under layers.{i}.self_attn.), then norm.weight, norm.bias; then attnlens's additions:
@@ -163,5 +168,10 @@ void for_each_parameter(TransformerEncoder<T>& encoder, const std::string& prefi
   for_each_parameter(encoder.position, prefix + "position_embeddings.", f);
   for_each_parameter(encoder.residual, prefix, f);
 }
+
+#ifdef ATTNLENS_COMPILED
+extern template class TransformerEncoder<float>;
+extern template class TransformerEncoder<double>;
+#endif
 
 }  // namespace attnlens

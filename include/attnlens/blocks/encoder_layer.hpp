@@ -128,45 +128,7 @@ class TransformerEncoderLayer {
   EncoderLayerOutput<T> forward(const Tensor<T>& src, const AttentionMask<T>& mask = {},
                                 const EncoderForwardOptions& options = {},
                                 EncoderLayerCache<T>* cache = nullptr,
-                                const StackValues<T>& stack = {}) const {
-    check_src(src, "src");
-    const Index n = src.size() / d_model();
-    const ConstMatrixMap<T> x(src.data(), n, d_model());
-    MultiHeadForwardOptions attention_options;  // by name: the struct grows engine options
-    attention_options.weights = options.weights;
-    attention_options.parallel = options.parallel;
-    MultiHeadCache<T>* attention_cache = cache ? &cache->self_attn : nullptr;
-    if (cache) cache->input = x;
-
-    EncoderLayerOutput<T> result;
-    result.output = Tensor<T>(src.shape());
-    MatrixMap<T> y(result.output.data(), n, d_model());
-    Matrix<T> hidden;
-    if (options_.norm_first) {
-      Tensor<T> normed(src.shape());
-      norm1.forward(x, MatrixMap<T>(normed.data(), n, d_model()), cache ? &cache->norm1 : nullptr);
-      auto attention = self_attn.forward(normed, mask, attention_options, attention_cache, stack);
-      result.weights = std::move(attention.weights);
-      result.values = std::move(attention.values);
-      hidden = x + ConstMatrixMap<T>(attention.output.data(), n, d_model());
-      const Matrix<T> normed2 = norm2.forward(hidden, cache ? &cache->norm2 : nullptr);
-      feed_forward<T>(linear1, options_.activation, linear2, normed2, y,
-                      cache ? &cache->feed_forward : nullptr);
-      y += hidden;
-    } else {
-      auto attention = self_attn.forward(src, mask, attention_options, attention_cache, stack);
-      result.weights = std::move(attention.weights);
-      result.values = std::move(attention.values);
-      hidden = x + ConstMatrixMap<T>(attention.output.data(), n, d_model());
-      norm1.forward(hidden, hidden, cache ? &cache->norm1 : nullptr);
-      feed_forward<T>(linear1, options_.activation, linear2, hidden, y,
-                      cache ? &cache->feed_forward : nullptr);
-      y += hidden;
-      norm2.forward(y, y, cache ? &cache->norm2 : nullptr);
-    }
-    if (cache) cache->hidden = std::move(hidden);
-    return result;
-  }
+                                const StackValues<T>& stack = {}) const;
 
   // Parameters, named as in PyTorch's state_dict.
   MultiHeadAttention<T> self_attn;
@@ -211,6 +173,51 @@ class TransformerEncoderLayer {
   }
 };
 
+template <class T>
+EncoderLayerOutput<T> TransformerEncoderLayer<T>::forward(const Tensor<T>& src,
+                                                          const AttentionMask<T>& mask,
+                                                          const EncoderForwardOptions& options,
+                                                          EncoderLayerCache<T>* cache,
+                                                          const StackValues<T>& stack) const {
+  check_src(src, "src");
+  const Index n = src.size() / d_model();
+  const ConstMatrixMap<T> x(src.data(), n, d_model());
+  MultiHeadForwardOptions attention_options;  // by name: the struct grows engine options
+  attention_options.weights = options.weights;
+  attention_options.parallel = options.parallel;
+  MultiHeadCache<T>* attention_cache = cache ? &cache->self_attn : nullptr;
+  if (cache) cache->input = x;
+
+  EncoderLayerOutput<T> result;
+  result.output = Tensor<T>(src.shape());
+  MatrixMap<T> y(result.output.data(), n, d_model());
+  Matrix<T> hidden;
+  if (options_.norm_first) {
+    Tensor<T> normed(src.shape());
+    norm1.forward(x, MatrixMap<T>(normed.data(), n, d_model()), cache ? &cache->norm1 : nullptr);
+    auto attention = self_attn.forward(normed, mask, attention_options, attention_cache, stack);
+    result.weights = std::move(attention.weights);
+    result.values = std::move(attention.values);
+    hidden = x + ConstMatrixMap<T>(attention.output.data(), n, d_model());
+    const Matrix<T> normed2 = norm2.forward(hidden, cache ? &cache->norm2 : nullptr);
+    feed_forward<T>(linear1, options_.activation, linear2, normed2, y,
+                    cache ? &cache->feed_forward : nullptr);
+    y += hidden;
+  } else {
+    auto attention = self_attn.forward(src, mask, attention_options, attention_cache, stack);
+    result.weights = std::move(attention.weights);
+    result.values = std::move(attention.values);
+    hidden = x + ConstMatrixMap<T>(attention.output.data(), n, d_model());
+    norm1.forward(hidden, hidden, cache ? &cache->norm1 : nullptr);
+    feed_forward<T>(linear1, options_.activation, linear2, hidden, y,
+                    cache ? &cache->feed_forward : nullptr);
+    y += hidden;
+    norm2.forward(y, y, cache ? &cache->norm2 : nullptr);
+  }
+  if (cache) cache->hidden = std::move(hidden);
+  return result;
+}
+
 // In nn.TransformerEncoderLayer's state_dict order; a relative position's parameters follow
 // self_attn's, under self_attn (self_attn's walk visits its attached terms; docs/model-format.md).
 template <class T, class F>
@@ -221,5 +228,10 @@ void for_each_parameter(TransformerEncoderLayer<T>& layer, const std::string& pr
   for_each_parameter(layer.norm1, prefix + "norm1.", f);
   for_each_parameter(layer.norm2, prefix + "norm2.", f);
 }
+
+#ifdef ATTNLENS_COMPILED
+extern template class TransformerEncoderLayer<float>;
+extern template class TransformerEncoderLayer<double>;
+#endif
 
 }  // namespace attnlens

@@ -1,7 +1,7 @@
 // VisionTransformer<T>: ViT (Dosovitskiy et al. 2021) as timm builds it: patch embedding
 // (a stride = kernel conv as one GEMM), optional CLS token, learned absolute positions and/or
-// 2-D relative ones (docs/math.md section 3: the quadratic encoding, or Bello et al.'s learned row and
-// column offsets, as score terms of every block's self-attention; the CLS token, outside the
+// 2-D relative ones (docs/math.md section 3: the quadratic encoding, or Bello et al.'s learned row
+// and column offsets, as score terms of every block's self-attention; the CLS token, outside the
 // patch grid, gets domain term 0), a stack of TransformerEncoderLayer, final norm, pooling (CLS
 // token or mean) and a linear head.
 #pragma once
@@ -11,7 +11,6 @@
 #include <utility>
 #include <vector>
 
-#include "attnlens/kernel/mask.hpp"
 #include "attnlens/attention/variant.hpp"
 #include "attnlens/blocks/encoder.hpp"
 #include "attnlens/blocks/encoder_layer.hpp"
@@ -20,6 +19,7 @@
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/init.hpp"
 #include "attnlens/core/tensor.hpp"
+#include "attnlens/kernel/mask.hpp"
 #include "attnlens/layers/layer_norm.hpp"
 #include "attnlens/layers/linear.hpp"
 #include "attnlens/layers/patch_embedding.hpp"
@@ -114,44 +114,7 @@ class VisionTransformer {
   // images: B x in_chans x image_height x image_width. options.weights asks for each block's
   // attention maps over the tokens (CLS first).
   VitOutput<T> forward(const Tensor<T>& images, const EncoderForwardOptions& options = {},
-                       EncoderCache<T>* cache = nullptr) const {
-    const Shape expected{images.rank() == 4 ? images.dim(0) : 0, options_.in_chans,
-                         options_.image_height, options_.image_width};
-    detail::require_shape(images.rank() == 4 && images.shape() == expected && expected[0] > 0,
-                          "images",
-                          detail::concat("[B, ", options_.in_chans, ", ", options_.image_height,
-                                         ", ", options_.image_width, "] with B >= 1"),
-                          detail::shape_string(images.shape()));
-    const Index B = images.dim(0), N = num_patches(), prefix = num_prefix_tokens();
-    const Index E = embed_dim(), L = num_tokens();
-    const Tensor<T> patches = patch_embed.forward(images);
-    Tensor<T> tokens({B, L, E});
-    for (Index b = 0; b < B; ++b) {
-      auto x = tokens.matrix({b});
-      if (prefix) x.row(0) = cls_token.row(0);
-      x.bottomRows(N) = patches.matrix({b});
-      if (options_.position == VitPosition::learned) x += pos_embed;
-    }
-    auto stack = run_encoder_stack(blocks, residual, norm, tokens, {}, options, cache);
-
-    VitOutput<T> out;
-    Tensor<T> pooled({B, E});
-    for (Index b = 0; b < B; ++b) {
-      const auto x = stack.output.matrix({b});
-      pooled.matrix().row(b) = options_.pooling == VitPooling::token
-                                   ? RowVector<T>(x.row(0))
-                                   : RowVector<T>(x.bottomRows(N).colwise().mean());
-    }
-    if (options_.num_classes > 0) {
-      out.logits = Tensor<T>({B, options_.num_classes});
-      head.forward(pooled.matrix(), out.logits.matrix());
-    } else {
-      out.logits = std::move(pooled);
-    }
-    out.tokens = std::move(stack.output);
-    out.weights = std::move(stack.weights);
-    return out;
-  }
+                       EncoderCache<T>* cache = nullptr) const;
 
   // Parameters, named as in timm's VisionTransformer where it has them (see for_each_parameter).
   PatchEmbedding<T> patch_embed;
@@ -198,6 +161,48 @@ class VisionTransformer {
   }
 };
 
+template <class T>
+VitOutput<T> VisionTransformer<T>::forward(const Tensor<T>& images,
+                                           const EncoderForwardOptions& options,
+                                           EncoderCache<T>* cache) const {
+  const Shape expected{images.rank() == 4 ? images.dim(0) : 0, options_.in_chans,
+                       options_.image_height, options_.image_width};
+  detail::require_shape(images.rank() == 4 && images.shape() == expected && expected[0] > 0,
+                        "images",
+                        detail::concat("[B, ", options_.in_chans, ", ", options_.image_height, ", ",
+                                       options_.image_width, "] with B >= 1"),
+                        detail::shape_string(images.shape()));
+  const Index B = images.dim(0), N = num_patches(), prefix = num_prefix_tokens();
+  const Index E = embed_dim(), L = num_tokens();
+  const Tensor<T> patches = patch_embed.forward(images);
+  Tensor<T> tokens({B, L, E});
+  for (Index b = 0; b < B; ++b) {
+    auto x = tokens.matrix({b});
+    if (prefix) x.row(0) = cls_token.row(0);
+    x.bottomRows(N) = patches.matrix({b});
+    if (options_.position == VitPosition::learned) x += pos_embed;
+  }
+  auto stack = run_encoder_stack(blocks, residual, norm, tokens, {}, options, cache);
+
+  VitOutput<T> out;
+  Tensor<T> pooled({B, E});
+  for (Index b = 0; b < B; ++b) {
+    const auto x = stack.output.matrix({b});
+    pooled.matrix().row(b) = options_.pooling == VitPooling::token
+                                 ? RowVector<T>(x.row(0))
+                                 : RowVector<T>(x.bottomRows(N).colwise().mean());
+  }
+  if (options_.num_classes > 0) {
+    out.logits = Tensor<T>({B, options_.num_classes});
+    head.forward(pooled.matrix(), out.logits.matrix());
+  } else {
+    out.logits = std::move(pooled);
+  }
+  out.tokens = std::move(stack.output);
+  out.weights = std::move(stack.weights);
+  return out;
+}
+
 // timm's names for the parts timm has (patch_embed.proj, cls_token, pos_embed, norm, head);
 // the blocks keep nn.TransformerEncoderLayer's names under blocks.{i} (timm's attn.qkv is
 // self_attn.in_proj_*, attn.proj is self_attn.out_proj, mlp.fc1 / fc2 are linear1 / linear2),
@@ -216,5 +221,10 @@ void for_each_parameter(VisionTransformer<T>& vit, const std::string& prefix, F&
   if (vit.head.weight.size()) for_each_parameter(vit.head, prefix + "head.", f);
   for_each_parameter(vit.residual, prefix, f);
 }
+
+#ifdef ATTNLENS_COMPILED
+extern template class VisionTransformer<float>;
+extern template class VisionTransformer<double>;
+#endif
 
 }  // namespace attnlens

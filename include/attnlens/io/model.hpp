@@ -509,4 +509,16 @@ TransformerEncoder<T> load_encoder_model(const std::string& directory) {
                                  weights_path);
 }
 
+#ifdef ATTNLENS_COMPILED
+#define ATTNLENS_MODEL_INSTANTIATIONS(T)                                                        \
+  extern template void save_encoder_model<T>(const EncoderModelConfig&,                         \
+                                             const TransformerEncoder<T>&, const std::string&); \
+  extern template TransformerEncoder<T> encoder_from_weights<T>(                                \
+      const EncoderModelConfig&, const SafeTensors&, const std::string&, const std::string&);   \
+  extern template TransformerEncoder<T> load_encoder_model<T>(const std::string&);
+ATTNLENS_MODEL_INSTANTIATIONS(float)
+ATTNLENS_MODEL_INSTANTIATIONS(double)
+#undef ATTNLENS_MODEL_INSTANTIATIONS
+#endif
+
 }  // namespace attnlens::io

@@ -173,8 +173,9 @@ std::size_t fused_workspace_bytes(const FusedOptions& options, Index heads, Inde
 
 // out (rows x dv) = F(values) for the queries [query_begin, query_end) of one head, where
 // F(X) = A X + value terms; the tile must come from a QueryTiling of the kernel's window. With
-// row_logsumexp set, it receives log sum_j u_j exp(score_ij) of each row (-inf for a row
-// without support), which is what a backward pass needs to recompute A.
+// row_logsumexp set, it receives the log of each row's denominator, log(sum_j u_j exp(score_ij)
+// + epsilon) (-inf for a row without support): a backward pass recomputes A_ij = w_j
+// exp(score_ij - row_logsumexp_i) from it.
 template <class T>
 void fused_attention_tile(const HeadInputs<T>& head, const AttentionKernel<T>& kernel,
                           bool values_finite, Index query_begin, Index query_end,
@@ -195,13 +196,14 @@ void fused_attention_tile(const HeadInputs<T>& head, const AttentionKernel<T>& k
   const detail::KernelNormalization<T> normalization = detail::head_normalization(head, kernel);
   for (Index r = 0; r < rows; ++r) {
     const T row_max = ws.row_max[r];
-    if (row_logsumexp)
-      row_logsumexp[r] = row_max == neg_inf ? neg_inf : row_max + std::log(ws.row_sum[r]);
     if (row_max == neg_inf) {
+      if (row_logsumexp) row_logsumexp[r] = neg_inf;
       out.row(r).setZero();
       continue;
     }
-    out.row(r) = ws.accumulator.row(r).head(dv) / normalization.denominator(ws.row_sum[r], row_max);
+    const T denominator = normalization.denominator(ws.row_sum[r], row_max);
+    if (row_logsumexp) row_logsumexp[r] = row_max + std::log(denominator);
+    out.row(r) = ws.accumulator.row(r).head(dv) / denominator;
   }
 }
 

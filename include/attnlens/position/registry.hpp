@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "attnlens/core/checked.hpp"
+#include "attnlens/core/compiled.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/names.hpp"
 #include "attnlens/core/types.hpp"
@@ -51,7 +52,12 @@ inline PositionEncoding position_entry(PositionType type, PositionKind kind, con
   return entry;
 }
 
-inline std::vector<PositionEncoding> builtin_position_encodings() {
+#if !ATTNLENS_HEADER_DEFINITIONS
+// Defined in src/compiled.cpp: making the entries instantiates every encoding for float and
+// double, a few seconds of compile time that attnlens::compiled spends once.
+std::vector<PositionEncoding> builtin_position_encodings();
+#else
+ATTNLENS_COMPILED_INLINE std::vector<PositionEncoding> builtin_position_encodings() {
   std::vector<PositionEncoding> all;
   all.push_back(position_entry(PositionType::none, PositionKind::none, "no position encoding"));
 
@@ -82,7 +88,7 @@ inline std::vector<PositionEncoding> builtin_position_encodings() {
                                        {"relative_values", {rows, d}}};
   };
   set_factory(shaw, [](auto t, const PositionOptions& o, Index d_model, Index heads) {
-    return std::make_shared<ShawRelativePosition<decltype(t)>>(
+    return std::make_shared<ShawRelativePosition<decltype(t)> >(
         ShawOptions{head_width(d_model, heads), o.max_relative_position});
   });
   all.push_back(shaw);
@@ -95,7 +101,7 @@ inline std::vector<PositionEncoding> builtin_position_encodings() {
         {"r_w_bias", {heads, d}}, {"r_r_bias", {heads, d}}, {"r_net.weight", {heads * d, d_model}}};
   };
   set_factory(xl, [](auto t, const PositionOptions&, Index d_model, Index heads) {
-    return std::make_shared<TransformerXlRelativePosition<decltype(t)>>(
+    return std::make_shared<TransformerXlRelativePosition<decltype(t)> >(
         TransformerXlOptions{heads, head_width(d_model, heads), d_model});
   });
   all.push_back(xl);
@@ -113,7 +119,7 @@ inline std::vector<PositionEncoding> builtin_position_encodings() {
   };
   t5.aliases = {{"t5-causal", {"bidirectional", false}}};
   set_factory(t5, [](auto t, const PositionOptions& o, Index, Index heads) {
-    return std::make_shared<T5RelativeBias<decltype(t)>>(
+    return std::make_shared<T5RelativeBias<decltype(t)> >(
         T5BiasOptions{heads, o.num_buckets, o.max_distance, o.bidirectional});
   });
   all.push_back(t5);
@@ -124,7 +130,7 @@ inline std::vector<PositionEncoding> builtin_position_encodings() {
       setting("causal", "m_h (j - i) instead of -m_h |i - j|", &PositionOptions::causal)};
   alibi.aliases = {{"alibi-causal", {"causal", true}}};
   set_factory(alibi, [](auto t, const PositionOptions& o, Index, Index heads) {
-    return std::make_shared<Alibi<decltype(t)>>(AlibiOptions{heads, o.causal});
+    return std::make_shared<Alibi<decltype(t)> >(AlibiOptions{heads, o.causal});
   });
   all.push_back(alibi);
 
@@ -134,7 +140,7 @@ inline std::vector<PositionEncoding> builtin_position_encodings() {
                    rope_pairing_setting()};
   rope.aliases = {{"rope-half", {"pairing", std::string("half")}}};
   set_factory(rope, [](auto t, const PositionOptions& o, Index d_model, Index heads) {
-    return std::make_shared<RotaryEmbedding<decltype(t)>>(
+    return std::make_shared<RotaryEmbedding<decltype(t)> >(
         RopeOptions{head_width(d_model, heads), o.base, o.pairing});
   });
   all.push_back(rope);
@@ -148,7 +154,7 @@ inline std::vector<PositionEncoding> builtin_position_encodings() {
     return std::vector<ParameterShape>{{"width", {heads}}};
   };
   set_factory(cauchy, [width](auto t, const PositionOptions& o, Index, Index heads) {
-    return std::make_shared<CauchyDistance<decltype(t)>>(
+    return std::make_shared<CauchyDistance<decltype(t)> >(
         CauchyOptions{heads, std::get<double>(width.get(o))});
   });
   all.push_back(cauchy);
@@ -159,7 +165,7 @@ inline std::vector<PositionEncoding> builtin_position_encodings() {
     return std::vector<ParameterShape>{{"alpha", {heads}}, {"center_shift", {heads, 2}}};
   };
   set_factory(quadratic, [](auto t, const PositionOptions& o, Index, Index heads) {
-    return std::make_shared<QuadraticEncoding<decltype(t)>>(
+    return std::make_shared<QuadraticEncoding<decltype(t)> >(
         QuadraticEncodingOptions{heads, o.grid});
   });
   all.push_back(quadratic);
@@ -183,13 +189,14 @@ inline std::vector<PositionEncoding> builtin_position_encodings() {
   };
   set_factory(learned_2d, [](auto t, const PositionOptions& o, Index d_model, Index heads) {
     const Index reach = std::max(o.grid.height, o.grid.width);
-    return std::make_shared<LearnedRelative2d<decltype(t)>>(
+    return std::make_shared<LearnedRelative2d<decltype(t)> >(
         LearnedRelative2dOptions{heads, o.max_position > 0 ? o.max_position : reach,
                                  o.dim > 0 ? o.dim : head_width(d_model, heads), o.grid});
   });
   all.push_back(learned_2d);
   return all;
 }
+#endif
 
 }  // namespace detail
 
