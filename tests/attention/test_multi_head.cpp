@@ -762,5 +762,37 @@ TEST(MultiHeadAttention, LargeProjectionsDoNotOverflowTheScores) {
     }
 }
 
+// What the cache records for a backward pass: the projections before the transforms (robust
+// KDE normalizes the keys), the plan's per-key weights, and the boosting iterates, which
+// satisfy z_0 = A V, z_{m+1} = z_m + A (V - z_m) with the cached A and V, up to the context.
+TEST(MultiHeadAttention, CacheRecordsWhatABackwardPassNeeds) {
+  MultiHeadAttentionOptions o{12, 3};
+  o.variant.type = AttentionVariantType::robust_kde;
+  o.variant.boost = 2;
+  Rng rng(77);
+  const MultiHeadAttention<double> mha(o, rng);
+  Tensor<double> x({2, 5, 12});
+  for (auto& v : x.storage()) v = rng.normal<double>();
+  MultiHeadCache<double> cache;
+  (void)mha.forward(x, {}, {}, &cache);
+  ASSERT_EQ(cache.boost_iterates.size(), 2u);
+  ASSERT_EQ(cache.numerator_key_weights.size(), 6u);
+  EXPECT_NEAR(cache.denominator_key_weights[4].sum(), 1.0, 1e-12);  // Huber weights sum to 1
+  EXPECT_NEAR(cache.keys.block(7, 4, 1, 4).norm(), 1.0, 1e-12);     // unit keys
+  EXPECT_GT(std::abs(cache.projected_keys.block(7, 4, 1, 4).norm() - 1.0), 1e-3);
+  for (Index b = 0; b < 2; ++b)
+    for (Index h = 0; h < 3; ++h) {
+      const Matrix<double> A = cache.weights.matrix({b, h});
+      const Matrix<double> V = cache.values.block(b * 5, h * 4, 5, 4);
+      const auto z = [&](std::size_t m) {
+        return Matrix<double>(cache.boost_iterates[m].block(b * 5, h * 4, 5, 4));
+      };
+      ATTNLENS_EXPECT_CLOSE(z(0), A * V, 1e-12);
+      ATTNLENS_EXPECT_CLOSE(z(1), z(0) + A * (V - z(0)), 1e-12);
+      ATTNLENS_EXPECT_CLOSE(Matrix<double>(cache.context.block(b * 5, h * 4, 5, 4)),
+                            z(1) + A * (V - z(1)), 1e-12);
+    }
+}
+
 }  // namespace
 }  // namespace attnlens

@@ -63,7 +63,7 @@ struct MultiHeadForwardOptions {
   AttentionEngine engine = AttentionEngine::automatic;
   FusedTiling tiling = {};  // fused engine only
   // Copy this layer's projected values to MultiHeadOutput::values (always done for the
-  // variants that read other layers' values, NeuTRENO and elliptical).
+  // plans that read other layers' values).
   bool return_values = false;
 };
 
@@ -83,14 +83,17 @@ struct MultiHeadCache {
   Matrix<T> key_input;
   Matrix<T> value_input;
   Matrix<T> projected_queries;  // B*L x E, before the query/key transforms
-  Matrix<T> projected_keys;     // B*S x E, before the query/key transforms (KDE normalizes them)
+  Matrix<T> projected_keys;     // B*S x E, before the query/key transforms
   Matrix<T> queries;            // B*L x E, projected, after the query/key transforms
   Matrix<T> keys;               // B*S x E, projected, after the query/key transforms
   Matrix<T> values;             // B*S x E, projected
-  AttentionPlan<T> plan;        // the call's plan: its factors (the elliptical metric, ...)
-  // Per-key weights of each (sequence, head), index b * H + h, S entries (robust KDE's).
+  AttentionPlan<T> plan;        // the call's plan: its factors, as the call made them
+  // The plan's per-key weights of each (sequence, head), index b * H + h, S entries.
   std::vector<Vector<T>> numerator_key_weights, denominator_key_weights;
   Tensor<T> weights;  // B x H x L x S
+  // The boosting iterates z_0 .. z_{k-1} of every head (B*L x E each, heads as column blocks);
+  // z_k is the context before the plan's context term.
+  std::vector<Matrix<T>> boost_iterates;
   Matrix<T> context;  // B*L x E, concat_h(A_h V_h) (+ the plan's context term), before out_proj
 };
 
@@ -211,8 +214,7 @@ class MultiHeadAttention : public VariantParameters<T> {
     this->check_variant_parameters(options_.variant, num_heads());
   }
 
-  // Parameters, named as in PyTorch's state_dict; the variant's (rho, fourier_r) come from
-  // VariantParameters.
+  // Parameters, named as in PyTorch's state_dict; the variant's come from VariantParameters.
   Matrix<T> in_proj_weight;  // 3E x E when packed(), else empty
   Vector<T> in_proj_bias;    // 3E, or empty without bias
   Matrix<T> q_proj_weight;   // E x E when !packed()
@@ -440,6 +442,8 @@ MultiHeadOutput<T> MultiHeadAttention<T>::attend(const Dims& dims, const Attenti
   };
   state.context.resize(B * L, E);
   state.weights = keep_weights ? Tensor<T>({B, H, L, S}) : Tensor<T>();
+  state.boost_iterates.assign(caching ? static_cast<std::size_t>(plan.boost) : 0,
+                              Matrix<T>(B * L, E));
   if (fused) {
     fused_attention_heads<T>(B * H, head_at, context_at, kernel,
                              FusedOptions{options.tiling, options.parallel});
@@ -452,7 +456,12 @@ MultiHeadOutput<T> MultiHeadAttention<T>::attend(const Dims& dims, const Attenti
           Matrix<T> scratch(keep_weights ? 0 : L, keep_weights ? 0 : S);
           const MatrixMap<T> weights = keep_weights ? state.weights.matrix({task % B, task / B})
                                                     : MatrixMap<T>(scratch.data(), L, S);
-          reference_attention<T>(head_at(task), kernel, weights, context_at(task));
+          std::vector<Matrix<T>> iterates;
+          reference_attention<T>(head_at(task), kernel, weights, context_at(task),
+                                 caching ? &iterates : nullptr);
+          const Index b = task % B, h = task / B;
+          for (std::size_t m = 0; m < iterates.size(); ++m)
+            state.boost_iterates[m].block(b * L, h * d, L, d) = iterates[m];
         },
         options.parallel);
   }
@@ -480,9 +489,9 @@ MultiHeadOutput<T> MultiHeadAttention<T>::attend(const Dims& dims, const Attenti
   return result;
 }
 
-// The parameters in nn.MultiheadAttention's state_dict order, then the variant's (rho,
-// fourier_r) and those of the attached score terms, transforms and value terms (each once, by
-// their own names under the same prefix).
+// The parameters in nn.MultiheadAttention's state_dict order, then the variant's and those of
+// the attached score terms, transforms and value terms (each once, by their own names under the
+// same prefix).
 template <class T, class F>
 void for_each_parameter(MultiHeadAttention<T>& mha, const std::string& prefix, F&& f) {
   if (mha.packed()) {

@@ -115,16 +115,22 @@ class Tensor {
     if (static_cast<Index>(index.size()) != rank())
       throw ArgumentError(
           detail::concat("Tensor::at index: expected ", rank(), " indices, got ", index.size()));
+    return static_cast<std::size_t>(flat_index(index, "Tensor::at index "));
+  }
+
+  // The row-major position of the leading indices among the first index.size() axes, each
+  // checked against its extent; `what` names them in the error.
+  Index flat_index(std::initializer_list<Index> index, const char* what) const {
     Index flat = 0;
     std::size_t axis = 0;
     for (Index i : index) {
       if (i < 0 || i >= shape_[axis])
-        throw ArgumentError(detail::concat("Tensor::at index ", axis, ": expected 0..",
-                                           shape_[axis] - 1, ", got ", i));
+        throw ArgumentError(
+            detail::concat(what, axis, ": expected 0..", shape_[axis] - 1, ", got ", i));
       flat = flat * shape_[axis] + i;
       ++axis;
     }
-    return static_cast<std::size_t>(flat);
+    return flat;
   }
 
   Slice slice(std::initializer_list<Index> leading) const {
@@ -134,15 +140,8 @@ class Tensor {
       throw ArgumentError(detail::concat("Tensor::matrix: expected ", rank() < 2 ? 0 : rank() - 2,
                                          " leading indices for shape ",
                                          detail::shape_string(shape_), ", got ", lead));
-    Index flat = 0;
-    std::size_t axis = 0;
-    for (Index i : leading) {
-      if (i < 0 || i >= shape_[axis])
-        throw ArgumentError(detail::concat("Tensor::matrix index ", axis, ": expected 0..",
-                                           shape_[axis] - 1, ", got ", i));
-      flat = flat * shape_[axis] + i;
-      ++axis;
-    }
+    const Index flat = flat_index(leading, "Tensor::matrix index ");
+    const auto axis = leading.size();
     const Index rows = shape_[axis], cols = shape_[axis + 1];
     return {rows, cols, flat * rows * cols};
   }

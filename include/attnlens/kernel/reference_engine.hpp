@@ -4,7 +4,9 @@
 // that returns attention maps, and the yardstick the fused engine is tested against.
 #pragma once
 
+#include <cstddef>
 #include <limits>
+#include <vector>
 
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/gemm.hpp"
@@ -19,10 +21,11 @@ namespace attnlens {
 
 // weights (L x S) receives A, out (L x dv) the (boosted) smoother output. Masked keys never
 // reach `out`, even when their values hold NaN or Inf; fully masked rows give zero weights and
-// a zero output.
+// a zero output. With `iterates` set, it receives z_0 .. z_{boost-1} (L x dv each).
 template <class T>
 void reference_attention(const HeadInputs<T>& head, const AttentionKernel<T>& kernel,
-                         MatrixRef<T> weights, MatrixRef<T> out) {
+                         MatrixRef<T> weights, MatrixRef<T> out,
+                         std::vector<Matrix<T>>* iterates = nullptr) {
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
   check_head_inputs<T>(head, kernel, out.rows(), out.cols());
   const Index L = head.queries.rows(), S = head.keys.rows(), dv = head.values.cols();
@@ -51,9 +54,13 @@ void reference_attention(const HeadInputs<T>& head, const AttentionKernel<T>& ke
         kernel, at, weights, values, values_finite,
         [&](Index r, Index c) { return in_support(r, c); }, finite_values, value_gemm, target);
   };
+  if (iterates) iterates->resize(static_cast<std::size_t>(kernel.boost));
   boosted_smoothing<T>(
       1, kernel.boost, [&](Index) { return head.values; }, [&](Index) { return out; }, smooth,
-      ParallelOptions{1});
+      ParallelOptions{1},
+      [&](Index step, Index, const auto& z) {
+        if (iterates) (*iterates)[static_cast<std::size_t>(step)] = z;
+      });
 }
 
 }  // namespace attnlens
