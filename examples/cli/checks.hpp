@@ -44,19 +44,12 @@ inline const CLI::Validator k_positive_number =
 inline const CLI::Validator k_non_negative_number =
     detail_checks::finite_number("a finite number >= 0", [](double v) { return v >= 0; });
 
-// Throws ArgumentError when `option` was given although `applies` is false; `why` completes
-// "<option> does not apply <why>".
 // The names of an enum's table (core/names.hpp), for CLI::IsMember.
 template <class Enum, std::size_t N>
 std::vector<std::string> names_of(const Named<Enum> (&table)[N]) {
   std::vector<std::string> names;
   for (const auto& entry : table) names.push_back(entry.name);
   return names;
-}
-
-inline void reject_unless(const CLI::Option* option, bool applies, const std::string& why) {
-  if (option->count() > 0 && !applies)
-    throw ArgumentError(option->get_name() + " does not apply " + why);
 }
 
 // Throws IoError naming the first tensor of `file` (read from `path`) under `prefix` that is

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <charconv>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -62,9 +63,11 @@ inline SettingValue parse_value(const std::string& text, const SettingValue& lik
   const auto fail = [&](const char* expected) -> SettingValue {
     throw ArgumentError(detail::concat(what, ": expected ", expected, ", got '", text, "'"));
   };
-  if (std::holds_alternative<Index>(like)) {
+  if (std::holds_alternative<Index>(like)) {  // base 10, in range: no octal, no saturation
     Index value = 0;
-    if (!CLI::detail::lexical_cast(text, value)) return fail("an integer");
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (error != std::errc() || end != text.data() + text.size() || text.empty())
+      return fail("a decimal integer within 64 bits");
     return value;
   }
   if (std::holds_alternative<double>(like)) {

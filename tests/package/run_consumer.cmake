@@ -22,4 +22,5 @@ run(${CMAKE_COMMAND_PATH} --build ${WORK_DIR}/build)
 run(${WORK_DIR}/build/consumer)
 if(MODE STREQUAL "find_package")  # the installed package has attnlens::compiled
   run(${WORK_DIR}/build/consumer_compiled)
+  run(${WORK_DIR}/build/consumer_stack)
 endif()

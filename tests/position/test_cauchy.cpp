@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "attnlens/io/model.hpp"
 #include "attnlens/io/state_dict.hpp"
@@ -82,6 +83,17 @@ TEST(Cauchy, AnEncoderFromConfigJsonMatchesPyTorch) {
   EXPECT_EQ(encoder.layers[0].position.type().name(), std::string("cauchy"));
   ATTNLENS_EXPECT_CLOSE(encoder.forward(file.get<double>("encoder.x")).output,
                         file.get<double>("encoder.output"), 1e-10);
+}
+
+// A width whose 1 / s^2 overflows is the limit: each query keeps its own key (term 0, not
+// 0 * inf = NaN) and no other.
+TEST(Cauchy, ATinyWidthIsTheIdentityNotNaN) {
+  CauchyDistance<float> term({2, 1e-30});
+  const Tensor<float> bias = testing::term_bias<float>(term, 2, 5, 5);
+  for (Index h = 0; h < 2; ++h)
+    for (Index i = 0; i < 5; ++i)
+      for (Index j = 0; j < 5; ++j)
+        EXPECT_EQ(bias.matrix({h})(i, j), i == j ? 0.0f : -std::numeric_limits<float>::infinity());
 }
 
 TEST(Cauchy, BadWidthsAreNamed) {

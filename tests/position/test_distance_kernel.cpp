@@ -99,6 +99,20 @@ TEST(DistanceKernel, InfiniteSigmaAddsNothing) {
   }
 }
 
+// A width whose coefficient overflows (in float at sigma = 1e-40, a subnormal) is the
+// limit, the identity filter: 0 on the diagonal (not 0 * inf = NaN), -inf elsewhere.
+TEST(DistanceKernel, ATinySigmaIsTheIdentityNotNaN) {
+  for (const auto type : {DistanceKernelType::laplacian, DistanceKernelType::gaussian}) {
+    const DistanceKernel<float> term({type}, Vector<float>::Constant(1, 1e-40f));
+    Matrix<float> scores = Matrix<float>::Zero(4, 4);
+    const Matrix<float> none(4, 1);
+    term.add(ScoreTile<float>{{0, 0, 0, 0}, none, none}, scores);
+    for (Index i = 0; i < 4; ++i)
+      for (Index j = 0; j < 4; ++j)
+        EXPECT_EQ(scores(i, j), i == j ? 0.0f : -std::numeric_limits<float>::infinity());
+  }
+}
+
 TEST(DistanceKernel, SoftplusAndItsInverse) {
   for (const double x : {-30.0, -2.0, 0.0, 0.5, 3.0, 25.0, 100.0}) {
     EXPECT_NEAR(softplus(x), std::log1p(std::exp(x)), 1e-14 * std::max(1.0, x)) << x;

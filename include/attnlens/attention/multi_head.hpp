@@ -361,6 +361,8 @@ MultiHeadOutput<T> MultiHeadAttention<T>::attend(const Dims& dims, const Attenti
   check_stack(stack.first, "StackValues::first (B*S x E)");
   check_stack(stack.previous, "StackValues::previous (B*S x E)");
 
+  // The mask is bound (its shapes checked) before a plan reads its key padding.
+  const BoundMask<T> bound(mask, shape);
   // The module's own factors first, then the plan's.
   state.plan = attention_plan<T>(variant(), *this, options_.content,
                                  PlanContext<T>{shape, mask, stack, state.values});
@@ -372,7 +374,6 @@ MultiHeadOutput<T> MultiHeadAttention<T>::attend(const Dims& dims, const Attenti
   for (const auto& term : terms) term->check(shape);
   for (const auto& transform : transforms) transform->check(shape);
   for (const auto& term : value_terms) term->check(shape, d);
-  const BoundMask<T> bound(mask, shape);
   AttentionKernel<T> kernel;
   kernel.range = plan.range;
   kernel.terms = &terms;
@@ -465,7 +466,7 @@ MultiHeadOutput<T> MultiHeadAttention<T>::attend(const Dims& dims, const Attenti
         },
         options.parallel);
   }
-  if (plan.context_term) plan.context_term->add(state.values, state.context);
+  if (plan.context_term) plan.context_term->add(state.values, stack, state.context);
 
   MultiHeadOutput<T> result;
   if (options.return_values || plan.reads_stack_values) result.values = state.values;

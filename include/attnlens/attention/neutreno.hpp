@@ -11,19 +11,20 @@ namespace attnlens {
 template <class T>
 class NeutrenoTerm final : public ContextTerm<T> {
  public:
-  // first_values: V^0, B*S x E; lambda finite.
-  NeutrenoTerm(const Matrix<T>& first_values, T lambda) : first_(first_values), lambda_(lambda) {}
+  explicit NeutrenoTerm(T lambda) : lambda_(lambda) {}
 
-  // context (B*L x E) += lambda (V^0 - V): V^0 - V lives on the keys, so it needs as many keys
-  // as queries (the plan checks that per sequence).
-  void add(ConstMatrixRef<T> values, MatrixRef<T> context) const override {
-    detail::require_matrix(first_, context.rows(), context.cols(), "NeuTRENO V^0");
+  // context (B*L x E) += lambda (V^0 - V), V^0 = stack.first, nothing on a stack's first layer.
+  // V^0 - V lives on the keys, so it needs as many keys as queries (the plan checks that per
+  // sequence).
+  void add(ConstMatrixRef<T> values, const StackValues<T>& stack,
+           MatrixRef<T> context) const override {
+    if (!stack.first) return;
+    detail::require_matrix(*stack.first, context.rows(), context.cols(), "NeuTRENO V^0");
     detail::require_matrix(values, context.rows(), context.cols(), "NeuTRENO values");
-    context += lambda_ * (first_ - values);
+    context += lambda_ * (*stack.first - values);
   }
 
  private:
-  const Matrix<T>& first_;
   T lambda_;
 };
 

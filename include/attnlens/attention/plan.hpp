@@ -2,7 +2,8 @@
 // names the kernel's factors (range kernel, normalization epsilon, boosting order, the score
 // terms and query/key transforms of the variant), per-key weights computed from a head's keys
 // and values, a term on the smoother's output, and what the call needs from other layers. The
-// variants of docs/math.md section 2 are plans (attention/variant.hpp); the module knows none of them.
+// variants of docs/math.md section 2 are plans (attention/variant.hpp); the module knows none of
+// them.
 #pragma once
 
 #include <memory>
@@ -48,12 +49,14 @@ class KeyWeighting {
 };
 
 // A term added to the concatenated heads' output before the output projection (NeuTRENO's
-// fidelity term): context (B*L x E) += f(values), values (B*S x E) this layer's.
+// fidelity term): context (B*L x E) += f(values, stack), values (B*S x E) this layer's. The
+// stack is passed at each call, so a term kept in a cache holds no reference to it.
 template <class T>
 class ContextTerm {
  public:
   virtual ~ContextTerm() = default;
-  virtual void add(ConstMatrixRef<T> values, MatrixRef<T> context) const = 0;
+  virtual void add(ConstMatrixRef<T> values, const StackValues<T>& stack,
+                   MatrixRef<T> context) const = 0;
 };
 
 template <class T>

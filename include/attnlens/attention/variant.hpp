@@ -215,8 +215,7 @@ AttentionPlan<T> attention_plan(const AttentionVariantOptions& v,
         detail::require_shape(shape.keys == shape.queries, "keys of NeuTRENO attention",
                               detail::concat(shape.queries, " (as many as queries)"),
                               detail::concat(shape.keys));
-        plan.context_term =
-            std::make_shared<NeutrenoTerm<T>>(*call.stack.first, static_cast<T>(v.neutreno_lambda));
+        plan.context_term = std::make_shared<NeutrenoTerm<T>>(static_cast<T>(v.neutreno_lambda));
       }
       break;
   }

@@ -92,6 +92,7 @@ class RelativePosition {
     find(from.score_terms, to.score_terms);
     find(from.query_key_transforms, to.query_key_transforms);
     find(from.value_terms, to.value_terms);
+    if (!copy.term) copy.term = RelativePosition::copy(term);  // not attached to `from`
     return copy;
   }
 

@@ -148,18 +148,6 @@ struct EncoderModelConfig {
 
 namespace detail {
 
-// `name` of a ConfigReader's "type" key as one of `types`, or an error listing them.
-template <class Type, std::size_t N>
-Type type_from_name(const ConfigReader& reader, const std::string& name, const Type (&types)[N],
-                    const char* (*type_name)(Type), const std::string& note = "") {
-  std::string names;
-  for (Type t : types) {
-    if (name == type_name(t)) return t;
-    names += concat(names.empty() ? "\"" : ", \"", type_name(t), "\"");
-  }
-  reader.fail("type", concat("one of ", names, note), "\"" + name + "\"");
-}
-
 // The attention types config.json names: the variants, and twicing (softmax with boost 1).
 inline constexpr const char* k_attention_type_names =
     "\"softmax\", \"twicing\", \"bilateral\", \"kde\", \"robust_kde\", \"fourier\", "
@@ -256,17 +244,14 @@ inline nlohmann::ordered_json attention_config_json(const AttentionVariantOption
 inline PositionOptions parse_position_config(const ConfigReader& reader) {
   PositionOptions out;
   const auto name = reader.get<std::string>("type");
-  std::string names;
-  for (const PositionEncoding& entry : position_encodings()) {
-    if (entry.kind == PositionKind::grid) continue;
-    if (name == entry.type.name()) out.type = entry.type;
-    names += concat(names.empty() ? "\"" : ", \"", entry.type.name(), "\"");
-  }
+  const auto sequence = [](const PositionEncoding& e) { return e.kind != PositionKind::grid; };
+  for (const PositionEncoding& entry : position_encodings())
+    if (sequence(entry) && name == entry.type.name()) out.type = entry.type;
   if (name != out.type.name())
-    reader.fail(
-        "type",
-        concat("one of ", names, " (2-D encodings need an image grid: see VisionTransformer)"),
-        "\"" + name + "\"");
+    reader.fail("type",
+                concat("one of ", quoted_position_names(sequence),
+                       " (2-D encodings need an image grid: see VisionTransformer)"),
+                "\"" + name + "\"");
   for (const PositionSetting& setting : position_encoding(out.type).settings) {
     if (!setting.required && !reader.has(setting.key)) continue;
     SettingValue value = setting.get(out);  // the default, and the type the value must have

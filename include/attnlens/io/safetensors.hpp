@@ -62,6 +62,7 @@
 #include <vector>
 
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/names.hpp"
 #include "attnlens/core/tensor.hpp"
 #include "attnlens/io/json_text.hpp"
 
@@ -74,27 +75,11 @@ namespace attnlens::io {
 
 enum class DType { F64, F32, F16, BF16, I64, I32, U8, BOOL };
 
-inline std::string_view dtype_name(DType dtype) {
-  switch (dtype) {
-    case DType::F64:
-      return "F64";
-    case DType::F32:
-      return "F32";
-    case DType::F16:
-      return "F16";
-    case DType::BF16:
-      return "BF16";
-    case DType::I64:
-      return "I64";
-    case DType::I32:
-      return "I32";
-    case DType::U8:
-      return "U8";
-    case DType::BOOL:
-      return "BOOL";
-  }
-  return "?";
-}
+inline constexpr Named<DType> k_dtype_names[] = {
+    {DType::F64, "F64"}, {DType::F32, "F32"}, {DType::F16, "F16"}, {DType::BF16, "BF16"},
+    {DType::I64, "I64"}, {DType::I32, "I32"}, {DType::U8, "U8"},   {DType::BOOL, "BOOL"}};
+
+inline std::string_view dtype_name(DType dtype) { return name_of(k_dtype_names, dtype); }
 
 inline std::size_t dtype_size(DType dtype) {
   switch (dtype) {
@@ -135,13 +120,11 @@ inline constexpr int k_max_json_levels = 3;
 inline constexpr std::size_t k_length_bytes = 8;
 
 inline bool parse_dtype(std::string_view text, DType& out) {
-  for (DType d : {DType::F64, DType::F32, DType::F16, DType::BF16, DType::I64, DType::I32,
-                  DType::U8, DType::BOOL}) {
-    if (dtype_name(d) == text) {
-      out = d;
+  for (const auto& entry : k_dtype_names)
+    if (text == entry.name) {
+      out = entry.value;
       return true;
     }
-  }
   return false;
 }
 

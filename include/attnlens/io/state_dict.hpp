@@ -120,15 +120,22 @@ std::shared_ptr<KernelFactor<T>> load_position_factor(const SafeTensors& file,
       tensors.emplace(p.name, std::move(t));
     }
   std::shared_ptr<KernelFactor<T>> factor = encoding.make<T>(options, d_model, num_heads);
+  // The registry's shapes and the factor's parameters must agree (tests/position/
+  // test_registry.cpp holds them equal); a disagreement is a bug, never a read past a tensor.
+  std::size_t visited = 0;
   const auto assign = [&](const std::string& name, auto& parameter) {
     const auto it = tensors.find(name);
-    if (it == tensors.end())
-      throw std::logic_error("position registry: no shape for parameter '" + name + "'");
+    if (it == tensors.end() || it->second.size() != parameter.size())
+      throw std::logic_error("position registry: no shape, or another size, for parameter '" +
+                             name + "'");
     parameter = Eigen::Map<const std::decay_t<decltype(parameter)>>(
         it->second.data(), parameter.rows(), parameter.cols());
+    ++visited;
   };
   attnlens::detail::ParameterCallback<T, decltype(assign)> visit(assign);
   if (factor) factor->visit_parameters("", visit);
+  if (visited != tensors.size())
+    throw std::logic_error("position registry: declared parameters the factor does not hold");
   return factor;
 }
 

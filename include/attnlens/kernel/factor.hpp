@@ -37,7 +37,9 @@ class KernelFactor {
   }
   // The factor's own initialisation of its learned parameters (its paper's code's).
   virtual void reset_parameters(Rng& rng) { (void)rng; }
-  // A deep copy; null when the factor holds no parameters, so that copies may share it.
+  // A deep copy. The default, null, means "copies may share this object": right for a factor
+  // whose state never changes after construction; a factor with parameters (or any state a
+  // user may change) must override it, as every factor of attnlens does.
   virtual std::shared_ptr<KernelFactor<T>> clone() const { return nullptr; }
 };
 

@@ -1,6 +1,6 @@
 // A Cauchy distance kernel, the worked example of docs/architecture.md: the domain factor
 // K_h(i, j) = 1 / (1 + (i - j)^2 / s_h^2) with a learned width s_h per head, in log space
-// S_h(i, j) += -log(1 + (i - j)^2 / s_h^2) (MATH.md section 2). Heavier tails than the
+// S_h(i, j) += -log(1 + (i - j)^2 / s_h^2) (docs/math.md section 3.10). Heavier tails than the
 // Gaussian distance kernel of bilateral attention: far keys are damped, never cut off.
 #pragma once
 
@@ -47,8 +47,9 @@ class CauchyDistance final : public ScoreTerm<T> {
     const T inverse_square = T(1) / (width[tile.at.head] * width[tile.at.head]);
     for (Index r = 0; r < scores.rows(); ++r)
       for (Index c = 0; c < scores.cols(); ++c) {
+        // Offset 0 adds exactly 0, also for a width whose 1 / s^2 overflows (0 * inf = NaN).
         const auto offset = static_cast<T>(tile.at.key_begin + c - tile.at.query_begin - r);
-        scores(r, c) -= std::log1p(offset * offset * inverse_square);
+        if (offset != T(0)) scores(r, c) -= std::log1p(offset * offset * inverse_square);
       }
   }
 

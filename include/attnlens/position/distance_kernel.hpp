@@ -1,6 +1,7 @@
-// Distance kernels: the spatial (domain) factor of bilateral self-attention (docs/math.md section 2),
-// S_h(i,j) += -|p_i - p_j|^2 / (2 sigma_h^2) (Gaussian) or -|p_i - p_j|_1 / sigma_h (Laplacian),
-// on 1-D positions p_i = i or on the cells of a Grid2d. Tokens without a position get term 0.
+// Distance kernels: the spatial (domain) factor of bilateral self-attention (docs/math.md section
+// 2), S_h(i,j) += -|p_i - p_j|^2 / (2 sigma_h^2) (Gaussian) or -|p_i - p_j|_1 / sigma_h
+// (Laplacian), on 1-D positions p_i = i or on the cells of a Grid2d. Tokens without a position get
+// term 0.
 #pragma once
 
 #include <algorithm>
@@ -69,10 +70,13 @@ class DistanceKernel final : public ScoreTerm<T> {
     const bool gaussian = options_.type == DistanceKernelType::gaussian;
     const T coefficient = gaussian ? T(1) / (T(2) * s * s) : T(1) / s;
     if (coefficient == T(0)) return;
+    // A width so small that the coefficient overflows gives its limit, the identity filter:
+    // a token's own position adds 0 (not 0 * inf = NaN), every other -inf.
     const auto distance = [&](Index dr, Index dc) {
       return gaussian ? static_cast<T>(dr * dr + dc * dc)
                       : static_cast<T>(std::abs(dr) + std::abs(dc));
     };
+    const auto term = [&](T d) { return d == T(0) ? T(0) : coefficient * d; };
     if (options_.grid) {
       const Grid2d& grid = *options_.grid;
       const Index cols = scores.cols();
@@ -86,7 +90,7 @@ class DistanceKernel final : public ScoreTerm<T> {
         // Walk the keys' cells in token order: no division per entry.
         Index dr = start[0] - p_i[0], col = start[1] - grid.first_col;
         for (Index c = first; c < cols; ++c) {
-          scores(r, c) -= coefficient * distance(dr, grid.first_col + col - p_i[1]);
+          scores(r, c) -= term(distance(dr, grid.first_col + col - p_i[1]));
           if (++col == grid.width) col = 0, ++dr;
         }
       }
@@ -99,7 +103,7 @@ class DistanceKernel final : public ScoreTerm<T> {
       for (Index c = 0; c < scores.cols(); ++c) {
         const Index j = tile.at.key_begin + c;
         if (j < leading) continue;
-        scores(r, c) -= coefficient * distance(j - i, 0);
+        scores(r, c) -= term(distance(j - i, 0));
       }
     }
   }

@@ -55,6 +55,9 @@ inline constexpr PositionType PositionType::rope{"rope"};
 inline constexpr PositionType PositionType::quadratic{"quadratic"};    // 2-D, patch grids only
 inline constexpr PositionType PositionType::learned_2d{"learned_2d"};  // 2-D, patch grids only
 
+// A setting's value: an integer, a number, a flag or a string (one of its choices).
+using SettingValue = std::variant<Index, double, bool, std::string>;
+
 // The settings of one choice of encoding; each encoding reads only its own (the config reader
 // rejects the others). The defaults are those of the encodings' own options structs.
 struct PositionOptions {
@@ -71,7 +74,7 @@ struct PositionOptions {
   Index dim = 0;           // learned_2d: width of a table row; 0 = the head width
   Grid2d grid;             // 2-D encodings: the token grid (VisionTransformer sets it)
   // Settings of registered encodings that have no field above, by their config.json key.
-  std::map<std::string, double> extra;
+  std::map<std::string, SettingValue> extra;
 };
 
 // Where an encoding acts.
@@ -85,7 +88,6 @@ enum class PositionKind {
 // One setting: its config.json key (the command line's --position-option KEY=VALUE), what it
 // means, whether config.json must give it, and how it is read from and written to the options.
 // Values are integers, numbers, flags or one of `choices`.
-using SettingValue = std::variant<Index, double, bool, std::string>;
 
 struct PositionSetting {
   const char* key;
@@ -104,14 +106,17 @@ PositionSetting setting(const char* key, const char* help, V PositionOptions::*f
           [field](PositionOptions& o, const SettingValue& v) { o.*field = std::get<V>(v); }};
 }
 
-// A number held in PositionOptions::extra, `fallback` when absent.
-inline PositionSetting extra_setting(const char* key, const char* help, double fallback) {
+// A setting held in PositionOptions::extra, `fallback` (which sets its type) when absent.
+template <class V>
+PositionSetting extra_setting(const char* key, const char* help, V fallback) {
   return {key, help, false,
           [key, fallback](const PositionOptions& o) {
             const auto it = o.extra.find(key);
-            return SettingValue(it == o.extra.end() ? fallback : it->second);
+            return it == o.extra.end() ? SettingValue(fallback) : it->second;
           },
-          [key](PositionOptions& o, const SettingValue& v) { o.extra[key] = std::get<double>(v); }};
+          [key](PositionOptions& o, const SettingValue& v) {
+            o.extra[key] = SettingValue(std::get<V>(v));
+          }};
 }
 
 struct ParameterShape {
@@ -166,7 +171,9 @@ void set_factory(PositionEncoding& entry, Make make) {
 
 // The values of the encoding's tables: its rank-2 parameters other than biases (0 without
 // parameters), in checked arithmetic throwing IoError naming `where`. Readers hold this lower
-// bound against a file's size before they allocate anything.
+// bound against a file's size before they allocate anything; the vectors and per-head biases
+// it leaves out are O(heads x head width), so a file that lacks them is caught when its
+// tensors are read, before any table of that size could matter.
 inline Index table_parameter_count(const PositionEncoding& encoding, const PositionOptions& options,
                                    Index d_model, Index num_heads, const std::string& where) {
   if (!encoding.parameters) return 0;

@@ -1,5 +1,5 @@
-// The registry of position encodings (MATH.md section 3): one entry per encoding with its name,
-// kind, settings, parameter count and factory. config.json (io/model.hpp), the command line
+// The registry of position encodings (docs/math.md section 3): one entry per encoding with its
+// name, kind, settings, parameter count and factory. config.json (io/model.hpp), the command line
 // (attnlens mha --position) and the stacks (blocks/position_encoding.hpp) all read it, so an
 // encoding added here is reachable from each of them (docs/architecture.md).
 #pragma once
@@ -177,10 +177,11 @@ ATTNLENS_COMPILED_INLINE std::vector<PositionEncoding> builtin_position_encoding
               &PositionOptions::max_position),
       setting("dim", "width of a table row; 0: the head width", &PositionOptions::dim)};
   learned_2d.parameters = [](const PositionOptions& o, Index d_model, Index heads,
-                             const std::string&) {
+                             const std::string& where) {
     const Index max_position =
         o.max_position > 0 ? o.max_position : std::max(o.grid.height, o.grid.width);
-    const Index offsets = std::max<Index>(2 * max_position - 1, 0);
+    const Index offsets = checked_side<IoError>(  // 2 max_position - 1 rows per table
+        std::max<Index>(max_position - 1, 0), where + ": position: max_position");
     const Index dim = o.dim > 0 ? o.dim : head_width(d_model, heads);
     return std::vector<ParameterShape>{{"row_embeddings.weight", {offsets, dim}},
                                        {"col_embeddings.weight", {offsets, dim}},
@@ -221,24 +222,30 @@ inline constexpr PositionTypes k_position_types{};
 
 inline const char* position_type_name(PositionType type) { return type.name(); }
 
+// "a", "b", ...: the names of the registered encodings that `take` accepts, for messages.
+template <class Take>
+std::string quoted_position_names(Take&& take) {
+  std::string names;
+  for (const auto& entry : position_encodings())
+    if (take(entry))
+      names += detail::concat(names.empty() ? "\"" : ", \"", entry.type.name(), "\"");
+  return names;
+}
+
 // The entry of `type`; throws ArgumentError naming `what` and listing the registered names.
 inline const PositionEncoding& position_encoding(PositionType type,
                                                  const std::string& what = "position.type") {
-  const auto& all = position_encodings();
-  for (const auto& entry : all)
+  for (const auto& entry : position_encodings())
     if (entry.type == type) return entry;
-  std::string names;
-  for (const auto& entry : all)
-    names += detail::concat(names.empty() ? "\"" : ", \"", entry.type.name(), "\"");
-  throw ArgumentError(
-      detail::concat(what, ": expected one of ", names, "; got '", type.name(), "'"));
+  throw ArgumentError(detail::concat(what, ": expected one of ",
+                                     quoted_position_names([](const auto&) { return true; }),
+                                     "; got '", type.name(), "'"));
 }
 
+// The registered type named `name` (whose name outlives `name`); throws as position_encoding.
 inline PositionType position_type_from_name(const std::string& name,
                                             const std::string& what = "position.type") {
-  for (const auto& entry : position_encodings())
-    if (name == entry.type.name()) return entry.type;
-  return position_encoding(PositionType(name.c_str()), what).type;  // throws, listing the names
+  return position_encoding(PositionType(name.c_str()), what).type;
 }
 
 inline PositionKind position_kind(PositionType type) { return position_encoding(type).kind; }

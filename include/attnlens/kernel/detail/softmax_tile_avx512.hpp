@@ -106,9 +106,9 @@ struct SoftmaxTileTask {
 };
 
 // out (rows x dv) = softmax(scale Q K^T) V for the task's queries and keys: no score terms,
-// mask, window or key weights. Returns false,
-// with out untouched, when the tile's queries or the keys or values hold an Inf or NaN (checked
-// on the packed copies, while they are in cache): the caller then takes the portable path.
+// mask, window or key weights. Returns false, with out untouched, when the tile's queries or
+// the keys or values hold an Inf or NaN (checked on the packed copies, while they are in
+// cache): the caller then takes the portable path.
 ATTNLENS_AVX512 inline bool softmax_tile(const SoftmaxTileTask& task, SoftmaxTileWorkspace& ws,
                                          MatrixRef<float> out) {
   const float* const q = task.queries.data();
