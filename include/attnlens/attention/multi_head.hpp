@@ -409,19 +409,24 @@ MultiHeadOutput<T> MultiHeadAttention<T>::attend(const Dims& dims, const Attenti
   std::vector<Vector<T>>& denominator = state.denominator_key_weights;
   numerator.assign(plan.key_weighting ? static_cast<std::size_t>(B * H) : 0, Vector<T>());
   denominator.assign(numerator.size(), Vector<T>());
-  if (plan.key_weighting)
+  if (plan.key_weighting) {
+    // Which keys of each sequence are real tokens: the same for all of its heads.
+    std::vector<std::vector<char>> real(static_cast<std::size_t>(B),
+                                        std::vector<char>(static_cast<std::size_t>(S)));
+    for (Index b = 0; b < B; ++b)
+      for (Index j = 0; j < S; ++j)
+        real[static_cast<std::size_t>(b)][static_cast<std::size_t>(j)] = mask.keeps_key(b, j);
     parallel_for(
         B * H,
         [&](Index task) {
           const Index b = task / H, h = task % H;
-          std::vector<char> real(static_cast<std::size_t>(S));
-          for (Index j = 0; j < S; ++j) real[static_cast<std::size_t>(j)] = mask.keeps_key(b, j);
-          plan.key_weighting->weights(state.keys.block(b * S, h * d, S, d),
-                                      state.values.block(b * S, h * d, S, d), real,
-                                      numerator[static_cast<std::size_t>(task)],
-                                      denominator[static_cast<std::size_t>(task)]);
+          plan.key_weighting->weights(
+              state.keys.block(b * S, h * d, S, d), state.values.block(b * S, h * d, S, d),
+              real[static_cast<std::size_t>(b)], numerator[static_cast<std::size_t>(task)],
+              denominator[static_cast<std::size_t>(task)]);
         },
         options.parallel);
+  }
 
   // Attention tasks go head-major, so a contiguous block of them is a block of heads: the
   // columns of q, k and v the same thread projected (avx512::product_transposed).

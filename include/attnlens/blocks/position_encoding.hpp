@@ -48,9 +48,10 @@ class RelativePosition {
   RelativePosition(PositionType type, std::shared_ptr<KernelFactor<T>> factor)
       : term(std::move(factor)), type_(type) {}
 
-  RelativePosition(const RelativePosition& other) : term(copy(other.term)), type_(other.type_) {}
+  RelativePosition(const RelativePosition& other)
+      : term(detail::copy_factor<T>(other.term)), type_(other.type_) {}
   RelativePosition& operator=(const RelativePosition& other) {
-    term = copy(other.term);
+    term = detail::copy_factor<T>(other.term);
     type_ = other.type_;
     return *this;
   }
@@ -92,19 +93,13 @@ class RelativePosition {
     find(from.score_terms, to.score_terms);
     find(from.query_key_transforms, to.query_key_transforms);
     find(from.value_terms, to.value_terms);
-    if (!copy.term) copy.term = RelativePosition::copy(term);  // not attached to `from`
+    if (!copy.term) copy.term = detail::copy_factor<T>(term);  // not attached to `from`
     return copy;
   }
 
   std::shared_ptr<KernelFactor<T>> term;  // null for none
 
  private:
-  static std::shared_ptr<KernelFactor<T>> copy(const std::shared_ptr<KernelFactor<T>>& term) {
-    if (!term) return term;
-    auto clone = term->clone();
-    return clone ? clone : term;
-  }
-
   template <class Factor>
   static void edit_list(std::vector<std::shared_ptr<Factor>>& list,
                         const std::shared_ptr<KernelFactor<T>>& term, bool add) {

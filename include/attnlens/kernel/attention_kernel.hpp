@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/softmax.hpp"
 #include "attnlens/core/types.hpp"
 #include "attnlens/kernel/mask.hpp"
 #include "attnlens/kernel/range_kernel.hpp"
@@ -61,6 +62,17 @@ HeadInputs<T> with_values(const HeadInputs<T>& head, ConstMatrixRef<T> values) {
           head.numerator_key_weights,
           head.denominator_key_weights};
 }
+
+namespace detail {
+
+// The normalization of a head's kernel rows: its key weights and the kernel's epsilon.
+template <class T>
+KernelNormalization<T> head_normalization(const HeadInputs<T>& head,
+                                          const AttentionKernel<T>& kernel) {
+  return {head.numerator_key_weights, head.denominator_key_weights, kernel.epsilon};
+}
+
+}  // namespace detail
 
 // Throws when a kernel cannot serve a problem of this shape. Boosting smooths V - z, where
 // z lives on the queries and V on the keys, so it needs as many keys as queries.

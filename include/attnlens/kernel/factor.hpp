@@ -62,6 +62,14 @@ class ParameterCallback final : public ParameterVisitor<T> {
 
 namespace detail {
 
+// A copy of one factor: its clone, or the factor itself when it may be shared (clone() null).
+template <class T>
+std::shared_ptr<KernelFactor<T>> copy_factor(const std::shared_ptr<KernelFactor<T>>& factor) {
+  if (!factor) return factor;
+  std::shared_ptr<KernelFactor<T>> clone = factor->clone();
+  return clone ? clone : factor;
+}
+
 // Deep copies of factor lists that keep their sharing: a factor listed twice (Shaw's, among
 // the score and the value terms) has one copy, listed twice.
 template <class T>
@@ -77,10 +85,8 @@ class FactorCopies {
   std::shared_ptr<Factor> copy(const std::shared_ptr<Factor>& factor) {
     const KernelFactor<T>* key = factor.get();
     auto it = copies_.find(key);
-    if (it == copies_.end()) {
-      std::shared_ptr<KernelFactor<T>> clone = factor->clone();
-      it = copies_.emplace(key, clone ? clone : std::shared_ptr<KernelFactor<T>>(factor)).first;
-    }
+    if (it == copies_.end())
+      it = copies_.emplace(key, copy_factor<T>(std::shared_ptr<KernelFactor<T>>(factor))).first;
     return std::dynamic_pointer_cast<Factor>(it->second);
   }
 

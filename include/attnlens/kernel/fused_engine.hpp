@@ -105,13 +105,6 @@ inline FusedTiling fitted_tiling(const FusedTiling& tiling, Index queries, Index
           std::min(tiling.key_block, std::max<Index>(keys, 1))};
 }
 
-// The normalization of a head's kernel rows.
-template <class T>
-KernelNormalization<T> head_normalization(const HeadInputs<T>& head,
-                                          const AttentionKernel<T>& kernel) {
-  return {head.numerator_key_weights, head.denominator_key_weights, kernel.epsilon};
-}
-
 // One block of keys [key_begin, key_begin + cols) for the tile's queries: the block's scores,
 // the online-softmax update of (row_max, row_sum, accumulator) and its weighted values.
 template <class T>

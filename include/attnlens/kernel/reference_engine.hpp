@@ -39,8 +39,7 @@ void reference_attention(const HeadInputs<T>& head, const AttentionKernel<T>& ke
   // The support must be read before normalization turns -inf into weight 0.
   const Eigen::Array<bool, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> in_support =
       weights.array() != neg_inf;
-  detail::normalize_kernel_rows<T>(
-      weights, {head.numerator_key_weights, head.denominator_key_weights, kernel.epsilon});
+  detail::normalize_kernel_rows<T>(weights, detail::head_normalization(head, kernel));
 
   SerialGemm<T> value_gemm(L, dv, S);
   Matrix<T> finite_values;  // sized only when some values are NaN or Inf
