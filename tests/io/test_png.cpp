@@ -103,6 +103,18 @@ TEST(Png, GrayIsSampleOverFullScale) {
   EXPECT_EQ(io::decode_png_gray(png_image(2, 8, 4, gray_alpha), "t.png"), without_alpha / 255.0);
 }
 
+// An IDAT chunk without data is legal, wherever it stands; stb_image would copy its 0 bytes
+// from a null pointer (found by the PNG fuzzer, fuzz/corpus_png/empty_idat_first.png), so the
+// reader leaves such chunks out. The image is the same.
+TEST(Png, EmptyImageDataChunksChangeNothing) {
+  const Matrix<double> expected = io::decode_png_gray(png_image(3, 8, 0, k_png_gray_rows), "t.png");
+  const std::string with_empty_first = png_image(3, 8, 0, k_png_gray_rows, png_chunk("IDAT", ""));
+  EXPECT_EQ(io::decode_png_gray(with_empty_first, "t.png"), expected);
+  std::string with_empty_after = png_image(3, 8, 0, k_png_gray_rows);
+  with_empty_after.insert(with_empty_after.size() - 12, png_chunk("IDAT", ""));  // before IEND
+  EXPECT_EQ(io::decode_png_gray(with_empty_after, "t.png"), expected);
+}
+
 TEST(Png, ColourIsBt709LumaAndAlphaIsIgnored) {
   const Matrix<double> rgb = io::decode_png_gray(
       png_image(2, 8, 2, {std::string("\x0a\x14\x1e\xff\x00\x80", 6)}), "t.png");

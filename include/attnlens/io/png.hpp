@@ -21,6 +21,7 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "attnlens/core/errors.hpp"
@@ -98,6 +99,10 @@ struct PngLayout {
   PngHeader header;
   std::uint64_t image_data_bytes = 0;  // all IDAT chunks together
   std::size_t end = 0;                 // one past IEND
+  // Offsets of IDAT chunks without data: legal, but stb_image copies their 0 bytes into a
+  // buffer it has not allocated yet (memcpy from a null pointer, undefined behaviour), so they
+  // are left out of what it decodes.
+  std::vector<std::size_t> empty_image_data;
 };
 
 [[noreturn]] inline void png_error(const std::string& where, const std::string& what) {
@@ -230,6 +235,7 @@ inline PngLayout read_png_layout(const std::string& bytes, const std::string& wh
                               " fails its CRC check (the file is corrupt)"));
     if (at == k_png_signature_bytes) layout.header = read_png_header(bytes, at, length, where);
     if (type == "IDAT") layout.image_data_bytes += length;
+    if (type == "IDAT" && length == 0) layout.empty_image_data.push_back(at);
     at = crc_at + 4;
     if (type == "IEND") {
       layout.end = at;
@@ -327,6 +333,25 @@ inline StbPixels decode_png_pixels(const std::string& bytes, const PngLayout& la
   png_error(where, std::string("cannot decode it (stb_image: ") + reason + ")");
 }
 
+// The file up to IEND without its empty IDAT chunks (12 bytes each: length, type, CRC), and
+// its layout: the same image.
+inline std::pair<std::string, PngLayout> without_empty_image_data(const std::string& bytes,
+                                                                  const PngLayout& layout) {
+  constexpr std::size_t k_empty_chunk_bytes = 12;
+  std::string stripped;
+  stripped.reserve(layout.end);
+  std::size_t from = 0;
+  for (const std::size_t at : layout.empty_image_data) {
+    stripped.append(bytes, from, at - from);
+    from = at + k_empty_chunk_bytes;
+  }
+  stripped.append(bytes, from, layout.end - from);
+  PngLayout stripped_layout = layout;
+  stripped_layout.end = stripped.size();
+  stripped_layout.empty_image_data.clear();
+  return {std::move(stripped), stripped_layout};
+}
+
 // Intensities in [0, 1]: 8-bit / 255, 16-bit / 65535; colour by BT.709 luma (skimage's
 // rgb2gray); alpha is ignored.
 inline Matrix<double> gray_from_pixels(const void* pixels, const PngHeader& header, int channels) {
@@ -364,7 +389,13 @@ inline Matrix<double> decode_png_gray(const std::string& bytes, const std::strin
   const detail::PngLayout layout = detail::read_png_layout(bytes, where, options.check_crc);
   detail::check_png_size(layout, options, where);
   int channels = 0;
-  const detail::StbPixels pixels = detail::decode_png_pixels(bytes, layout, where, channels);
+  if (layout.empty_image_data.empty()) {
+    const detail::StbPixels pixels = detail::decode_png_pixels(bytes, layout, where, channels);
+    return detail::gray_from_pixels(pixels.get(), layout.header, channels);
+  }
+  const auto [stripped, stripped_layout] = detail::without_empty_image_data(bytes, layout);
+  const detail::StbPixels pixels =
+      detail::decode_png_pixels(stripped, stripped_layout, where, channels);
   return detail::gray_from_pixels(pixels.get(), layout.header, channels);
 }
 
