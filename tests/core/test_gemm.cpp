@@ -1,4 +1,5 @@
-// parallel_product_transposed (and so the AVX-512 kernel where the CPU has it) against the exact
+// parallel_product_transposed (and so the AVX-512 kernel where the CPU has it) and the backward
+// products parallel_product and parallel_add_transposed_product against the exact
 // product: odd sizes that leave partial micro-tiles, row chunks and depth blocks, both split
 // directions, bias on and off, strided views, one and two threads; and the product whose columns
 // go to three matrices (q, k and v). Every tolerance is the worst-case rounding bound below.
@@ -100,6 +101,44 @@ TEST(Gemm, ProductTransposedEqualsEigen) {
             with_bias ? bias.cast<double>().eval().data() : nullptr);
         ATTNLENS_EXPECT_CLOSE(c_double, expected.value, expected.tolerance<double>());
       }
+}
+
+// The products of backward passes, c = a b (dx = dy W) and c += a^T b (dW += dy^T x), on
+// strided views, one and two threads, both split directions; exact_gemm takes b's transpose.
+TEST(Gemm, BackwardProductsEqualEigen) {
+  struct Case {
+    Index m, n, depth;
+  };
+  for (const Case& s :
+       std::vector<Case>{{1, 1, 1}, {3, 5, 7}, {29, 33, 17}, {300, 61, 257}, {40, 130, 600}})
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(::testing::Message()
+                   << s.m << " x " << s.n << " x " << s.depth << ", " << threads << " threads");
+      const Matrix<double> a_store = Matrix<double>::Random(s.m, s.depth + 3);
+      const Matrix<double> b_store = Matrix<double>::Random(s.depth, s.n + 5);
+      const ConstMatrixRef<double> a = a_store.leftCols(s.depth);
+      const ConstMatrixRef<double> b = b_store.rightCols(s.n);
+      const ExactGemm product = exact_gemm(a, b.transpose(), nullptr);
+      Matrix<double> c =
+          Matrix<double>::Constant(s.m, s.n, std::numeric_limits<double>::quiet_NaN());
+      parallel_product<double>(a, b, c, ParallelOptions{threads});
+      ATTNLENS_EXPECT_CLOSE(c, product.value, product.tolerance<double>());
+
+      // c += a^T b, with a = at^T stored depth x m: the sum starts from c0.
+      const Matrix<double> at = a.transpose();
+      Matrix<double> c_store = Matrix<double>::Constant(s.m, s.n + 2, -7.0);
+      const Matrix<double> c0 = Matrix<double>::Random(s.m, s.n);
+      c_store.leftCols(s.n) = c0;
+      parallel_add_transposed_product<double>(at, b, c_store.leftCols(s.n),
+                                              ParallelOptions{threads});
+      // Adding to c0 and taking c0 away again each round once more, by at most u |c0 + p|.
+      const double u = std::numeric_limits<double>::epsilon() / 2;
+      const double rounding =
+          2 * u * (c0.cwiseAbs().maxCoeff() + static_cast<double>(product.magnitude));
+      ATTNLENS_EXPECT_CLOSE(c_store.leftCols(s.n) - c0, product.value,
+                            product.tolerance<double>() + rounding);
+      EXPECT_TRUE((c_store.rightCols(2).array() == -7.0).all());
+    }
 }
 
 #if ATTNLENS_HAS_AVX512_KERNELS

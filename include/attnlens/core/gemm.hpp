@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <memory>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "attnlens/core/detail/gemm_avx512.hpp"
@@ -38,7 +39,7 @@ class SerialGemm {
   // a before the product, as PyTorch scales q before q.k: entries of a and b too large for
   // their product (1e19 x 1e19 in float) stay finite when alpha brings them down first.
   void add_product_transposed(T alpha, ConstMatrixRef<T> a, ConstMatrixRef<T> b, MatrixRef<T> c) {
-    check(a, b.cols(), b.rows(), c);
+    check(a.rows(), a.cols(), b.cols(), b.rows(), c);
     if (alpha != T(1)) {
       if (scaled_rows_.size() == 0) scaled_rows_.resize(max_rows_, max_depth_);
       auto scaled = scaled_rows_.topLeftCorner(a.rows(), a.cols());
@@ -55,10 +56,23 @@ class SerialGemm {
 
   // c += alpha * a * b, with b row-major depth x cols (values, for A V).
   void add_product(T alpha, ConstMatrixRef<T> a, ConstMatrixRef<T> b, MatrixRef<T> c) {
-    check(a, b.rows(), b.cols(), c);
+    check(a.rows(), a.cols(), b.rows(), b.cols(), c);
     Eigen::internal::general_matrix_matrix_product<Index, T, Eigen::RowMajor, false, T,
                                                    Eigen::RowMajor, false, Eigen::RowMajor,
                                                    1>::run(c.rows(), c.cols(), a.cols(), a.data(),
+                                                           a.outerStride(), b.data(),
+                                                           b.outerStride(), c.data(), 1,
+                                                           c.outerStride(), alpha, *blocking_);
+  }
+
+  // c += alpha * a^T * b, with a row-major depth x rows and b row-major depth x cols (the
+  // gradients of backward passes: dW = dy^T x, dV = A^T dO, dK = dS^T Q).
+  void add_transposed_product(T alpha, ConstMatrixRef<T> a, ConstMatrixRef<T> b, MatrixRef<T> c) {
+    check(a.cols(), a.rows(), b.rows(), b.cols(), c);
+    // a^T is a column-major rows x depth matrix over a's storage.
+    Eigen::internal::general_matrix_matrix_product<Index, T, Eigen::ColMajor, false, T,
+                                                   Eigen::RowMajor, false, Eigen::RowMajor,
+                                                   1>::run(c.rows(), c.cols(), a.rows(), a.data(),
                                                            a.outerStride(), b.data(),
                                                            b.outerStride(), c.data(), 1,
                                                            c.outerStride(), alpha, *blocking_);
@@ -69,11 +83,12 @@ class SerialGemm {
                                                         Eigen::Dynamic, Eigen::Dynamic, 1, false>;
 
   // The kernel trusts its sizes: a product larger than the buffers would write past them.
-  void check(ConstMatrixRef<T> a, Index b_depth, Index b_cols, MatrixRef<T> c) const {
-    const bool fits = a.rows() == c.rows() && b_cols == c.cols() && a.cols() == b_depth &&
-                      c.rows() <= max_rows_ && c.cols() <= max_cols_ && a.cols() <= max_depth_;
+  // The product of an a_rows x a_depth and a b_depth x b_cols operand into c.
+  void check(Index a_rows, Index a_depth, Index b_depth, Index b_cols, MatrixRef<T> c) const {
+    const bool fits = a_rows == c.rows() && b_cols == c.cols() && a_depth == b_depth &&
+                      c.rows() <= max_rows_ && c.cols() <= max_cols_ && a_depth <= max_depth_;
     if (!fits)
-      throw ShapeError(detail::concat("SerialGemm: product ", a.rows(), " x ", a.cols(), " * ",
+      throw ShapeError(detail::concat("SerialGemm: product ", a_rows, " x ", a_depth, " * ",
                                       b_depth, " x ", b_cols, " into ", c.rows(), " x ", c.cols(),
                                       " does not fit buffers for ", max_rows_, " x ", max_depth_,
                                       " * ", max_depth_, " x ", max_cols_));
@@ -83,6 +98,35 @@ class SerialGemm {
   Matrix<T> scaled_rows_;  // alpha a, made on the first scaled product
   std::unique_ptr<Blocking> blocking_;
 };
+
+namespace detail {
+
+// c = (or +=) a product on the threads of `parallel`, split along the longer side of c into one
+// block per thread (at least 32 rows or columns each); multiply(gemm, rows, cols, target) adds
+// the product's block [rows] x [cols] (index ranges {begin, count}) to target.
+template <class T, class Multiply>
+void parallel_blocks(MatrixRef<T> c, Index depth, bool accumulate, const ParallelOptions& parallel,
+                     const Multiply& multiply) {
+  const bool by_rows = c.rows() >= c.cols();
+  const Index extent = by_rows ? c.rows() : c.cols();
+  const Index chunks = std::max<Index>(1, std::min<Index>(thread_count(parallel), extent / 32));
+  const Index chunk = (extent + chunks - 1) / chunks;
+  parallel_for(
+      chunks,
+      [&](Index part) {
+        const Index begin = part * chunk, count = std::min(chunk, extent - begin);
+        if (count <= 0) return;
+        const std::pair<Index, Index> rows{by_rows ? begin : 0, by_rows ? count : c.rows()};
+        const std::pair<Index, Index> cols{by_rows ? 0 : begin, by_rows ? c.cols() : count};
+        MatrixRef<T> target = c.block(rows.first, cols.first, rows.second, cols.second);
+        if (!accumulate) target.setZero();
+        SerialGemm<T> gemm(rows.second, cols.second, depth);
+        multiply(gemm, rows, cols, target);
+      },
+      parallel);
+}
+
+}  // namespace detail
 
 // c = a * b^T (+ bias on every row) on the threads of `parallel`, b row-major c.cols() x a.cols()
 // (a Linear's weight), bias null or c.cols() entries. Each thread packs its own operands, so the
@@ -101,28 +145,38 @@ void parallel_product_transposed(ConstMatrixRef<T> a, ConstMatrixRef<T> b, Matri
     }
   }
 #endif
-  const bool by_rows = c.rows() >= c.cols();
-  const Index extent = by_rows ? c.rows() : c.cols();
-  const Index chunks = std::max<Index>(1, std::min<Index>(thread_count(parallel), extent / 32));
-  const Index chunk = (extent + chunks - 1) / chunks;
-  parallel_for(
-      chunks,
-      [&](Index part) {
-        const Index begin = part * chunk, count = std::min(chunk, extent - begin);
-        if (count <= 0) return;
-        MatrixRef<T> target = by_rows ? MatrixRef<T>(c.middleRows(begin, count))
-                                      : MatrixRef<T>(c.middleCols(begin, count));
-        SerialGemm<T> gemm(target.rows(), target.cols(), a.cols());
-        if (bias)
-          target.rowwise() =
-              Eigen::Map<const RowVector<T>>(bias + (by_rows ? 0 : begin), target.cols());
-        else
-          target.setZero();
-        gemm.add_product_transposed(
-            T(1), by_rows ? ConstMatrixRef<T>(a.middleRows(begin, count)) : a,
-            by_rows ? b : ConstMatrixRef<T>(b.middleRows(begin, count)), target);
-      },
-      parallel);
+  detail::parallel_blocks<T>(
+      c, a.cols(), bias != nullptr, parallel,
+      [&](SerialGemm<T>& gemm, auto rows, auto cols, MatrixRef<T> target) {
+        if (bias) target.rowwise() = Eigen::Map<const RowVector<T>>(bias + cols.first, cols.second);
+        gemm.add_product_transposed(T(1), a.middleRows(rows.first, rows.second),
+                                    b.middleRows(cols.first, cols.second), target);
+      });
+}
+
+// c = a * b (b row-major, a.cols() x c.cols()) on the threads of `parallel`: dx = dy W of a
+// Linear's backward pass.
+template <class T>
+void parallel_product(ConstMatrixRef<T> a, ConstMatrixRef<T> b, MatrixRef<T> c,
+                      const ParallelOptions& parallel) {
+  detail::parallel_blocks<T>(c, a.cols(), false, parallel,
+                             [&](SerialGemm<T>& gemm, auto rows, auto cols, MatrixRef<T> target) {
+                               gemm.add_product(T(1), a.middleRows(rows.first, rows.second),
+                                                b.middleCols(cols.first, cols.second), target);
+                             });
+}
+
+// c += a^T * b (a row-major n x c.rows(), b row-major n x c.cols()) on the threads of
+// `parallel`: dW += dy^T x of a Linear's backward pass.
+template <class T>
+void parallel_add_transposed_product(ConstMatrixRef<T> a, ConstMatrixRef<T> b, MatrixRef<T> c,
+                                     const ParallelOptions& parallel) {
+  detail::parallel_blocks<T>(c, a.rows(), true, parallel,
+                             [&](SerialGemm<T>& gemm, auto rows, auto cols, MatrixRef<T> target) {
+                               gemm.add_transposed_product(
+                                   T(1), a.middleCols(rows.first, rows.second),
+                                   b.middleCols(cols.first, cols.second), target);
+                             });
 }
 
 // The three equal column blocks of a * b^T + bias in three matrices, resized here: parts[s] =
