@@ -196,6 +196,9 @@ class TensorBias final : public ScoreTerm<double> {
     scores += bias_.matrix({tile.at.head})
                   .block(tile.at.query_begin, tile.at.key_begin, scores.rows(), scores.cols());
   }
+  // A fixed bias: nothing to differentiate.
+  void add_backward(const ScoreTile<double>&, ConstMatrixRef<double>,
+                    ScoreTileGradient<double>&) const override {}
 
  private:
   Tensor<double> bias_;

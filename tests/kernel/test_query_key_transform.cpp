@@ -22,6 +22,12 @@ class ScaleHeadQueries final : public QueryKeyTransform<double> {
     if (at.head == head_) queries *= factor_;
   }
   void transform_keys(const RowCoords&, MatrixRef<double>) const override {}
+  void backward_queries(const RowCoords& at, ConstMatrixRef<double>, MatrixRef<double> dqueries,
+                        KernelFactor<double>*) const override {
+    if (at.head == head_) dqueries *= factor_;
+  }
+  void backward_keys(const RowCoords&, ConstMatrixRef<double>, MatrixRef<double>,
+                     KernelFactor<double>*) const override {}
 
  private:
   Index head_;

@@ -3,8 +3,8 @@
 #include <cmath>
 #include <limits>
 
-#include "attnlens/kernel/reference_engine.hpp"
 #include "attnlens/core/init.hpp"
+#include "attnlens/kernel/reference_engine.hpp"
 #include "support/compare.hpp"
 #include "support/random_head.hpp"
 

@@ -2,9 +2,9 @@
 // weights. A term adding A C equals attention over the values V + C.
 #include <gtest/gtest.h>
 
+#include "attnlens/core/init.hpp"
 #include "attnlens/kernel/reference_engine.hpp"
 #include "attnlens/kernel/value_term.hpp"
-#include "attnlens/core/init.hpp"
 #include "support/fixtures.hpp"
 
 namespace attnlens {
@@ -20,6 +20,10 @@ class KeyOffsets final : public ValueTerm<double> {
   void add(const TileCoords& at, ConstMatrixRef<double> weights,
            MatrixRef<double> out) const override {
     out.noalias() += weights * offsets_.middleRows(at.key_begin, weights.cols());
+  }
+  void add_backward(const TileCoords& at, ConstMatrixRef<double>, ConstMatrixRef<double> dout,
+                    MatrixRef<double> dweights, KernelFactor<double>*) const override {
+    dweights.noalias() += dout * offsets_.middleRows(at.key_begin, dweights.cols()).transpose();
   }
 
  private:

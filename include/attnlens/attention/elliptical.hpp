@@ -82,6 +82,13 @@ class QueryMetric final : public QueryKeyTransform<T> {
     queries.array().rowwise() *= metric.row(at.batch * heads_ + at.head).array();
   }
   void transform_keys(const RowCoords&, MatrixRef<T>) const override {}
+  // No gradient flows through the metric (docs/math.md section 2.8): it scales dq as it scaled q.
+  void backward_queries(const RowCoords& at, ConstMatrixRef<T>, MatrixRef<T> dqueries,
+                        KernelFactor<T>*) const override {
+    dqueries.array().rowwise() *= metric.row(at.batch * heads_ + at.head).array();
+  }
+  void backward_keys(const RowCoords&, ConstMatrixRef<T>, MatrixRef<T>,
+                     KernelFactor<T>*) const override {}
 
   Matrix<T> metric;  // B*H x d
 

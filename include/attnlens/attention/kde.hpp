@@ -1,5 +1,5 @@
-// KDE attention and its robust (Huber) form (Han et al., NeurIPS 2023; docs/math.md section 2): keys
-// scaled to unit length, a Gaussian range kernel exp(-|q - k|^2 / sqrt(d)), and for the robust
+// KDE attention and its robust (Huber) form (Han et al., NeurIPS 2023; docs/math.md section 2):
+// keys scaled to unit length, a Gaussian range kernel exp(-|q - k|^2 / sqrt(d)), and for the robust
 // form per-key Huber weights from each key's RKHS distance to the mean, computed blockwise in
 // O(S) memory, that the engines apply as numerator / denominator key weights.
 #pragma once
@@ -27,7 +27,43 @@ class KeyNormalization final : public QueryKeyTransform<T> {
       if (norm > T(0)) keys.row(r) /= norm;
     }
   }
+  void backward_queries(const RowCoords&, ConstMatrixRef<T>, MatrixRef<T>,
+                        KernelFactor<T>*) const override {}
+  // k^ = k / |k| has the Jacobian (I - k^ k^T) / |k|. A zero key stays zero whatever its
+  // neighbourhood (the map has no derivative there) and passes no gradient.
+  void backward_keys(const RowCoords&, ConstMatrixRef<T> keys, MatrixRef<T> dkeys,
+                     KernelFactor<T>*) const override {
+    for (Index r = 0; r < keys.rows(); ++r) {
+      const T norm = keys.row(r).norm();
+      if (norm == T(0)) {
+        dkeys.row(r).setZero();
+        continue;
+      }
+      const RowVector<T> unit = keys.row(r) / norm;
+      dkeys.row(r) = (dkeys.row(r) - unit.dot(dkeys.row(r)) * unit) / norm;
+    }
+  }
 };
+
+namespace detail {
+
+// kappa(x_l, x_m) = exp(-scale |x_l - x_m|^2) for the rows [r0, r0 + rows) x [c0, c0 + cols) of
+// `points`, into the top-left corner of `tile`: one block of the N x N kernel.
+template <class T>
+MatrixRef<T> gaussian_kernel_block(ConstMatrixRef<T> points, const Vector<T>& squared_norms,
+                                   T scale, Index r0, Index rows, Index c0, Index cols,
+                                   Matrix<T>& tile) {
+  auto k = tile.topLeftCorner(rows, cols);
+  // -scale |x - y|^2 = scale (2 x.y - |x|^2 - |y|^2), never above 0.
+  k.noalias() =
+      (T(2) * scale) * points.middleRows(r0, rows) * points.middleRows(c0, cols).transpose();
+  k.colwise() -= scale * squared_norms.segment(r0, rows);
+  k.rowwise() -= scale * squared_norms.segment(c0, cols).transpose();
+  k = k.cwiseMin(T(0)).array().exp().matrix();
+  return k;
+}
+
+}  // namespace detail
 
 // Huber weights of the rows x_j of `points` (N x D) under kappa(x, y) = exp(-scale |x - y|^2):
 // r_j^2 = kappa(x_j, x_j) - (2/N) sum_l kappa(x_j, x_l) + (1/N^2) sum_{l,m} kappa(x_l, x_m),
@@ -48,13 +84,10 @@ void huber_kde_weights(ConstMatrixRef<T> points, T scale, T a, Vector<T>& out) {
     const Index rows = std::min(block, N - r0);
     for (Index c0 = 0; c0 < N; c0 += block) {
       const Index cols = std::min(block, N - c0);
-      // -scale |x - y|^2 = scale (2 x.y - |x|^2 - |y|^2), never above 0.
-      auto scores = tile.topLeftCorner(rows, cols);
-      scores.noalias() =
-          (T(2) * scale) * points.middleRows(r0, rows) * points.middleRows(c0, cols).transpose();
-      scores.colwise() -= scale * squared_norms.segment(r0, rows);
-      scores.rowwise() -= scale * squared_norms.segment(c0, cols).transpose();
-      row_sums.segment(r0, rows) += scores.cwiseMin(T(0)).array().exp().matrix().rowwise().sum();
+      row_sums.segment(r0, rows) +=
+          detail::gaussian_kernel_block<T>(points, squared_norms, scale, r0, rows, c0, cols, tile)
+              .rowwise()
+              .sum();
     }
   }
   const T n = static_cast<T>(N);
@@ -65,6 +98,55 @@ void huber_kde_weights(ConstMatrixRef<T> points, T scale, T a, Vector<T>& out) {
     out[j] = r <= a ? T(1) : a / r;
   }
   out /= out.sum();
+}
+
+// The backward of huber_kde_weights: given the forward's `weights` and dL/dweights, dpoints
+// (N x D) += dL/dpoints. With s_j = sum_l kappa_jl, r_j^2 = 1 - 2 s_j / N + sum_l s_l / N^2 and
+// w~_j = 1 or a / r_j before the normalization w = w~ / sum w~:
+//   dw~ = (dw - dw.w) / sum w~,   d(r_j^2) = dw~_j * (-a / (2 r_j^3)) where r_j > a, else 0,
+//   ds_j = -2 d(r_j^2) / N + sum_l d(r_l^2) / N^2,
+//   dx_j = -2 scale sum_l (ds_j + ds_l) kappa_jl (x_j - x_l),
+// the kernel formed again block by block.
+template <class T>
+void huber_kde_weights_backward(ConstMatrixRef<T> points, T scale, T a, const Vector<T>& weights,
+                                const Vector<T>& dweights, MatrixRef<T> dpoints) {
+  const Index N = points.rows();
+  if (N == 0) return;
+  constexpr Index block = 128;
+  const Vector<T> squared_norms = points.rowwise().squaredNorm();
+  Matrix<T> tile(std::min(block, N), std::min(block, N));
+  const auto kernel_block = [&](Index r0, Index rows, Index c0, Index cols) {
+    return detail::gaussian_kernel_block<T>(points, squared_norms, scale, r0, rows, c0, cols, tile);
+  };
+  Vector<T> row_sums = Vector<T>::Zero(N);
+  for (Index r0 = 0; r0 < N; r0 += block)
+    for (Index c0 = 0; c0 < N; c0 += block) {
+      const Index rows = std::min(block, N - r0), cols = std::min(block, N - c0);
+      row_sums.segment(r0, rows) += kernel_block(r0, rows, c0, cols).rowwise().sum();
+    }
+  const T n = static_cast<T>(N);
+  const T mean_of_all = row_sums.sum() / (n * n);
+  Vector<T> r(N), unnormalized(N);
+  for (Index j = 0; j < N; ++j) {
+    r[j] = std::sqrt(std::max(T(0), T(1) - T(2) * row_sums[j] / n + mean_of_all));
+    unnormalized[j] = r[j] <= a ? T(1) : a / r[j];
+  }
+  const Vector<T> dunnormalized = (dweights.array() - dweights.dot(weights)) / unnormalized.sum();
+  Vector<T> dsquared = Vector<T>::Zero(N);  // dL/d(r_j^2)
+  for (Index j = 0; j < N; ++j)
+    if (r[j] > a) dsquared[j] = dunnormalized[j] * (-a / (T(2) * r[j] * r[j] * r[j]));
+  const Vector<T> drow_sums = (T(-2) / n) * dsquared.array() + dsquared.sum() / (n * n);
+  for (Index r0 = 0; r0 < N; r0 += block)
+    for (Index c0 = 0; c0 < N; c0 += block) {
+      const Index rows = std::min(block, N - r0), cols = std::min(block, N - c0);
+      auto e = kernel_block(r0, rows, c0, cols);
+      e.array() *= (drow_sums.segment(r0, rows).replicate(1, cols) +
+                    drow_sums.segment(c0, cols).transpose().replicate(rows, 1))
+                       .array();
+      dpoints.middleRows(r0, rows).noalias() -=
+          (T(2) * scale) * (e.rowwise().sum().asDiagonal() * points.middleRows(r0, rows));
+      dpoints.middleRows(r0, rows).noalias() += (T(2) * scale) * e * points.middleRows(c0, cols);
+    }
 }
 
 // The two weight vectors of robust KDE attention for one head: key_weights from the keys alone
@@ -91,26 +173,63 @@ class HuberKeyWeighting final : public KeyWeighting<T> {
 
   void weights(ConstMatrixRef<T> keys, ConstMatrixRef<T> values, const std::vector<char>& real,
                Vector<T>& numerator, Vector<T>& denominator) const override {
-    std::vector<Index> kept;
-    for (Index j = 0; j < keys.rows(); ++j)
-      if (real[static_cast<std::size_t>(j)]) kept.push_back(j);
-    const auto n = static_cast<Index>(kept.size());
-    Matrix<T> real_keys(n, keys.cols()), real_values(n, values.cols());
-    for (Index r = 0; r < n; ++r) {
-      real_keys.row(r) = keys.row(kept[static_cast<std::size_t>(r)]);
-      real_values.row(r) = values.row(kept[static_cast<std::size_t>(r)]);
-    }
+    const RealRows rows = real_rows(keys, values, real);
     Vector<T> wk, wkv;
-    robust_kde_key_weights<T>(real_keys, real_values, scale_, a_, wk, wkv);
+    robust_kde_key_weights<T>(rows.keys, rows.values, scale_, a_, wk, wkv);
     numerator = Vector<T>::Zero(keys.rows());
     denominator = Vector<T>::Zero(keys.rows());
+    for (std::size_t r = 0; r < rows.kept.size(); ++r) {
+      numerator[rows.kept[r]] = wkv[static_cast<Index>(r)];
+      denominator[rows.kept[r]] = wk[static_cast<Index>(r)];
+    }
+  }
+
+  // Through both Huber estimates (docs/math.md section 2.6): u from the keys, w from [k; v].
+  void weights_backward(ConstMatrixRef<T> keys, ConstMatrixRef<T> values,
+                        const std::vector<char>& real, const Vector<T>& dnumerator,
+                        const Vector<T>& ddenominator, MatrixRef<T> dkeys,
+                        MatrixRef<T> dvalues) const override {
+    const RealRows rows = real_rows(keys, values, real);
+    const auto n = static_cast<Index>(rows.kept.size());
+    Vector<T> wk, wkv, dwk(n), dwkv(n);
+    robust_kde_key_weights<T>(rows.keys, rows.values, scale_, a_, wk, wkv);
     for (Index r = 0; r < n; ++r) {
-      numerator[kept[static_cast<std::size_t>(r)]] = wkv[r];
-      denominator[kept[static_cast<std::size_t>(r)]] = wk[r];
+      dwk[r] = ddenominator[rows.kept[static_cast<std::size_t>(r)]];
+      dwkv[r] = dnumerator[rows.kept[static_cast<std::size_t>(r)]];
+    }
+    Matrix<T> joint(n, keys.cols() + values.cols());
+    joint << rows.keys, rows.values;
+    Matrix<T> djoint = Matrix<T>::Zero(n, joint.cols());
+    huber_kde_weights_backward<T>(joint, scale_, a_, wkv, dwkv, djoint);
+    huber_kde_weights_backward<T>(rows.keys, scale_, a_, wk, dwk, djoint.leftCols(keys.cols()));
+    for (Index r = 0; r < n; ++r) {
+      const Index j = rows.kept[static_cast<std::size_t>(r)];
+      dkeys.row(j) += djoint.row(r).head(keys.cols());
+      dvalues.row(j) += djoint.row(r).tail(values.cols());
     }
   }
 
  private:
+  // The real (not padding) keys and values of a head, and where they came from.
+  struct RealRows {
+    std::vector<Index> kept;
+    Matrix<T> keys, values;
+  };
+  static RealRows real_rows(ConstMatrixRef<T> keys, ConstMatrixRef<T> values,
+                            const std::vector<char>& real) {
+    RealRows rows;
+    for (Index j = 0; j < keys.rows(); ++j)
+      if (real[static_cast<std::size_t>(j)]) rows.kept.push_back(j);
+    const auto n = static_cast<Index>(rows.kept.size());
+    rows.keys.resize(n, keys.cols());
+    rows.values.resize(n, values.cols());
+    for (Index r = 0; r < n; ++r) {
+      rows.keys.row(r) = keys.row(rows.kept[static_cast<std::size_t>(r)]);
+      rows.values.row(r) = values.row(rows.kept[static_cast<std::size_t>(r)]);
+    }
+    return rows;
+  }
+
   T scale_, a_;
 };
 

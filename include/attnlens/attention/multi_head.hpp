@@ -20,6 +20,7 @@
 #include "attnlens/core/parallel.hpp"
 #include "attnlens/core/tensor.hpp"
 #include "attnlens/core/types.hpp"
+#include "attnlens/kernel/attention_backward.hpp"
 #include "attnlens/kernel/attention_kernel.hpp"
 #include "attnlens/kernel/factor.hpp"
 #include "attnlens/kernel/fused_engine.hpp"
@@ -65,6 +66,28 @@ struct MultiHeadForwardOptions {
   // Copy this layer's projected values to MultiHeadOutput::values (always done for the
   // plans that read other layers' values).
   bool return_values = false;
+  // An intervention on the probabilities after normalization, seen by the backward pass:
+  // A_h -> head_scales[h] A_h. Empty: none; one value: every head; H values: per head (0 prunes
+  // a head). Attribution scales a layer's heads together (docs/math.md section 5).
+  std::vector<double> head_scales = {};
+};
+
+struct MultiHeadBackwardOptions {
+  ParallelOptions parallel;
+  // Fill MultiHeadInputGradients::attention with dL/dA_h (A after the intervention), B x H x
+  // L x S: what attribution reads (docs/math.md section 5).
+  bool attention_gradients = false;
+};
+
+// The gradients of a call's inputs; MultiHeadAttention::backward accumulates the parameters'.
+template <class T>
+struct MultiHeadInputGradients {
+  // B*L x E, B*S x kdim, B*S x vdim: dL/d query, key, value. For self-attention (forward(x)),
+  // `query` holds the whole gradient of x and key and value are empty.
+  Matrix<T> query, key, value;
+  // B*S x E: dL/dV^0 for a plan that reads the stack's first values (NeuTRENO); else empty.
+  Matrix<T> first_values;
+  Tensor<T> attention;  // B x H x L x S when MultiHeadBackwardOptions::attention_gradients
 };
 
 template <class T>
@@ -94,7 +117,16 @@ struct MultiHeadCache {
   // The boosting iterates z_0 .. z_{k-1} of every head (B*L x E each, heads as column blocks);
   // z_k is the context before the plan's context term.
   std::vector<Matrix<T>> boost_iterates;
-  Matrix<T> context;  // B*L x E, concat_h(A_h V_h) (+ the plan's context term), before out_proj
+  Matrix<T> context;   // B*L x E, concat_h(A_h V_h) (+ the plan's context term), before out_proj
+  Matrix<T> smoothed;  // B*L x E, concat_h(A_h V_h) without the context term, when there is one
+  // The call itself: its mask, extents, engine, intervention, and each row's log-denominator
+  // (B*H*L, head-major: task h*B + b at (h*B + b)*L), from which the backward recomputes A.
+  AttentionMask<T> mask;
+  bool batched = true, self_attention = false, fused = false;
+  Index batch = 0, tgt_len = 0, src_len = 0;
+  FusedTiling tiling;
+  std::vector<T> head_scales;  // H
+  Vector<T> row_logsumexp;
 };
 
 template <class T>
@@ -191,6 +223,15 @@ class MultiHeadAttention : public VariantParameters<T> {
                              const StackValues<T>& stack = {}) const {
     return forward(x, x, x, mask, options, cache, stack);
   }
+
+  // The backward pass of a forward call that filled `cache` (docs/gradients.md): doutput =
+  // dL/doutput (shaped like the output); gradient's parameters (a module like this one, e.g.
+  // zeros_like(*this)) += their gradients, those of the attached factors and of the variant
+  // included. `stack` must be the forward's.
+  MultiHeadInputGradients<T> backward(const MultiHeadCache<T>& cache, const Tensor<T>& doutput,
+                                      MultiHeadAttention& gradient,
+                                      const MultiHeadBackwardOptions& options = {},
+                                      const StackValues<T>& stack = {}) const;
 
   // Throws ShapeError naming the parameter whose shape does not match the options (after
   // loading parameters from a file).
@@ -291,6 +332,48 @@ class MultiHeadAttention : public VariantParameters<T> {
   MultiHeadOutput<T> attend(const Dims& dims, const AttentionMask<T>& mask,
                             const MultiHeadForwardOptions& options, bool caching,
                             const StackValues<T>& stack, MultiHeadCache<T>& state) const;
+
+  // The factors of one call, the module's own first and then its plan's, and their kernel.
+  struct CallKernel {
+    ScoreTerms<T> terms;
+    QueryKeyTransforms<T> transforms;
+    AttentionKernel<T> kernel;
+  };
+  void assemble(const AttentionPlan<T>& plan, const ScoreShape& shape, const BoundMask<T>& mask,
+                bool masked, CallKernel& call) const {
+    call.terms = score_terms;
+    call.terms.insert(call.terms.end(), plan.score_terms.begin(), plan.score_terms.end());
+    call.transforms = query_key_transforms;
+    call.transforms.insert(call.transforms.end(), plan.transforms.begin(), plan.transforms.end());
+    for (const auto& term : call.terms) term->check(shape);
+    for (const auto& transform : call.transforms) transform->check(shape);
+    for (const auto& term : value_terms) term->check(shape, shape.head_dim);
+    call.kernel.range = plan.range;
+    call.kernel.terms = &call.terms;
+    call.kernel.mask = masked ? &mask : nullptr;  // lets the engines take their unmasked paths
+    call.kernel.value_terms = &value_terms;
+    call.kernel.epsilon = plan.epsilon;
+    call.kernel.boost = plan.boost;
+    check_kernel<T>(call.kernel, shape);
+  }
+
+  // The intervention's scale of every head (MultiHeadForwardOptions::head_scales), checked.
+  std::vector<T> head_scales(const std::vector<double>& scales) const {
+    const auto H = static_cast<std::size_t>(num_heads());
+    detail::require_argument(scales.empty() || scales.size() == 1 || scales.size() == H,
+                             "MultiHeadForwardOptions::head_scales",
+                             detail::concat("0, 1 or ", H, " (one per head) values"),
+                             scales.size());
+    std::vector<T> out(H, T(1));
+    for (std::size_t h = 0; h < H; ++h) {
+      if (scales.empty()) break;
+      const double scale = scales[scales.size() == 1 ? 0 : h];
+      detail::require_argument(std::isfinite(scale), "MultiHeadForwardOptions::head_scales",
+                               "finite values", scale);
+      out[h] = static_cast<T>(scale);
+    }
+    return out;
+  }
 };
 
 // The heavy members are defined out of the class, so that attnlens::compiled can instantiate
@@ -305,12 +388,19 @@ MultiHeadOutput<T> MultiHeadAttention<T>::forward(const Tensor<T>& query, const 
   const Dims dims = check_inputs(query, key, value);
   MultiHeadCache<T> local;
   MultiHeadCache<T>& state = cache ? *cache : local;
+  const bool self_attention = &query == &key && &key == &value;
   if (cache) {
     state.query_input = ConstMatrixMap<T>(query.data(), dims.batch * dims.tgt_len, embed_dim());
     state.key_input = ConstMatrixMap<T>(key.data(), dims.batch * dims.src_len, kdim());
     state.value_input = ConstMatrixMap<T>(value.data(), dims.batch * dims.src_len, vdim());
+    state.mask = mask;
+    state.batched = dims.batched;
+    state.self_attention = self_attention;
+    state.batch = dims.batch;
+    state.tgt_len = dims.tgt_len;
+    state.src_len = dims.src_len;
   }
-  project(query, key, value, &query == &key && &key == &value, dims, options.parallel, state);
+  project(query, key, value, self_attention, dims, options.parallel, state);
   return attend(dims, mask, options, cache != nullptr, stack, state);
 }
 
@@ -367,27 +457,27 @@ MultiHeadOutput<T> MultiHeadAttention<T>::attend(const Dims& dims, const Attenti
   state.plan = attention_plan<T>(variant(), *this, options_.content,
                                  PlanContext<T>{shape, mask, stack, state.values});
   const AttentionPlan<T>& plan = state.plan;
-  ScoreTerms<T> terms = score_terms;
-  terms.insert(terms.end(), plan.score_terms.begin(), plan.score_terms.end());
-  QueryKeyTransforms<T> transforms = query_key_transforms;
-  transforms.insert(transforms.end(), plan.transforms.begin(), plan.transforms.end());
-  for (const auto& term : terms) term->check(shape);
-  for (const auto& transform : transforms) transform->check(shape);
-  for (const auto& term : value_terms) term->check(shape, d);
-  AttentionKernel<T> kernel;
-  kernel.range = plan.range;
-  kernel.terms = &terms;
-  kernel.mask = mask.empty() ? nullptr : &bound;  // lets the engines take their unmasked paths
-  kernel.value_terms = &value_terms;
-  kernel.epsilon = plan.epsilon;
-  kernel.boost = plan.boost;
-  check_kernel<T>(kernel, shape);
+  CallKernel call;
+  assemble(plan, shape, bound, !mask.empty(), call);
+  const AttentionKernel<T>& kernel = call.kernel;
+  const QueryKeyTransforms<T>& transforms = call.transforms;
+  const std::vector<T> scales = head_scales(options.head_scales);
 
-  const bool keep_weights = caching || options.weights != AttentionWeights::none;
+  // A cache keeps the weights (for maps) on the reference engine; the fused engine caches only
+  // each row's log-sum-exp, which is all the backward pass needs.
   const bool fused = options.engine == AttentionEngine::fused ||
-                     (options.engine == AttentionEngine::automatic && !keep_weights);
-  detail::require_argument(!(fused && keep_weights), "MultiHeadForwardOptions::engine",
-                           "reference or automatic when weights are returned or cached", "fused");
+                     (options.engine == AttentionEngine::automatic && !caching &&
+                      options.weights == AttentionWeights::none);
+  const bool keep_weights = options.weights != AttentionWeights::none || (caching && !fused);
+  detail::require_argument(!(fused && options.weights != AttentionWeights::none),
+                           "MultiHeadForwardOptions::engine",
+                           "reference or automatic when weights are returned", "fused");
+  if (caching) {
+    state.fused = fused;
+    state.tiling = options.tiling;
+    state.head_scales = scales;
+    state.row_logsumexp.resize(B * H * L);
+  }
 
   if (caching) {
     state.projected_queries = state.queries;
@@ -435,6 +525,7 @@ MultiHeadOutput<T> MultiHeadAttention<T>::attend(const Dims& dims, const Attenti
     HeadInputs<T> head{b, h, state.queries.block(b * L, h * d, L, d),
                        state.keys.block(b * S, h * d, S, d),
                        state.values.block(b * S, h * d, S, d)};
+    head.scale = scales[static_cast<std::size_t>(h)];
     if (!numerator.empty()) {
       const auto sequence_head = static_cast<std::size_t>(b * H + h);
       head.numerator_key_weights = numerator[sequence_head].data();
@@ -450,9 +541,17 @@ MultiHeadOutput<T> MultiHeadAttention<T>::attend(const Dims& dims, const Attenti
   state.weights = keep_weights ? Tensor<T>({B, H, L, S}) : Tensor<T>();
   state.boost_iterates.assign(caching ? static_cast<std::size_t>(plan.boost) : 0,
                               Matrix<T>(B * L, E));
+  const auto logsumexp_at = [&](Index task) -> T* {
+    return caching ? state.row_logsumexp.data() + task * L : nullptr;
+  };
+  const auto record = [&](Index step, Index task, const auto& z) {
+    if (caching)
+      state.boost_iterates[static_cast<std::size_t>(step)].block((task % B) * L, (task / B) * d, L,
+                                                                 d) = z;
+  };
   if (fused) {
-    fused_attention_heads<T>(B * H, head_at, context_at, kernel,
-                             FusedOptions{options.tiling, options.parallel});
+    fused_attention_heads<T>(B * H, head_at, context_at, logsumexp_at, kernel,
+                             FusedOptions{options.tiling, options.parallel}, record);
   } else {
     // All B x H weight matrices are kept only when someone reads them; otherwise each task
     // uses an L x S scratch matrix of its own.
@@ -464,14 +563,16 @@ MultiHeadOutput<T> MultiHeadAttention<T>::attend(const Dims& dims, const Attenti
                                                     : MatrixMap<T>(scratch.data(), L, S);
           std::vector<Matrix<T>> iterates;
           reference_attention<T>(head_at(task), kernel, weights, context_at(task),
-                                 caching ? &iterates : nullptr);
-          const Index b = task % B, h = task / B;
+                                 caching ? &iterates : nullptr, logsumexp_at(task));
           for (std::size_t m = 0; m < iterates.size(); ++m)
-            state.boost_iterates[m].block(b * L, h * d, L, d) = iterates[m];
+            record(static_cast<Index>(m), task, iterates[m]);
         },
         options.parallel);
   }
-  if (plan.context_term) plan.context_term->add(state.values, stack, state.context);
+  if (plan.context_term) {
+    if (caching) state.smoothed = state.context;
+    plan.context_term->add(state.values, stack, state.context);
+  }
 
   MultiHeadOutput<T> result;
   if (options.return_values || plan.reads_stack_values) result.values = state.values;
@@ -492,6 +593,169 @@ MultiHeadOutput<T> MultiHeadAttention<T>::attend(const Dims& dims, const Attenti
       mean /= static_cast<T>(H);
     }
   }
+  return result;
+}
+
+template <class T>
+MultiHeadInputGradients<T> MultiHeadAttention<T>::backward(const MultiHeadCache<T>& cache,
+                                                           const Tensor<T>& doutput,
+                                                           MultiHeadAttention& gradient,
+                                                           const MultiHeadBackwardOptions& options,
+                                                           const StackValues<T>& stack) const {
+  const Index B = cache.batch, H = num_heads(), L = cache.tgt_len, S = cache.src_len;
+  const Index d = head_dim(), E = embed_dim();
+  detail::require_argument(
+      B > 0 && cache.queries.rows() == B * L && cache.row_logsumexp.size() == B * H * L,
+      "MultiHeadCache", "the cache of a forward call of this module", "an empty or foreign cache");
+  const Shape out_shape = cache.batched ? Shape{B, L, E} : Shape{L, E};
+  detail::require_shape(doutput.shape() == out_shape, "doutput", detail::shape_string(out_shape),
+                        detail::shape_string(doutput.shape()));
+  detail::require_argument(
+      gradient.embed_dim() == E && gradient.num_heads() == H && gradient.kdim() == kdim() &&
+          gradient.vdim() == vdim() && gradient.has_bias() == has_bias() &&
+          gradient.score_terms.size() == score_terms.size() &&
+          gradient.query_key_transforms.size() == query_key_transforms.size() &&
+          gradient.value_terms.size() == value_terms.size(),
+      "MultiHeadAttention::backward gradient", "a module like this one (zeros_like)",
+      "a module of other options or factors");
+  const ParallelOptions& parallel = options.parallel;
+  const ConstMatrixMap<T> dy(doutput.data(), B * L, E);
+
+  // out_proj: output = context W_o^T + b_o.
+  Matrix<T> dcontext(B * L, E);
+  parallel_product<T>(dy, out_proj.weight, dcontext, parallel);
+  parallel_add_transposed_product<T>(dy, cache.context, gradient.out_proj.weight, parallel);
+  if (has_bias()) gradient.out_proj.bias += dy.colwise().sum().transpose();
+
+  MultiHeadInputGradients<T> result;
+  const AttentionPlan<T>& plan = cache.plan;
+  Matrix<T> dqueries(B * L, E), dkeys(B * S, E), dvalues(B * S, E);
+  Matrix<T> dvalues_of_term;  // the context term's share of dV
+  if (plan.context_term) {
+    dvalues_of_term = Matrix<T>::Zero(B * S, E);
+    result.first_values = Matrix<T>::Zero(stack.first ? B * S : 0, stack.first ? E : 0);
+    plan.context_term->add_backward(dcontext, stack, dvalues_of_term, result.first_values);
+  }
+
+  const ScoreShape shape{B, H, L, S, d};
+  const BoundMask<T> bound(cache.mask, shape);
+  CallKernel call;
+  assemble(plan, shape, bound, !cache.mask.empty(), call);
+  // The module's factors accumulate into gradient's; the plan's into copies of their own, which
+  // add_variant_gradients carries back to the variant's parameters.
+  KernelGradients<T> factor_gradients;
+  std::vector<std::shared_ptr<KernelFactor<T>>> plan_term_gradients;
+  for (const auto& term : gradient.score_terms) factor_gradients.terms.push_back(term.get());
+  for (const auto& term : plan.score_terms) {
+    plan_term_gradients.push_back(detail::zeroed_copy<T>(*term));
+    factor_gradients.terms.push_back(plan_term_gradients.back().get());
+  }
+  for (const auto& term : gradient.value_terms) factor_gradients.value_terms.push_back(term.get());
+
+  const bool weighted = plan.key_weighting != nullptr;
+  std::vector<Vector<T>> dnumerator(weighted ? static_cast<std::size_t>(B * H) : 0, Vector<T>(S));
+  std::vector<Vector<T>> ddenominator(dnumerator);
+  if (options.attention_gradients) result.attention = Tensor<T>({B, H, L, S});
+  const Matrix<T>& smoothed = plan.context_term ? cache.smoothed : cache.context;
+  const auto head_at = [&](Index task) {
+    const Index b = task % B, h = task / B;
+    HeadInputs<T> head{b, h, cache.queries.block(b * L, h * d, L, d),
+                       cache.keys.block(b * S, h * d, S, d),
+                       cache.values.block(b * S, h * d, S, d)};
+    if (weighted) {
+      const auto sequence_head = static_cast<std::size_t>(b * H + h);
+      head.numerator_key_weights = cache.numerator_key_weights[sequence_head].data();
+      head.denominator_key_weights = cache.denominator_key_weights[sequence_head].data();
+    }
+    head.scale = cache.head_scales[static_cast<std::size_t>(h)];
+    return head;
+  };
+  const auto backward_at = [&](Index task) {
+    const Index b = task % B, h = task / B;
+    const auto columns = [&](const Matrix<T>& m, Index rows) {
+      return ConstMatrixRef<T>(m.block(b * rows, h * d, rows, d));
+    };
+    HeadBackward<T> data{cache.row_logsumexp.data() + task * L,
+                         columns(smoothed, L),
+                         {},
+                         columns(dcontext, L),
+                         dqueries.block(b * L, h * d, L, d),
+                         dkeys.block(b * S, h * d, S, d),
+                         dvalues.block(b * S, h * d, S, d)};
+    for (const Matrix<T>& z : cache.boost_iterates) data.iterates.push_back(columns(z, L));
+    if (weighted) {
+      data.dnumerator_weights = dnumerator[static_cast<std::size_t>(b * H + h)].data();
+      data.ddenominator_weights = ddenominator[static_cast<std::size_t>(b * H + h)].data();
+    }
+    if (options.attention_gradients) data.dprobabilities = result.attention.matrix({b, h}).data();
+    return data;
+  };
+  const FusedTiling tiling = cache.fused ? cache.tiling : FusedTiling{L, S};
+  attention_heads_backward<T>(B * H, head_at, backward_at, call.kernel,
+                              FusedOptions{tiling, parallel}, factor_gradients);
+  add_variant_gradients<T>(variant(), *this, plan_term_gradients, factor_gradients.frequency,
+                           gradient);
+
+  // Back through the key weights, then the query/key transforms, to the projections.
+  std::vector<std::vector<char>> real(weighted ? static_cast<std::size_t>(B) : 0,
+                                      std::vector<char>(static_cast<std::size_t>(S)));
+  for (Index b = 0; b < static_cast<Index>(real.size()); ++b)
+    for (Index j = 0; j < S; ++j)
+      real[static_cast<std::size_t>(b)][static_cast<std::size_t>(j)] = cache.mask.keeps_key(b, j);
+  std::vector<KernelFactor<T>*> transform_gradients;
+  for (const auto& transform : gradient.query_key_transforms)
+    transform_gradients.push_back(transform.get());
+  transform_gradients.resize(call.transforms.size(), nullptr);  // the plan's have no parameters
+  parallel_for(
+      B * H,
+      [&](Index task) {
+        const Index b = task / H, h = task % H;
+        if (weighted)
+          plan.key_weighting->weights_backward(
+              cache.keys.block(b * S, h * d, S, d), cache.values.block(b * S, h * d, S, d),
+              real[static_cast<std::size_t>(b)], dnumerator[static_cast<std::size_t>(task)],
+              ddenominator[static_cast<std::size_t>(task)], dkeys.block(b * S, h * d, S, d),
+              dvalues.block(b * S, h * d, S, d));
+        if (!call.transforms.empty())
+          apply_query_key_transforms_backward<T>(
+              call.transforms, b, h, cache.projected_queries.block(b * L, h * d, L, d),
+              cache.projected_keys.block(b * S, h * d, S, d), dqueries.block(b * L, h * d, L, d),
+              dkeys.block(b * S, h * d, S, d), transform_gradients);
+      },
+      parallel);
+  if (plan.context_term) dvalues += dvalues_of_term;
+
+  // The in-projection, q, k, v = x W^T + b: one GEMM each way when q, k and v come from one x.
+  if (has_bias()) {
+    gradient.in_proj_bias.segment(0, E) += dqueries.colwise().sum().transpose();
+    gradient.in_proj_bias.segment(E, E) += dkeys.colwise().sum().transpose();
+    gradient.in_proj_bias.segment(2 * E, E) += dvalues.colwise().sum().transpose();
+  }
+  if (cache.self_attention && packed()) {
+    Matrix<T> dprojections(B * L, 3 * E);
+    dprojections << dqueries, dkeys, dvalues;
+    parallel_add_transposed_product<T>(dprojections, cache.query_input, gradient.in_proj_weight,
+                                       parallel);
+    result.query.resize(B * L, E);
+    parallel_product<T>(dprojections, in_proj_weight, result.query, parallel);
+    return result;
+  }
+  const auto part = [&](Index p, const Matrix<T>& dprojection, const Matrix<T>& input,
+                        const Matrix<T>& separate, Matrix<T>& separate_gradient,
+                        Matrix<T>& dinput) {
+    const ConstMatrixRef<T> weight = packed()
+                                         ? ConstMatrixRef<T>(in_proj_weight.middleRows(p * E, E))
+                                         : ConstMatrixRef<T>(separate);
+    MatrixRef<T> weight_gradient = packed()
+                                       ? MatrixRef<T>(gradient.in_proj_weight.middleRows(p * E, E))
+                                       : MatrixRef<T>(separate_gradient);
+    parallel_add_transposed_product<T>(dprojection, input, weight_gradient, parallel);
+    dinput.resize(input.rows(), input.cols());
+    parallel_product<T>(dprojection, weight, dinput, parallel);
+  };
+  part(0, dqueries, cache.query_input, q_proj_weight, gradient.q_proj_weight, result.query);
+  part(1, dkeys, cache.key_input, k_proj_weight, gradient.k_proj_weight, result.key);
+  part(2, dvalues, cache.value_input, v_proj_weight, gradient.v_proj_weight, result.value);
   return result;
 }
 

@@ -23,6 +23,12 @@ class NeutrenoTerm final : public ContextTerm<T> {
     detail::require_matrix(values, context.rows(), context.cols(), "NeuTRENO values");
     context += lambda_ * (*stack.first - values);
   }
+  void add_backward(ConstMatrixRef<T> dcontext, const StackValues<T>& stack, MatrixRef<T> dvalues,
+                    MatrixRef<T> dfirst) const override {
+    if (!stack.first) return;
+    dvalues -= lambda_ * dcontext;
+    dfirst += lambda_ * dcontext;
+  }
 
  private:
   T lambda_;

@@ -46,6 +46,12 @@ class KeyWeighting {
   virtual void weights(ConstMatrixRef<T> keys, ConstMatrixRef<T> values,
                        const std::vector<char>& real, Vector<T>& numerator,
                        Vector<T>& denominator) const = 0;
+  // The backward of weights: given dL/dw (dnumerator) and dL/du (ddenominator), S entries each,
+  // dkeys and dvalues (S rows each) += the gradients through the weights.
+  virtual void weights_backward(ConstMatrixRef<T> keys, ConstMatrixRef<T> values,
+                                const std::vector<char>& real, const Vector<T>& dnumerator,
+                                const Vector<T>& ddenominator, MatrixRef<T> dkeys,
+                                MatrixRef<T> dvalues) const = 0;
 };
 
 // A term added to the concatenated heads' output before the output projection (NeuTRENO's
@@ -57,6 +63,10 @@ class ContextTerm {
   virtual ~ContextTerm() = default;
   virtual void add(ConstMatrixRef<T> values, const StackValues<T>& stack,
                    MatrixRef<T> context) const = 0;
+  // The backward of add, given dcontext = dL/dcontext: dvalues += dL/d(this layer's values),
+  // dfirst += dL/dV^0 (the stack's first layer's values, B*S x E), for the same stack.
+  virtual void add_backward(ConstMatrixRef<T> dcontext, const StackValues<T>& stack,
+                            MatrixRef<T> dvalues, MatrixRef<T> dfirst) const = 0;
 };
 
 template <class T>

@@ -222,4 +222,30 @@ AttentionPlan<T> attention_plan(const AttentionVariantOptions& v,
   return plan;
 }
 
+// The chain rule from a call's plan back to the variant's parameters: term_gradients holds the
+// gradients of the plan's score terms (one per plan.score_terms, factors of their types, as
+// zeroed_copy makes them), frequency dL/dR of the range kernel; gradient's rho and fourier_r
+// accumulate them.
+template <class T>
+void add_variant_gradients(const AttentionVariantOptions& v, const VariantParameters<T>& parameters,
+                           const std::vector<std::shared_ptr<KernelFactor<T>>>& term_gradients,
+                           T frequency, VariantParameters<T>& gradient) {
+  switch (v.type) {
+    case AttentionVariantType::bilateral: {
+      // sigma_h = softplus(rho_h).
+      const auto* distance = dynamic_cast<const DistanceKernel<T>*>(term_gradients.at(0).get());
+      detail::require_argument(distance != nullptr, "bilateral plan gradients",
+                               "the DistanceKernel's gradient first", "another factor");
+      for (Index h = 0; h < parameters.rho.size(); ++h)
+        gradient.rho[h] += distance->sigma[h] * softplus_derivative(parameters.rho[h]);
+      return;
+    }
+    case AttentionVariantType::fourier:
+      gradient.fourier_r[0] += frequency;
+      return;
+    default:
+      return;  // the other plans' factors have no parameters of the module
+  }
+}
+
 }  // namespace attnlens

@@ -15,6 +15,12 @@ T softplus(T x) {
   return std::max(x, T(0)) + std::log1p(std::exp(-std::abs(x)));
 }
 
+// d/dx softplus(x) = 1 / (1 + e^-x), the logistic function.
+template <class T>
+T softplus_derivative(T x) {
+  return x >= T(0) ? T(1) / (T(1) + std::exp(-x)) : std::exp(x) / (T(1) + std::exp(x));
+}
+
 // The x with softplus(x) = y, for y > 0.
 template <class T>
 T inverse_softplus(T y) {

@@ -49,6 +49,9 @@ struct HeadInputs {
   // w = numerator, u = denominator weights (robust KDE attention); null means all ones.
   const T* numerator_key_weights = nullptr;
   const T* denominator_key_weights = nullptr;
+  // An intervention on the head's probabilities after normalization, A -> scale A (attribution
+  // scales them, pruning zeroes a head); 1 leaves the head as it is.
+  T scale = T(1);
 };
 
 // The same head with other values: boosting smooths residuals with the head's kernel.
@@ -60,7 +63,8 @@ HeadInputs<T> with_values(const HeadInputs<T>& head, ConstMatrixRef<T> values) {
           head.keys,
           values,
           head.numerator_key_weights,
-          head.denominator_key_weights};
+          head.denominator_key_weights,
+          head.scale};
 }
 
 namespace detail {
@@ -69,7 +73,7 @@ namespace detail {
 template <class T>
 KernelNormalization<T> head_normalization(const HeadInputs<T>& head,
                                           const AttentionKernel<T>& kernel) {
-  return {head.numerator_key_weights, head.denominator_key_weights, kernel.epsilon};
+  return {head.numerator_key_weights, head.denominator_key_weights, kernel.epsilon, head.scale};
 }
 
 }  // namespace detail

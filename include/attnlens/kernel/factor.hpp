@@ -2,7 +2,8 @@
 // forward step: it names and visits its learned parameters, so that a module's parameter walk
 // reaches the factors attached to it (save, load, training), and it copies itself deeply, so
 // that a copied module never shares a table with the original. A factor's backward pass will
-// sit beside its forward step, in its own header.
+// sits beside its forward step, in its own header, and accumulates the gradients of its
+// parameters into a factor of its own type (the gradient of a factor is a factor: zeroed_copy).
 #pragma once
 
 #include <map>
@@ -11,7 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "attnlens/core/errors.hpp"
 #include "attnlens/core/init.hpp"
+#include "attnlens/core/parameters.hpp"
 #include "attnlens/core/types.hpp"
 
 namespace attnlens {
@@ -58,9 +61,15 @@ class ParameterCallback final : public ParameterVisitor<T> {
   F& f_;
 };
 
-}  // namespace detail
-
-namespace detail {
+// Every parameter of a factor, as data (core/parameters.hpp).
+template <class T>
+std::vector<NamedParameter<T>> factor_parameters(KernelFactor<T>& factor) {
+  std::vector<NamedParameter<T>> list;
+  ParameterCollector<T> collect{list};
+  ParameterCallback<T, ParameterCollector<T>> visit(collect);
+  factor.visit_parameters("", visit);
+  return list;
+}
 
 // A copy of one factor: its clone, or the factor itself when it may be shared (clone() null).
 template <class T>
@@ -68,6 +77,37 @@ std::shared_ptr<KernelFactor<T>> copy_factor(const std::shared_ptr<KernelFactor<
   if (!factor) return factor;
   std::shared_ptr<KernelFactor<T>> clone = factor->clone();
   return clone ? clone : factor;
+}
+
+// The factor a backward pass accumulates `factor`'s parameter gradients into: a deep copy with
+// every parameter 0 (null for a factor without parameters).
+template <class T>
+std::shared_ptr<KernelFactor<T>> zeroed_copy(const KernelFactor<T>& factor) {
+  std::shared_ptr<KernelFactor<T>> copy = factor.clone();
+  if (!copy) return nullptr;
+  for (const NamedParameter<T>& p : factor_parameters(*copy))
+    std::fill(p.data, p.data + p.size, T(0));
+  return copy;
+}
+
+// into's parameters += from's, for two factors of one type (per-thread gradients summed).
+template <class T>
+void add_factor_parameters(KernelFactor<T>& into, KernelFactor<T>& from) {
+  const std::vector<NamedParameter<T>> a = factor_parameters(into), b = factor_parameters(from);
+  require_same_parameters(a, b, "add_factor_parameters: from");
+  for (std::size_t n = 0; n < a.size(); ++n)
+    for (Index e = 0; e < a[n].size; ++e) a[n].data[e] += b[n].data[e];
+}
+
+// The gradient factor handed to `Factor`'s backward as a Factor, or null when none is wanted;
+// throws ArgumentError when it is a factor of another type.
+template <class Factor, class T>
+Factor* gradient_as(KernelFactor<T>* gradient) {
+  if (!gradient) return nullptr;
+  auto* typed = dynamic_cast<Factor*>(gradient);
+  require_argument(typed != nullptr, "gradient of a kernel factor",
+                   "a factor of the same type as the one differentiated", "another type");
+  return typed;
 }
 
 // Deep copies of factor lists that keep their sharing: a factor listed twice (Shaw's, among

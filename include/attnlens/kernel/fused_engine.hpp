@@ -83,7 +83,7 @@ bool all_finite(ConstMatrixRef<T> x) {
 }
 
 // Whether the kernel is softmax(scale q.k) alone: no score or value terms, mask, window, key
-// weights or epsilon.
+// weights or epsilon (an intervention's scale is per head: the caller checks it).
 template <class T>
 bool is_plain_softmax(const AttentionKernel<T>& kernel, const HeadInputs<T>& head) {
   return kernel.range.type == RangeKernelType::dot_product &&
@@ -204,11 +204,12 @@ void fused_attention_tile(const HeadInputs<T>& head, const AttentionKernel<T>& k
 // (L x dv), and logsumexp_at(t) null or L entries for each row's log-sum-exp (see
 // fused_attention_tile; from the first pass when boosting, whose passes share A). Threads take
 // (head, query tile) pairs: one at a time, or for the softmax tiles, whose costs are equal, in
-// contiguous blocks (Schedule::contiguous).
-template <class T, class HeadAt, class OutAt, class LogSumExpAt>
+// contiguous blocks (Schedule::contiguous). record(m, t, z_m) sees the boosting iterates as
+// boosted_smoothing's does.
+template <class T, class HeadAt, class OutAt, class LogSumExpAt, class Record = NoIterates>
 void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
                            LogSumExpAt&& logsumexp_at, const AttentionKernel<T>& kernel,
-                           const FusedOptions& options) {
+                           const FusedOptions& options, Record&& record = {}) {
   detail::check_tiling(options.tiling);
   if (count == 0) return;
   const HeadInputs<T> first = head_at(0);
@@ -252,12 +253,13 @@ void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
           MatrixRef<T> target = target_at(t).middleRows(begin, end - begin);
 #if ATTNLENS_HAS_AVX512_KERNELS
           if constexpr (std::is_same_v<T, float>) {
-            if (softmax_kernel && detail::avx512::softmax_tile(
-                                      {head.queries, head.keys, head.values, kernel.range.scale,
-                                       begin, end - begin, head.keys.rows()},
-                                      softmax_workspaces.get(tiling.query_tile, tiling.key_block,
-                                                             first.queries.cols(), dv),
-                                      target))
+            if (softmax_kernel && head.scale == T(1) &&
+                detail::avx512::softmax_tile(
+                    {head.queries, head.keys, head.values, kernel.range.scale, begin, end - begin,
+                     head.keys.rows()},
+                    softmax_workspaces.get(tiling.query_tile, tiling.key_block,
+                                           first.queries.cols(), dv),
+                    target))
               return;
           }
 #endif
@@ -273,7 +275,7 @@ void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
   };
   boosted_smoothing<T>(
       count, kernel.boost, [&](Index t) { return head_at(t).values; }, out_at, pass,
-      options.parallel);
+      options.parallel, record);
 }
 
 // As above, without the log-sum-exps.

@@ -92,4 +92,48 @@ void range_scores(const RangeKernel<T>& range, ConstMatrixRef<T> queries, ConstM
   }
 }
 
+// The backward of range_scores for a tile: dqueries (rows x d) and dkeys (cols x d) += the
+// gradients of sum(dscores (*) range(q, k)), and frequency += that of R (sinc4). Entries with
+// dscores 0 (outside the support) add nothing, also where the kernel is -inf.
+template <class T>
+void range_scores_backward(const RangeKernel<T>& range, ConstMatrixRef<T> queries,
+                           ConstMatrixRef<T> keys, ConstMatrixRef<T> dscores, MatrixRef<T> dqueries,
+                           MatrixRef<T> dkeys, T& frequency, SerialGemm<T>& gemm) {
+  switch (range.type) {
+    case RangeKernelType::dot_product:
+      gemm.add_product(range.scale, dscores, keys, dqueries);
+      gemm.add_transposed_product(range.scale, dscores, queries, dkeys);
+      return;
+    case RangeKernelType::negative_squared_distance: {
+      // d/dq_i of -c |q_i - k_j|^2 is -2c (q_i - k_j). The clamp at 0 only absorbs rounding
+      // where q_i = k_j, and the derivative is 0 there.
+      const T c2 = T(2) * range.scale;
+      dqueries.noalias() -= c2 * (dscores.rowwise().sum().asDiagonal() * queries);
+      gemm.add_product(c2, dscores, keys, dqueries);
+      dkeys.noalias() -= c2 * (dscores.colwise().sum().transpose().asDiagonal() * keys);
+      gemm.add_transposed_product(c2, dscores, queries, dkeys);
+      return;
+    }
+    case RangeKernelType::sinc4:
+      // d/dx 4 log|sin(x) / x| = 4 (cot x - 1/x), 0 at x = 0.
+      for (Index r = 0; r < dscores.rows(); ++r)
+        for (Index c = 0; c < dscores.cols(); ++c) {
+          const T g = dscores(r, c);
+          if (g == T(0)) continue;
+          for (Index e = 0; e < queries.cols(); ++e) {
+            const T difference = queries(r, e) - keys(c, e);
+            const T x = range.frequency * difference;
+            if (x == T(0)) continue;
+            const T slope = T(4) * g * (T(1) / std::tan(x) - T(1) / x);
+            dqueries(r, e) += slope * range.frequency;
+            dkeys(c, e) -= slope * range.frequency;
+            frequency += slope * difference;
+          }
+        }
+      return;
+    case RangeKernelType::none:
+      return;
+  }
+}
+
 }  // namespace attnlens

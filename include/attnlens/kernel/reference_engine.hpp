@@ -13,6 +13,7 @@
 #include "attnlens/core/parallel.hpp"
 #include "attnlens/core/softmax.hpp"
 #include "attnlens/core/types.hpp"
+#include "attnlens/kernel/attention_backward.hpp"
 #include "attnlens/kernel/attention_kernel.hpp"
 #include "attnlens/kernel/boosting.hpp"
 #include "attnlens/kernel/tile.hpp"
@@ -21,11 +22,13 @@ namespace attnlens {
 
 // weights (L x S) receives A, out (L x dv) the (boosted) smoother output. Masked keys never
 // reach `out`, even when their values hold NaN or Inf; fully masked rows give zero weights and
-// a zero output. With `iterates` set, it receives z_0 .. z_{boost-1} (L x dv each).
+// a zero output. With `iterates` set, it receives z_0 .. z_{boost-1} (L x dv each); with
+// row_logsumexp set (L entries), each row's log-denominator, what the backward pass
+// (reference_attention_backward) recomputes A from.
 template <class T>
 void reference_attention(const HeadInputs<T>& head, const AttentionKernel<T>& kernel,
                          MatrixRef<T> weights, MatrixRef<T> out,
-                         std::vector<Matrix<T>>* iterates = nullptr) {
+                         std::vector<Matrix<T>>* iterates = nullptr, T* row_logsumexp = nullptr) {
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
   check_head_inputs<T>(head, kernel, out.rows(), out.cols());
   const Index L = head.queries.rows(), S = head.keys.rows(), dv = head.values.cols();
@@ -39,7 +42,8 @@ void reference_attention(const HeadInputs<T>& head, const AttentionKernel<T>& ke
   // The support must be read before normalization turns -inf into weight 0.
   const Eigen::Array<bool, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> in_support =
       weights.array() != neg_inf;
-  detail::normalize_kernel_rows<T>(weights, detail::head_normalization(head, kernel));
+  detail::normalize_kernel_rows<T>(weights, detail::head_normalization(head, kernel),
+                                   row_logsumexp);
 
   SerialGemm<T> value_gemm(L, dv, S);
   Matrix<T> finite_values;  // sized only when some values are NaN or Inf
@@ -60,6 +64,16 @@ void reference_attention(const HeadInputs<T>& head, const AttentionKernel<T>& ke
       [&](Index step, Index, const auto& z) {
         if (iterates) (*iterates)[static_cast<std::size_t>(step)] = z;
       });
+}
+
+// The backward pass of reference_attention: the backward engine (kernel/attention_backward.hpp)
+// with the whole L x S problem as one tile.
+template <class T>
+void reference_attention_backward(const HeadInputs<T>& head, const AttentionKernel<T>& kernel,
+                                  const HeadBackward<T>& data, KernelGradients<T>& gradients) {
+  const FusedOptions whole{{head.queries.rows(), head.keys.rows()}, ParallelOptions{1}};
+  attention_heads_backward<T>(
+      1, [&](Index) { return head; }, [&](Index) { return data; }, kernel, whole, gradients);
 }
 
 }  // namespace attnlens

@@ -38,6 +38,16 @@ struct ScoreTile {
   ConstMatrixRef<T> keys;     // tile cols x d
 };
 
+// Where the backward of a score term puts what it differentiates, for one tile: += dL/dq_i for
+// its rows and dL/dk_j for its columns (terms that read the content: Shaw, Transformer-XL),
+// and += dL/dtheta into `parameters`, a factor of the term's own type (null: not wanted).
+template <class T>
+struct ScoreTileGradient {
+  MatrixRef<T> queries;  // tile rows x d
+  MatrixRef<T> keys;     // tile cols x d
+  KernelFactor<T>* parameters = nullptr;
+};
+
 template <class T>
 class ScoreTerm : public virtual KernelFactor<T> {
  public:
@@ -45,6 +55,9 @@ class ScoreTerm : public virtual KernelFactor<T> {
   virtual void check(const ScoreShape& shape) const = 0;
   // scores(r, c) += b(batch, head, query_begin + r, key_begin + c).
   virtual void add(const ScoreTile<T>& tile, MatrixRef<T> scores) const = 0;
+  // The backward of add: dscores = dL/dscores on the tile (exactly 0 outside the support).
+  virtual void add_backward(const ScoreTile<T>& tile, ConstMatrixRef<T> dscores,
+                            ScoreTileGradient<T>& gradient) const = 0;
 };
 
 template <class T>

@@ -21,6 +21,11 @@ class ValueTerm : public virtual KernelFactor<T> {
   // out(r, :) += sum_c weights(r, c) * a(batch, head, query_begin + r, key_begin + c, :),
   // for a tile of weights (rows x cols) and its rows of the head's output (rows x dv).
   virtual void add(const TileCoords& at, ConstMatrixRef<T> weights, MatrixRef<T> out) const = 0;
+  // The backward of add, given dout = dL/dout for the tile's rows (rows x dv):
+  // dweights(r, c) += dout(r, :) . a(.., r, c, :), and += dL/da into `parameters`, a factor of
+  // the term's own type (null: not wanted).
+  virtual void add_backward(const TileCoords& at, ConstMatrixRef<T> weights, ConstMatrixRef<T> dout,
+                            MatrixRef<T> dweights, KernelFactor<T>* parameters) const = 0;
 };
 
 template <class T>

@@ -62,6 +62,10 @@ class Alibi final : public ScoreTerm<T> {
     }
   }
 
+  // The slopes are fixed (Press et al. do not learn them) and the term reads no content:
+  // nothing to differentiate.
+  void add_backward(const ScoreTile<T>&, ConstMatrixRef<T>, ScoreTileGradient<T>&) const override {}
+
   Vector<T> slopes;  // m_h, one per head
 
  private:

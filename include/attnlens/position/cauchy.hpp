@@ -53,6 +53,22 @@ class CauchyDistance final : public ScoreTerm<T> {
       }
   }
 
+  // d/ds of -log(1 + o^2 / s^2) is 2 o^2 / (s (s^2 + o^2)).
+  void add_backward(const ScoreTile<T>& tile, ConstMatrixRef<T> dscores,
+                    ScoreTileGradient<T>& gradient) const override {
+    auto* into = detail::gradient_as<CauchyDistance>(gradient.parameters);
+    if (!into) return;
+    const T s = width[tile.at.head];
+    T sum = 0;
+    for (Index r = 0; r < dscores.rows(); ++r)
+      for (Index c = 0; c < dscores.cols(); ++c) {
+        const auto offset = static_cast<T>(tile.at.key_begin + c - tile.at.query_begin - r);
+        if (offset != T(0))
+          sum += dscores(r, c) * T(2) * offset * offset / (s * (s * s + offset * offset));
+      }
+    into->width[tile.at.head] += sum;
+  }
+
   Vector<T> width;  // s_h, one per head
 };
 

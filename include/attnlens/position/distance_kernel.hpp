@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <memory>
 #include <optional>
+#include <string>
 #include <utility>
 
 #include "attnlens/core/errors.hpp"
@@ -37,6 +38,11 @@ class DistanceKernel final : public ScoreTerm<T> {
  public:
   std::shared_ptr<KernelFactor<T>> clone() const override {
     return std::make_shared<DistanceKernel>(*this);
+  }
+  // The widths, learned directly when the kernel is attached to a module (bilateral attention
+  // learns them through rho instead, attention/variant.hpp).
+  void visit_parameters(const std::string& prefix, ParameterVisitor<T>& visit) override {
+    visit(prefix + "sigma", sigma);
   }
 
   // sigma: one width per head, > 0 (+infinity gives term 0: plain attention).
@@ -67,50 +73,70 @@ class DistanceKernel final : public ScoreTerm<T> {
 
   void add(const ScoreTile<T>& tile, MatrixRef<T> scores) const override {
     const T s = sigma[tile.at.head];
-    const bool gaussian = options_.type == DistanceKernelType::gaussian;
-    const T coefficient = gaussian ? T(1) / (T(2) * s * s) : T(1) / s;
+    const T coefficient = gaussian() ? T(1) / (T(2) * s * s) : T(1) / s;
     if (coefficient == T(0)) return;
     // A width so small that the coefficient overflows gives its limit, the identity filter:
     // a token's own position adds 0 (not 0 * inf = NaN), every other -inf.
+    for_each_distance(tile.at, scores.rows(), scores.cols(), [&](Index r, Index c, T distance) {
+      if (distance != T(0)) scores(r, c) -= coefficient * distance;
+    });
+  }
+
+  // The term is -D / (2 sigma^2) (Gaussian, D the squared distance) or -D / sigma (Laplacian):
+  // d/dsigma = D / sigma^3 or D / sigma^2. An infinite sigma (plain attention) gets 0.
+  void add_backward(const ScoreTile<T>& tile, ConstMatrixRef<T> dscores,
+                    ScoreTileGradient<T>& gradient) const override {
+    auto* into = detail::gradient_as<DistanceKernel>(gradient.parameters);
+    if (!into) return;
+    const T s = sigma[tile.at.head];
+    const T coefficient = gaussian() ? T(1) / (s * s * s) : T(1) / (s * s);
+    if (coefficient == T(0)) return;
+    T sum = 0;
+    for_each_distance(tile.at, dscores.rows(), dscores.cols(),
+                      [&](Index r, Index c, T distance) { sum += dscores(r, c) * distance; });
+    into->sigma[tile.at.head] += coefficient * sum;
+  }
+
+  Vector<T> sigma;  // sigma_h, one per head
+
+ private:
+  bool gaussian() const { return options_.type == DistanceKernelType::gaussian; }
+
+  // visit(r, c, D) for every entry of a rows x cols tile at `at` whose query and key have
+  // positions, D = |p_i - p_j|^2 (Gaussian) or |p_i - p_j|_1 (Laplacian).
+  template <class Visit>
+  void for_each_distance(const TileCoords& at, Index rows, Index cols, const Visit& visit) const {
     const auto distance = [&](Index dr, Index dc) {
-      return gaussian ? static_cast<T>(dr * dr + dc * dc)
-                      : static_cast<T>(std::abs(dr) + std::abs(dc));
+      return gaussian() ? static_cast<T>(dr * dr + dc * dc)
+                        : static_cast<T>(std::abs(dr) + std::abs(dc));
     };
-    const auto term = [&](T d) { return d == T(0) ? T(0) : coefficient * d; };
     if (options_.grid) {
       const Grid2d& grid = *options_.grid;
-      const Index cols = scores.cols();
-      const Index first = std::clamp<Index>(grid.leading - tile.at.key_begin, 0, cols);
+      const Index first = std::clamp<Index>(grid.leading - at.key_begin, 0, cols);
       if (first == cols) return;
-      const auto start = grid.position(tile.at.key_begin + first);
-      for (Index r = 0; r < scores.rows(); ++r) {
-        const Index i = tile.at.query_begin + r;
+      const auto start = grid.position(at.key_begin + first);
+      for (Index r = 0; r < rows; ++r) {
+        const Index i = at.query_begin + r;
         if (!grid.has_position(i)) continue;
         const auto p_i = grid.position(i);
         // Walk the keys' cells in token order: no division per entry.
         Index dr = start[0] - p_i[0], col = start[1] - grid.first_col;
         for (Index c = first; c < cols; ++c) {
-          scores(r, c) -= term(distance(dr, grid.first_col + col - p_i[1]));
+          visit(r, c, distance(dr, grid.first_col + col - p_i[1]));
           if (++col == grid.width) col = 0, ++dr;
         }
       }
       return;
     }
     const Index leading = options_.leading;
-    for (Index r = 0; r < scores.rows(); ++r) {
-      const Index i = tile.at.query_begin + r;
+    for (Index r = 0; r < rows; ++r) {
+      const Index i = at.query_begin + r;
       if (i < leading) continue;
-      for (Index c = 0; c < scores.cols(); ++c) {
-        const Index j = tile.at.key_begin + c;
-        if (j < leading) continue;
-        scores(r, c) -= term(distance(j - i, 0));
-      }
+      for (Index c = std::max<Index>(0, leading - at.key_begin); c < cols; ++c)
+        visit(r, c, distance(at.key_begin + c - i, 0));
     }
   }
 
-  Vector<T> sigma;  // sigma_h, one per head
-
- private:
   DistanceKernelOptions options_;
 };
 

@@ -88,6 +88,23 @@ class LearnedRelative2d final : public RelativeGridTerm<T> {
     return head_keys_row.row(head).dot(row_embeddings.row(center + delta_row)) +
            head_keys_col.row(head).dot(col_embeddings.row(center + delta_col));
   }
+  // The bias is a sum of a row and a column part: each sees the table's sums over the other
+  // offset.
+  void add_bias_gradients(Index head, Index row0, Index col0, ConstMatrixRef<T> g,
+                          KernelFactor<T>& gradient) const override {
+    auto& into = *detail::gradient_as<LearnedRelative2d>(&gradient);
+    const Index center = max_position() - 1;
+    const Vector<T> per_row = g.rowwise().sum();
+    const RowVector<T> per_col = g.colwise().sum();
+    for (Index r = 0; r < g.rows(); ++r) {
+      into.head_keys_row.row(head) += per_row[r] * row_embeddings.row(center + row0 + r);
+      into.row_embeddings.row(center + row0 + r) += per_row[r] * head_keys_row.row(head);
+    }
+    for (Index c = 0; c < g.cols(); ++c) {
+      into.head_keys_col.row(head) += per_col[c] * col_embeddings.row(center + col0 + c);
+      into.col_embeddings.row(center + col0 + c) += per_col[c] * head_keys_col.row(head);
+    }
+  }
 };
 
 }  // namespace attnlens

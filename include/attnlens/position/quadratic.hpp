@@ -61,6 +61,22 @@ class QuadraticEncoding final : public RelativeGridTerm<T> {
     return -alpha[head] *
            (dr * dr + dc * dc - T(2) * (center_shift(head, 0) * dr + center_shift(head, 1) * dc));
   }
+  void add_bias_gradients(Index head, Index row0, Index col0, ConstMatrixRef<T> g,
+                          KernelFactor<T>& gradient) const override {
+    auto& into = *detail::gradient_as<QuadraticEncoding>(&gradient);
+    T d_alpha = 0, d_row = 0, d_col = 0;
+    for (Index r = 0; r < g.rows(); ++r)
+      for (Index c = 0; c < g.cols(); ++c) {
+        const T dr = static_cast<T>(row0 + r), dc = static_cast<T>(col0 + c);
+        d_alpha -= g(r, c) * (dr * dr + dc * dc -
+                              T(2) * (center_shift(head, 0) * dr + center_shift(head, 1) * dc));
+        d_row += g(r, c) * dr;
+        d_col += g(r, c) * dc;
+      }
+    into.alpha[head] += d_alpha;
+    into.center_shift(head, 0) += T(2) * alpha[head] * d_row;
+    into.center_shift(head, 1) += T(2) * alpha[head] * d_col;
+  }
 };
 
 // Generalized: parameters mu_h and Sigma_h^-1 (a 2 x 2 matrix stored as a row of 4, row-major).
@@ -97,6 +113,26 @@ class GeneralizedQuadraticEncoding final : public RelativeGridTerm<T> {
     const T v = static_cast<T>(delta_col) - center_shift(head, 1);
     const auto s = inverse_covariance.row(head);
     return T(-0.5) * (u * (s[0] * u + s[1] * v) + v * (s[2] * u + s[3] * v));
+  }
+  // With (u, v) = delta - mu: d/dSigma^-1 = -1/2 [u u, u v, v u, v v] and
+  // d/dmu = 1/2 (Sigma^-1 + Sigma^-T) (u, v).
+  void add_bias_gradients(Index head, Index row0, Index col0, ConstMatrixRef<T> g,
+                          KernelFactor<T>& gradient) const override {
+    auto& into = *detail::gradient_as<GeneralizedQuadraticEncoding>(&gradient);
+    const auto s = inverse_covariance.row(head);
+    for (Index r = 0; r < g.rows(); ++r)
+      for (Index c = 0; c < g.cols(); ++c) {
+        const T w = g(r, c);
+        if (w == T(0)) continue;
+        const T u = static_cast<T>(row0 + r) - center_shift(head, 0);
+        const T v = static_cast<T>(col0 + c) - center_shift(head, 1);
+        into.inverse_covariance(head, 0) -= T(0.5) * w * u * u;
+        into.inverse_covariance(head, 1) -= T(0.5) * w * u * v;
+        into.inverse_covariance(head, 2) -= T(0.5) * w * v * u;
+        into.inverse_covariance(head, 3) -= T(0.5) * w * v * v;
+        into.center_shift(head, 0) += T(0.5) * w * (T(2) * s[0] * u + (s[1] + s[2]) * v);
+        into.center_shift(head, 1) += T(0.5) * w * (T(2) * s[3] * v + (s[1] + s[2]) * u);
+      }
   }
 };
 

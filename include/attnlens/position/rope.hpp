@@ -47,16 +47,18 @@ class RotaryEmbedding final : public QueryKeyTransform<T> {
   // theta_c = base^(-2c/d), c = 0 .. d/2 - 1 (HF's inv_freq), in double.
   double frequency(Index pair) const { return frequencies_[static_cast<std::size_t>(pair)]; }
 
-  // Rotates row r of `rows` (n x d) by the angles of position first_position + r. Angles are
-  // formed in double and their cos and sin rounded once to T.
-  void rotate(Index first_position, MatrixRef<T> rows) const {
+  // Rotates row r of `rows` (n x d) by the angles of position first_position + r (by their
+  // negatives when `inverse`: the rotation is orthogonal, so that is the backward pass). Angles
+  // are formed in double and their cos and sin rounded once to T.
+  void rotate(Index first_position, MatrixRef<T> rows, bool inverse = false) const {
     const Index pairs = options_.head_dim / 2;
     const bool interleaved = options_.pairing == RopePairing::interleaved;
     for (Index r = 0; r < rows.rows(); ++r) {
       const double position = static_cast<double>(first_position + r);
       for (Index c = 0; c < pairs; ++c) {
         const double angle = position * frequency(c);
-        const T cos = static_cast<T>(std::cos(angle)), sin = static_cast<T>(std::sin(angle));
+        const T cos = static_cast<T>(std::cos(angle));
+        const T sin = static_cast<T>(inverse ? -std::sin(angle) : std::sin(angle));
         const Index a = interleaved ? 2 * c : c, b = interleaved ? 2 * c + 1 : c + pairs;
         const T x = rows(r, a), y = rows(r, b);
         rows(r, a) = x * cos - y * sin;
@@ -75,6 +77,15 @@ class RotaryEmbedding final : public QueryKeyTransform<T> {
   }
   void transform_keys(const RowCoords& at, MatrixRef<T> keys) const override {
     rotate(at.first_position, keys);
+  }
+  // No parameters: the gradient rotates back.
+  void backward_queries(const RowCoords& at, ConstMatrixRef<T>, MatrixRef<T> dqueries,
+                        KernelFactor<T>*) const override {
+    rotate(at.first_position, dqueries, true);
+  }
+  void backward_keys(const RowCoords& at, ConstMatrixRef<T>, MatrixRef<T> dkeys,
+                     KernelFactor<T>*) const override {
+    rotate(at.first_position, dkeys, true);
   }
 
  private:

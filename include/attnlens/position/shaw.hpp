@@ -79,6 +79,23 @@ class ShawRelativePosition final : public ScoreTerm<T>, public ValueTerm<T> {
     }
   }
 
+  // dq_i += sum_j dS_ij a^K_c(j-i) / sqrt(d) and da^K_c += sum over the entries of c of
+  // dS_ij q_i / sqrt(d): the score gradients of each row are first summed per table row.
+  void add_backward(const ScoreTile<T>& tile, ConstMatrixRef<T> dscores,
+                    ScoreTileGradient<T>& gradient) const override {
+    auto* into = detail::gradient_as<ShawRelativePosition>(gradient.parameters);
+    const T scale = T(1) / std::sqrt(static_cast<T>(tile.queries.cols()));
+    RowVector<T> per_row(relative_keys.rows());
+    for (Index r = 0; r < dscores.rows(); ++r) {
+      per_row.setZero();
+      const Index i = tile.at.query_begin + r;
+      for (Index c = 0; c < dscores.cols(); ++c)
+        per_row[row_of(tile.at.key_begin + c - i)] += dscores(r, c);
+      gradient.queries.row(r).noalias() += scale * per_row * relative_keys;
+      if (into) into->relative_keys.noalias() += scale * per_row.transpose() * tile.queries.row(r);
+    }
+  }
+
   // Value term: relative_values must be as wide as the value heads.
   void check(const ScoreShape&, Index value_dim) const override {
     detail::require_matrix(relative_values, relative_keys.rows(), value_dim,
@@ -95,6 +112,24 @@ class ShawRelativePosition final : public ScoreTerm<T>, public ValueTerm<T> {
       for (Index c = 0; c < weights.cols(); ++c)
         per_row[row_of(at.key_begin + c - i)] += weights(r, c);
       out.row(r).noalias() += per_row * relative_values;
+    }
+  }
+
+  // dweights(r, c) += dout_r.a^V_c(j-i), da^V_c += sum over the entries of c of w_rc dout_r.
+  void add_backward(const TileCoords& at, ConstMatrixRef<T> weights, ConstMatrixRef<T> dout,
+                    MatrixRef<T> dweights, KernelFactor<T>* parameters) const override {
+    auto* into = detail::gradient_as<ShawRelativePosition>(parameters);
+    RowVector<T> per_row(relative_values.rows());
+    for (Index r = 0; r < weights.rows(); ++r) {
+      const Index i = at.query_begin + r;
+      const Vector<T> projected = relative_values * dout.row(r).transpose();  // a^V_c . dout_r
+      for (Index c = 0; c < weights.cols(); ++c)
+        dweights(r, c) += projected[row_of(at.key_begin + c - i)];
+      if (!into) continue;
+      per_row.setZero();
+      for (Index c = 0; c < weights.cols(); ++c)
+        per_row[row_of(at.key_begin + c - i)] += weights(r, c);
+      into->relative_values.noalias() += per_row.transpose() * dout.row(r);
     }
   }
 

@@ -1,6 +1,6 @@
-// T5 relative position bias (Raffel et al. 2020, docs/math.md section 3): S_h(i,j) += b_h[bucket(j-i)]
-// with HF transformers' _relative_position_bucket (bidirectional or causal; exact buckets near
-// 0, logarithmic ones up to max_distance) and a learned num_buckets x H table.
+// T5 relative position bias (Raffel et al. 2020, docs/math.md section 3): S_h(i,j) +=
+// b_h[bucket(j-i)] with HF transformers' _relative_position_bucket (bidirectional or causal; exact
+// buckets near 0, logarithmic ones up to max_distance) and a learned num_buckets x H table.
 #pragma once
 
 #include <algorithm>
@@ -105,6 +105,19 @@ class T5RelativeBias final : public ScoreTerm<T> {
       const Index i = tile.at.query_begin + r;
       for (Index c = 0; c < scores.cols(); ++c)
         scores(r, c) += table[bucket(tile.at.key_begin + c - i)];
+    }
+  }
+
+  // Each table entry gathers the score gradients of the offsets in its bucket.
+  void add_backward(const ScoreTile<T>& tile, ConstMatrixRef<T> dscores,
+                    ScoreTileGradient<T>& gradient) const override {
+    auto* into = detail::gradient_as<T5RelativeBias>(gradient.parameters);
+    if (!into) return;
+    auto table = into->relative_attention_bias.col(tile.at.head);
+    for (Index r = 0; r < dscores.rows(); ++r) {
+      const Index i = tile.at.query_begin + r;
+      for (Index c = 0; c < dscores.cols(); ++c)
+        table[bucket(tile.at.key_begin + c - i)] += dscores(r, c);
     }
   }
 

@@ -65,25 +65,49 @@ class TransformerXlRelativePosition final : public ScoreTerm<T> {
     const Index rows = scores.rows(), cols = scores.cols(), d = tile.queries.cols();
     const Index head = tile.at.head;
     const T scale = T(1) / std::sqrt(static_cast<T>(d));
-    // The tile spans distances i - j from i0 - (j0 + cols - 1) up: project each one once, into
-    // this thread's scratch (nothing is allocated per tile).
-    const Index nearest = tile.at.query_begin - (tile.at.key_begin + cols - 1);
-    const Index distances = rows + cols - 1;
-    MatrixMap<T> embeddings = detail::scratch_matrix<T, 0>(distances, r_net.in_features());
-    for (Index n = 0; n < distances; ++n)
-      detail::write_sinusoid(embeddings.row(n), static_cast<double>(nearest + n), 10000.0, true);
-    MatrixMap<T> projected = detail::scratch_matrix<T, 1>(distances, d);  // W_R R, per distance
-    projected.noalias() = embeddings * r_net.weight.middleRows(head * d, d).transpose();
-    auto position_bias = detail::scratch_matrix<T, 2>(1, distances);  // v.(W_R R)
-    position_bias.noalias() = r_r_bias.row(head) * projected.transpose();
+    const Distances distances = project_distances(tile.at, rows, cols, d);
+    auto position_bias = detail::scratch_matrix<T, 2>(1, distances.count);  // v.(W_R R)
+    position_bias.noalias() = r_r_bias.row(head) * distances.projected.transpose();
     auto content_bias = detail::scratch_matrix<T, 3>(1, cols);  // u.k_j
     content_bias.noalias() = r_w_bias.row(head) * tile.keys.transpose();
     for (Index r = 0; r < rows; ++r)
       for (Index c = 0; c < cols; ++c) {
         const Index n = r - c + cols - 1;  // distance i - j = nearest + n
-        scores(r, c) += scale * (tile.queries.row(r).dot(projected.row(n)) + content_bias(0, c) +
-                                 position_bias(0, n));
+        scores(r, c) += scale * (tile.queries.row(r).dot(distances.projected.row(n)) +
+                                 content_bias(0, c) + position_bias(0, n));
       }
+  }
+
+  // With p_n = W_R R_n: dq_i += dS_ij p_n, dk_j += dS_ij u, dp_n += dS_ij (q_i + v), and
+  // du, dv, dW_R from them, all scaled by 1/sqrt(d).
+  void add_backward(const ScoreTile<T>& tile, ConstMatrixRef<T> dscores,
+                    ScoreTileGradient<T>& gradient) const override {
+    const Index rows = dscores.rows(), cols = dscores.cols(), d = tile.queries.cols();
+    const Index head = tile.at.head;
+    const T scale = T(1) / std::sqrt(static_cast<T>(d));
+    const Distances distances = project_distances(tile.at, rows, cols, d);
+    auto* into = detail::gradient_as<TransformerXlRelativePosition>(gradient.parameters);
+    MatrixMap<T> dprojected = detail::scratch_matrix<T, 4>(distances.count, d);
+    dprojected.setZero();
+    auto per_distance = detail::scratch_matrix<T, 5>(1, distances.count);  // sum of dS at n
+    per_distance.setZero();
+    for (Index r = 0; r < rows; ++r)
+      for (Index c = 0; c < cols; ++c) {
+        const T g = scale * dscores(r, c);
+        if (g == T(0)) continue;
+        const Index n = r - c + cols - 1;
+        gradient.queries.row(r) += g * distances.projected.row(n);
+        if (into) dprojected.row(n) += g * tile.queries.row(r);
+        per_distance(0, n) += g;
+      }
+    const RowVector<T> per_key = scale * dscores.colwise().sum();
+    gradient.keys.noalias() += per_key.transpose() * r_w_bias.row(head);
+    if (!into) return;
+    into->r_w_bias.row(head).noalias() += per_key * tile.keys;
+    into->r_r_bias.row(head).noalias() += per_distance * distances.projected;
+    dprojected.noalias() += per_distance.transpose() * r_r_bias.row(head);
+    into->r_net.weight.middleRows(head * d, d).noalias() +=
+        dprojected.transpose() * distances.embeddings;
   }
 
   Matrix<T> r_w_bias;  // H x d: u
@@ -91,6 +115,24 @@ class TransformerXlRelativePosition final : public ScoreTerm<T> {
   Linear<T> r_net;     // d_model -> H * d, no bias: W_R
 
  private:
+  // The distances i - j a tile spans, nearest = i0 - (j0 + cols - 1) and up: their sinusoids R
+  // and projections W_R R, each computed once, in this thread's scratch (slots 0 and 1).
+  struct Distances {
+    Index count;
+    MatrixMap<T> embeddings;  // count x d_model
+    MatrixMap<T> projected;   // count x d
+  };
+  Distances project_distances(const TileCoords& at, Index rows, Index cols, Index d) const {
+    const Index nearest = at.query_begin - (at.key_begin + cols - 1);
+    const Index count = rows + cols - 1;
+    MatrixMap<T> embeddings = detail::scratch_matrix<T, 0>(count, r_net.in_features());
+    for (Index n = 0; n < count; ++n)
+      detail::write_sinusoid(embeddings.row(n), static_cast<double>(nearest + n), 10000.0, true);
+    MatrixMap<T> projected = detail::scratch_matrix<T, 1>(count, d);
+    projected.noalias() = embeddings * r_net.weight.middleRows(at.head * d, d).transpose();
+    return {count, embeddings, projected};
+  }
+
   static const TransformerXlOptions& checked(const TransformerXlOptions& options) {
     detail::require_argument(options.num_heads > 0, "TransformerXlOptions::num_heads", "> 0",
                              options.num_heads);
