@@ -99,17 +99,14 @@ void check_feed_forward_backward_against_pytorch() {
             {c["d_model"], c["dim_feedforward"], activation_from_name(c["activation"])});
         io::load_parameters(file, prefix, ff);
         const Tensor<T> x = file.get<T>(prefix + "input"), dy = file.get<T>(prefix + "grad_output");
-        const Index rows = x.size() / ff.d_model();
-        const ConstMatrixMap<T> x_rows(x.data(), rows, ff.d_model());
         FeedForwardCache<T> cache;
-        ff.forward(x_rows, &cache);
+        ff.forward(testing::token_rows(x), &cache);
         FeedForward<T> gradient = zeros_like(ff);
         const Matrix<T> dx = feed_forward_backward<T>(
-            ff.linear1, ff.activation, ff.linear2, x_rows, cache,
-            ConstMatrixMap<T>(dy.data(), rows, ff.d_model()), gradient.linear1, gradient.linear2);
-        ATTNLENS_EXPECT_GRADIENT_MATCHES(T, Tensor<T>::from_matrix(dx).reshaped(x.shape()),
-                                         file.get<T>(prefix + "grad_input"));
-        testing::expect_parameter_gradients_match(file, prefix, gradient);
+            ff.linear1, ff.activation, ff.linear2, testing::token_rows(x), cache,
+            testing::token_rows(dy), gradient.linear1, gradient.linear2);
+        testing::expect_gradients_match(file, prefix,
+                                        Tensor<T>::from_matrix(dx).reshaped(x.shape()), gradient);
       });
   EXPECT_EQ(checked, 3);
 }

@@ -145,15 +145,12 @@ void check_layer_norm_backward_against_pytorch() {
         LayerNorm<T> norm({c["features"], c["eps"], c["elementwise_affine"]});
         io::load_parameters(file, prefix, norm);
         const Tensor<T> x = file.get<T>(prefix + "input"), dy = file.get<T>(prefix + "grad_output");
-        const Index rows = x.size() / norm.normalized_shape();
         LayerNormCache<T> cache;
-        norm.forward(ConstMatrixMap<T>(x.data(), rows, norm.normalized_shape()), &cache);
+        norm.forward(testing::token_rows(x), &cache);
         LayerNorm<T> gradient = zeros_like(norm);
-        const Matrix<T> dx = norm.backward(
-            cache, ConstMatrixMap<T>(dy.data(), rows, norm.normalized_shape()), gradient);
-        ATTNLENS_EXPECT_GRADIENT_MATCHES(T, Tensor<T>::from_matrix(dx).reshaped(x.shape()),
-                                         file.get<T>(prefix + "grad_input"));
-        testing::expect_parameter_gradients_match(file, prefix, gradient);
+        const Matrix<T> dx = norm.backward(cache, testing::token_rows(dy), gradient);
+        testing::expect_gradients_match(file, prefix,
+                                        Tensor<T>::from_matrix(dx).reshaped(x.shape()), gradient);
       });
   EXPECT_EQ(checked, 2);
 }

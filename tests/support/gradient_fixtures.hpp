@@ -1,7 +1,7 @@
 // Gradients against PyTorch autograd fixtures (tests/reference/oracles/layers.py and others):
 // the tolerance of issue 14 (float: 1e-4 relative, 1e-5 absolute below magnitude 0.1; double:
-// 1e-9 relative, 1e-10 absolute below 0.1) and the check of a gradient module against the
-// fixture's `<prefix>grad.<state_dict name>` tensors.
+// 1e-9 relative, 1e-10 absolute below 0.1) and the checks of an input gradient and a gradient
+// module against the fixture's `<prefix>grad_input` and `<prefix>grad.<state_dict name>`.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -44,6 +44,22 @@ void expect_parameter_gradients_match(const io::SafeTensors& file, const std::st
                                      (Eigen::Map<const Vector<T>>(actual[n].data, actual[n].size)),
                                      (Eigen::Map<const Vector<T>>(wanted[n].data, wanted[n].size)));
   }
+}
+
+// A backward pass's input gradient `dx` against `<prefix>grad_input` and its parameter gradients
+// as above: what each case of a gradient fixture checks.
+template <template <class> class Module, class T>
+void expect_gradients_match(const io::SafeTensors& file, const std::string& prefix,
+                            const Tensor<T>& dx, Module<T>& gradient) {
+  ATTNLENS_EXPECT_GRADIENT_MATCHES(T, dx, file.get<T>(prefix + "grad_input"));
+  expect_parameter_gradients_match(file, prefix, gradient);
+}
+
+// A tensor of tokens (B x L x E, or any rank) as the matrix of its last axis, one token per row.
+template <class T>
+ConstMatrixMap<T> token_rows(const Tensor<T>& t) {
+  const Index features = t.shape().back();
+  return ConstMatrixMap<T>(t.data(), t.size() / features, features);
 }
 
 }  // namespace attnlens::testing

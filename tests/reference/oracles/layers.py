@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fixturelib import FixtureFiles, Tensors, assert_close, fixture, seed_of
-from oracles.blocks import (DTYPES, FeedForwardModule, activation_module, cases_metadata,
-                            perturb, state_dict_of)
+from oracles.blocks import (DTYPES, FeedForwardCase, FeedForwardModule, activation_module,
+                            cases_metadata, perturb, state_dict_of)
 
 F64 = torch.float64
 BATCH, LENGTH = 2, 3  # row-wise layers get BATCH x LENGTH x features inputs
@@ -52,15 +52,6 @@ class ActivationGradCase:
 
 
 @dataclasses.dataclass(frozen=True)
-class FeedForwardGradCase:
-    name: str
-    d_model: int
-    dim_feedforward: int
-    activation: str
-    kind: str = "feed_forward"
-
-
-@dataclasses.dataclass(frozen=True)
 class PatchEmbeddingGradCase:
     name: str
     in_chans: int
@@ -90,9 +81,9 @@ GRAD_CASES = [
     ActivationGradCase("activation_relu", "relu"),
     ActivationGradCase("activation_gelu", "gelu"),
     ActivationGradCase("activation_gelu_tanh", "gelu_tanh"),
-    FeedForwardGradCase("ff_relu", 6, 10, "relu"),
-    FeedForwardGradCase("ff_gelu", 7, 12, "gelu"),
-    FeedForwardGradCase("ff_gelu_tanh", 5, 9, "gelu_tanh"),
+    FeedForwardCase("ff_relu", 6, 10, "relu"),
+    FeedForwardCase("ff_gelu", 7, 12, "gelu"),
+    FeedForwardCase("ff_gelu_tanh", 5, 9, "gelu_tanh"),
     PatchEmbeddingGradCase("patch_embedding", 3, 5, 2, 2, 4, 6),
     CrossEntropyGradCase("cross_entropy", 6, 5),
     CrossEntropyGradCase("cross_entropy_large_logits", 4, 7, scale=20.0, offset=100.0),
