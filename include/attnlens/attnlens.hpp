@@ -57,4 +57,6 @@
 
 #include "attnlens/interpret/conv_as_attention.hpp"
 
+#include "attnlens/train/cross_entropy.hpp"
+
 #include "attnlens/version.hpp"

@@ -10,6 +10,7 @@ set(rank_attention 3)
 set(rank_image 4)
 set(rank_blocks 4)
 set(rank_interpret 5)
+set(rank_train 5)
 set(rank_io 6)
 
 file(GLOB_RECURSE headers RELATIVE ${INCLUDE_DIR} ${INCLUDE_DIR}/*.hpp)

@@ -1,9 +1,12 @@
 // The activations against values computed independently (Python's math.erf / math.tanh in
-// float64), and name parsing.
+// float64), their derivatives against central differences and PyTorch autograd
+// (tests/reference/oracles/layers.py), and name parsing.
 #include <gtest/gtest.h>
 
 #include "attnlens/layers/activations.hpp"
 #include "support/blocks.hpp"
+#include "support/gradient_check.hpp"
+#include "support/gradient_fixtures.hpp"
 
 namespace attnlens {
 namespace {
@@ -41,6 +44,69 @@ TEST(Activations, NamesRoundTripAndUnknownNamesAreRejected) {
   testing::expect_error_naming<ArgumentError>(
       [] { activation_from_name("swish", "config.activation"); }, "config.activation");
   testing::expect_error_naming<ArgumentError>([] { activation_from_name("Relu"); }, "Relu");
+}
+
+constexpr Activation k_all_activations[] = {Activation::relu, Activation::gelu,
+                                            Activation::gelu_tanh};
+
+TEST(ActivationBackward, EqualsCentralDifferences) {
+  Rng rng(41);
+  Matrix<double> x(4, 6);  // |x| >= 0.1: central differences never straddle relu's kink
+  for (Index e = 0; e < x.size(); ++e) {
+    const double v = 0.1 + 2 * std::abs(rng.normal<double>());
+    x.data()[e] = e % 2 ? v : -v;
+  }
+  const Matrix<double> probe = testing::random_probe(4, 6, 42);
+  for (const Activation a : k_all_activations) {
+    SCOPED_TRACE(activation_name(a));
+    const auto loss = [&] {
+      Matrix<double> y = x;
+      apply_activation<double>(a, y);
+      return (y.array() * probe.array()).sum();
+    };
+    Matrix<double> dx = probe;
+    activation_backward<double>(a, x, dx);
+    ATTNLENS_EXPECT_GRADIENT(loss, x.data(), x.size(), dx.data(), 1e-6);
+  }
+}
+
+TEST(ActivationBackward, DerivativesAtZeroAreThoseOfPyTorch) {
+  // relu's is 0 (threshold_backward), both GELUs' 1/2.
+  const Matrix<double> zero = Matrix<double>::Zero(1, 1);
+  for (const auto& [a, derivative] :
+       {std::pair{Activation::relu, 0.0}, std::pair{Activation::gelu, 0.5},
+        std::pair{Activation::gelu_tanh, 0.5}}) {
+    Matrix<double> dy = Matrix<double>::Ones(1, 1);
+    activation_backward<double>(a, zero, dy);
+    EXPECT_EQ(dy(0, 0), derivative) << activation_name(a);
+  }
+}
+
+template <class T>
+void check_activation_backward_against_pytorch() {
+  const io::SafeTensors file = testing::load_typed_fixture<T>("layers_grad");
+  const int checked =
+      testing::for_each_case(file, "activation", [&](const auto& c, const auto& prefix) {
+        const Matrix<T> x = file.get<T>(prefix + "input").matrix();
+        Matrix<T> dx = file.get<T>(prefix + "grad_output").matrix();
+        activation_backward<T>(activation_from_name(c["activation"]), x, dx);
+        ATTNLENS_EXPECT_GRADIENT_MATCHES(T, dx, file.get<T>(prefix + "grad_input").matrix());
+      });
+  EXPECT_EQ(checked, 3);
+}
+
+TEST(ActivationBackward, MatchesPyTorchAutogradFloat) {
+  check_activation_backward_against_pytorch<float>();
+}
+TEST(ActivationBackward, MatchesPyTorchAutogradDouble) {
+  check_activation_backward_against_pytorch<double>();
+}
+
+TEST(ActivationBackward, BadShapesNameTheArgument) {
+  Matrix<float> dy(2, 3);
+  testing::expect_error_naming<ShapeError>(
+      [&] { activation_backward<float>(Activation::gelu, Matrix<float>(3, 2), dy); },
+      "activation_backward dy: expected 3 x 2, got 2 x 3");
 }
 
 }  // namespace

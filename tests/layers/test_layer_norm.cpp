@@ -1,5 +1,6 @@
-// LayerNorm against torch.nn.LayerNorm (fixtures from tests/reference/oracles/blocks.py),
-// plus properties and bad-input checks.
+// LayerNorm against torch.nn.LayerNorm (fixtures from tests/reference/oracles/blocks.py), its
+// backward pass against central differences and PyTorch autograd (oracles/layers.py), plus
+// properties and bad-input checks.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,6 +10,8 @@
 #include "attnlens/io/encoder_state_dict.hpp"
 #include "attnlens/layers/layer_norm.hpp"
 #include "support/blocks.hpp"
+#include "support/gradient_check.hpp"
+#include "support/gradient_fixtures.hpp"
 
 namespace attnlens {
 namespace {
@@ -104,6 +107,103 @@ TEST(LayerNorm, LoadingAWrongShapeNamesTheTensor) {
   LayerNorm<float> norm({4});
   expect_error_naming<ShapeError>([&] { io::load_parameters(file, "norm.", norm); }, "norm.weight");
   expect_error_naming<IoError>([&] { io::load_parameters(file, "other.", norm); }, "other.weight");
+}
+
+TEST(LayerNormBackward, EqualsCentralDifferencesWithAndWithoutAffine) {
+  for (const bool affine : {true, false}) {
+    SCOPED_TRACE(affine ? "affine" : "no affine");
+    Rng rng(31);
+    LayerNorm<double> norm({7, affine ? 1e-5 : 1e-3, affine});
+    if (affine) {  // away from the initial weight 1, bias 0
+      norm.weight = Vector<double>::Ones(7) + 0.3 * testing::random_probe(7, 1, 32);
+      init::normal(norm.bias, rng);
+    }
+    Matrix<double> x(5, 7);
+    init::normal(x, rng);
+    x.row(2).array() += 40;  // a large common offset
+    const Matrix<double> probe = testing::random_probe(5, 7, 33);
+    const auto loss = [&] { return (norm.forward(x).array() * probe.array()).sum(); };
+    LayerNormCache<double> cache;
+    norm.forward(x, &cache);
+    LayerNorm<double> gradient = zeros_like(norm);
+    Matrix<double> dx = norm.backward(cache, probe, gradient);
+    ATTNLENS_EXPECT_GRADIENT(loss, x.data(), x.size(), dx.data(), 1e-6);
+    testing::expect_parameter_gradients(norm, gradient, loss);
+    // A second call adds the same parameter gradients again and returns the same dx.
+    LayerNorm<double> twice = gradient;
+    EXPECT_EQ(norm.backward(cache, probe, twice), dx);
+    ATTNLENS_EXPECT_CLOSE(twice.weight, 2 * gradient.weight, 1e-13);
+    ATTNLENS_EXPECT_CLOSE(twice.bias, 2 * gradient.bias, 1e-13);
+  }
+}
+
+template <class T>
+void check_layer_norm_backward_against_pytorch() {
+  const io::SafeTensors file = testing::load_typed_fixture<T>("layers_grad");
+  const int checked =
+      testing::for_each_case(file, "layer_norm", [&](const auto& c, const auto& prefix) {
+        LayerNorm<T> norm({c["features"], c["eps"], c["elementwise_affine"]});
+        io::load_parameters(file, prefix, norm);
+        const Tensor<T> x = file.get<T>(prefix + "input"), dy = file.get<T>(prefix + "grad_output");
+        LayerNormCache<T> cache;
+        norm.forward(testing::token_rows(x), &cache);
+        LayerNorm<T> gradient = zeros_like(norm);
+        const Matrix<T> dx = norm.backward(cache, testing::token_rows(dy), gradient);
+        testing::expect_gradients_match(file, prefix,
+                                        Tensor<T>::from_matrix(dx).reshaped(x.shape()), gradient);
+      });
+  EXPECT_EQ(checked, 2);
+}
+
+TEST(LayerNormBackward, MatchesPyTorchAutogradFloat) {
+  check_layer_norm_backward_against_pytorch<float>();
+}
+TEST(LayerNormBackward, MatchesPyTorchAutogradDouble) {
+  check_layer_norm_backward_against_pytorch<double>();
+}
+
+// dy with a large common part (weight 1: the part has no effect on dx) cancels in
+// dxhat - mean(dxhat); float keeps its digits because the row is reduced in double (in float the
+// error is 5.6e-5) and centered before the xhat term (else 1.9e-5, from the rounded cache).
+TEST(LayerNormBackward, FloatKeepsItsDigitsWhenDyHasALargeCommonPart) {
+  Rng rng(34);
+  const LayerNorm<float> norm({64});
+  Matrix<float> x(3, 64), dy(3, 64);
+  init::normal(x, rng);
+  init::normal(dy, rng);
+  dy.array() += 1000;
+  LayerNormCache<float> cache;
+  norm.forward(x, &cache);
+  LayerNorm<float> gradient = zeros_like(norm);
+  const Matrix<float> dx = norm.backward(cache, dy, gradient);
+  // The same formula in double from the same float cache, the common part left out.
+  LayerNormCache<double> exact{cache.normalized.cast<double>(), cache.inv_std.cast<double>()};
+  const LayerNorm<double> norm_double({64});
+  LayerNorm<double> unused = zeros_like(norm_double);
+  const Matrix<double> expected =
+      norm_double.backward(exact, (dy.cast<double>().array() - 1000).matrix(), unused);
+  ATTNLENS_EXPECT_CLOSE(dx.cast<double>(), expected, 1e-5);
+}
+
+TEST(LayerNormBackward, BadShapesNameTheArgument) {
+  const LayerNorm<float> norm({4});
+  LayerNormCache<float> cache;
+  norm.forward(Matrix<float>::Random(3, 4), &cache);
+  LayerNorm<float> gradient = zeros_like(norm);
+  const Matrix<float> dy = Matrix<float>::Zero(3, 4);
+  expect_error_naming<ShapeError>([&] { norm.backward(cache, Matrix<float>(2, 4), gradient); },
+                                  "LayerNorm backward dy: expected 3 x 4, got 2 x 4");
+  LayerNormCache<float> short_cache = cache;
+  short_cache.inv_std.resize(2);
+  expect_error_naming<ShapeError>([&] { norm.backward(short_cache, dy, gradient); },
+                                  "LayerNorm backward cache.inv_std: expected [3], got [2]");
+  LayerNorm<float> other({5});
+  expect_error_naming<ShapeError>([&] { other.backward(cache, dy, gradient); },
+                                  "LayerNorm backward cache.normalized: expected 3 x 5, got 3 x 4");
+  LayerNorm<float> no_affine({4, 1e-5, false});
+  expect_error_naming<ShapeError>(
+      [&] { norm.backward(cache, dy, no_affine); },
+      "LayerNorm backward gradient: expected weight [4], bias [4], got weight [0], bias [0]");
 }
 
 }  // namespace

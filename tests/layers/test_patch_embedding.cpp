@@ -1,10 +1,13 @@
 // PatchEmbedding against a direct stride = kernel convolution loop, its parameter layout
 // (the Conv2d weight [E, C, P, P]) and bad input. Against PyTorch's F.conv2d it is checked
-// inside the vision transformer fixtures (tests/blocks/test_vision_transformer.cpp).
+// inside the vision transformer fixtures (tests/blocks/test_vision_transformer.cpp), its
+// backward pass against central differences and PyTorch autograd (oracles/layers.py).
 #include <gtest/gtest.h>
 
 #include "attnlens/layers/patch_embedding.hpp"
 #include "support/blocks.hpp"
+#include "support/gradient_check.hpp"
+#include "support/gradient_fixtures.hpp"
 
 namespace attnlens {
 namespace {
@@ -52,6 +55,63 @@ TEST(PatchEmbedding, BadOptionsAndShapesNameTheArgument) {
   expect_error_naming<ShapeError>([&] { embed.forward(Tensor<float>({1, 3, 5, 4})); }, "images");
   expect_error_naming<ShapeError>([&] { embed.forward(Tensor<float>({1, 2, 4, 4})); }, "images");
   expect_error_naming<ShapeError>([&] { embed.forward(Tensor<float>({3, 4, 4})); }, "images");
+}
+
+TEST(PatchEmbeddingBackward, EqualsCentralDifferences) {
+  Rng rng(52);
+  PatchEmbedding<double> embed({3, 4, 2, true});
+  embed.reset_parameters(rng);
+  init::normal(embed.proj.bias, rng);
+  auto images = testing::random_tensor<double>({2, 3, 4, 6}, rng);  // 2 x 3 patches each
+  const Matrix<double> probe = testing::random_probe(2 * 6, 4, 53);
+  const auto loss = [&] {
+    const Tensor<double> y = embed.forward(images);
+    return (ConstMatrixMap<double>(y.data(), 12, 4).array() * probe.array()).sum();
+  };
+  PatchEmbedding<double> gradient = zeros_like(embed);
+  auto dimages =
+      embed.backward(images, Tensor<double>::from_matrix(probe).reshaped({2, 6, 4}), gradient);
+  ASSERT_EQ(dimages.shape(), images.shape());
+  ATTNLENS_EXPECT_GRADIENT(loss, images.data(), images.size(), dimages.data(), 1e-6);
+  testing::expect_parameter_gradients(embed, gradient, loss);
+}
+
+template <class T>
+void check_patch_embedding_backward_against_pytorch() {
+  const io::SafeTensors file = testing::load_typed_fixture<T>("layers_grad");
+  const int checked =
+      testing::for_each_case(file, "patch_embedding", [&](const auto& c, const auto& prefix) {
+        PatchEmbedding<T> embed({c["in_chans"], c["embed_dim"], c["patch_size"], true});
+        io::load_parameters(file, prefix, embed);
+        PatchEmbedding<T> gradient = zeros_like(embed);
+        const Tensor<T> dimages = embed.backward(file.get<T>(prefix + "input"),
+                                                 file.get<T>(prefix + "grad_output"), gradient);
+        testing::expect_gradients_match(file, prefix, dimages, gradient);
+      });
+  EXPECT_EQ(checked, 1);
+}
+
+TEST(PatchEmbeddingBackward, MatchesPyTorchAutogradFloat) {
+  check_patch_embedding_backward_against_pytorch<float>();
+}
+TEST(PatchEmbeddingBackward, MatchesPyTorchAutogradDouble) {
+  check_patch_embedding_backward_against_pytorch<double>();
+}
+
+TEST(PatchEmbeddingBackward, BadShapesNameTheArgument) {
+  const PatchEmbedding<float> embed({3, 4, 2});
+  PatchEmbedding<float> gradient = zeros_like(embed);
+  const Tensor<float> images({2, 3, 4, 6});
+  expect_error_naming<ShapeError>(
+      [&] {
+        embed.backward(images, Tensor<float>({2, 5, 4}), gradient);
+      },
+      "PatchEmbedding backward dy: expected [2, 6, 4], got [2, 5, 4]");
+  expect_error_naming<ShapeError>(
+      [&] {
+        embed.backward(Tensor<float>({2, 3, 5, 6}), Tensor<float>({2, 6, 4}), gradient);
+      },
+      "images");
 }
 
 }  // namespace

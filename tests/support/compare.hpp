@@ -3,6 +3,7 @@
 // another of the same shape. Use it for every "max |actual - expected| <= tol" check:
 //
 //   ATTNLENS_EXPECT_CLOSE(actual, expected, tol);            // every |a - e| <= tol, no NaN
+//   ATTNLENS_EXPECT_RELATIVE_CLOSE(actual, expected, rel, abs);  // |a - e| <= max(abs, rel |e|)
 //   EXPECT_GT(testing::max_abs_error(a, b), 1e-3);           // "the term changed something"
 //
 // A NaN anywhere, on either side, fails: `(a - b).cwiseAbs().maxCoeff()` returns NaN only when
@@ -17,6 +18,7 @@
 #include <gtest/gtest.h>
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -73,7 +75,14 @@ inline std::string index_string(const Shape& shape, Index n) {
   return s.str();
 }
 
-// Entry by entry: the NaNs (on either side) and the largest |actual - expected| elsewhere.
+// How an entry's error is measured: |actual - expected| / max(floor, relative |expected|). The
+// default is the absolute error; {absolute, relative} makes 1 the bound of a tolerance that is
+// relative on large values and absolute below absolute / relative.
+struct ErrorScale {
+  long double floor = 1, relative = 0;
+};
+
+// Entry by entry: the NaNs (on either side) and the largest error (ErrorScale) elsewhere.
 struct Comparison {
   bool same_shape = true;
   Shape actual_shape, expected_shape;
@@ -85,7 +94,7 @@ struct Comparison {
   long double first_nan_actual = 0, first_nan_expected = 0;
 };
 
-inline Comparison compare_flat(const FlatArray& a, const FlatArray& e) {
+inline Comparison compare_flat(const FlatArray& a, const FlatArray& e, ErrorScale scale = {}) {
   Comparison c;
   c.actual_shape = a.shape;
   c.expected_shape = e.shape;
@@ -103,7 +112,8 @@ inline Comparison compare_flat(const FlatArray& a, const FlatArray& e) {
       }
       continue;
     }
-    const long double error = x == y ? 0.0L : std::fabs(x - y);  // inf - inf would be NaN
+    const long double error =  // inf - inf would be NaN
+        x == y ? 0.0L : std::fabs(x - y) / std::max(scale.floor, scale.relative * std::fabs(y));
     if (error > c.max_error) {
       c.max_error = error;
       c.worst = n;
@@ -115,8 +125,8 @@ inline Comparison compare_flat(const FlatArray& a, const FlatArray& e) {
 }
 
 template <class A, class E>
-Comparison compare(const A& actual, const E& expected) {
-  return compare_flat(flat_array(actual), flat_array(expected));
+Comparison compare(const A& actual, const E& expected, ErrorScale scale = {}) {
+  return compare_flat(flat_array(actual), flat_array(expected), scale);
 }
 
 // Largest |actual - expected|; NaN if either side holds a NaN anywhere, or (with a failure
@@ -132,17 +142,11 @@ double max_abs_error(const A& actual, const E& expected) {
   return c.nan_count > 0 ? NAN : static_cast<double>(c.max_error);
 }
 
-// The predicate-format function of ATTNLENS_EXPECT_CLOSE: success iff the shapes agree, no
-// entry of either side is NaN, and every |actual - expected| <= tol (tol itself not NaN).
-template <class A, class E>
-::testing::AssertionResult expect_close_format(const char* actual_text, const char* expected_text,
-                                               const char* tol_text, const A& actual,
-                                               const E& expected, double tol) {
-  const Comparison c = compare(actual, expected);
-  const auto failure = [&] {
-    return ::testing::AssertionFailure() << actual_text << " vs " << expected_text << " (tolerance "
-                                         << tol_text << " = " << tol << "): ";
-  };
+// Success iff the shapes agree, no entry of either side is NaN and c.max_error <= bound (bound
+// not NaN); a failure starts with `header` and calls the largest error `error_name`.
+inline ::testing::AssertionResult close_result(const Comparison& c, double bound,
+                                               const std::string& header, const char* error_name) {
+  const auto failure = [&] { return ::testing::AssertionFailure() << header; };
   if (!c.same_shape)
     return failure() << "shapes differ, " << shape_string(c.actual_shape) << " vs "
                      << shape_string(c.expected_shape);
@@ -151,12 +155,42 @@ template <class A, class E>
                      << index_string(c.actual_shape, c.first_nan) << ": "
                      << static_cast<double>(c.first_nan_actual) << " vs "
                      << static_cast<double>(c.first_nan_expected);
-  if (!(c.max_error <= static_cast<long double>(tol)))
-    return failure() << "max error " << static_cast<double>(c.max_error) << " at "
+  if (!(c.max_error <= static_cast<long double>(bound)))
+    return failure() << error_name << " " << static_cast<double>(c.max_error) << " at "
                      << index_string(c.actual_shape, c.worst) << ": "
                      << static_cast<double>(c.worst_actual) << " vs "
                      << static_cast<double>(c.worst_expected);
   return ::testing::AssertionSuccess();
+}
+
+// The predicate-format function of ATTNLENS_EXPECT_CLOSE: success iff the shapes agree, no
+// entry of either side is NaN, and every |actual - expected| <= tol (tol itself not NaN).
+template <class A, class E>
+::testing::AssertionResult expect_close_format(const char* actual_text, const char* expected_text,
+                                               const char* tol_text, const A& actual,
+                                               const E& expected, double tol) {
+  std::ostringstream header;
+  header << actual_text << " vs " << expected_text << " (tolerance " << tol_text << " = " << tol
+         << "): ";
+  return close_result(compare(actual, expected), tol, header.str(), "max error");
+}
+
+// The predicate-format function of ATTNLENS_EXPECT_RELATIVE_CLOSE: as expect_close_format, with
+// every |actual - expected| <= max(absolute, relative |expected|) (gradients against PyTorch:
+// 1e-4 relative, 1e-5 absolute below magnitude 0.1, in float).
+template <class A, class E>
+::testing::AssertionResult expect_relative_close_format(const char* actual_text,
+                                                        const char* expected_text,
+                                                        const char* relative_text,
+                                                        const char* absolute_text, const A& actual,
+                                                        const E& expected, double relative,
+                                                        double absolute) {
+  std::ostringstream header;
+  header << actual_text << " vs " << expected_text << " (tolerance max(" << absolute_text << ", "
+         << relative_text << " |expected|) = max(" << absolute << ", " << relative
+         << " |expected|)): ";
+  const ErrorScale scale{static_cast<long double>(absolute), static_cast<long double>(relative)};
+  return close_result(compare(actual, expected, scale), 1.0, header.str(), "max error / tolerance");
 }
 
 }  // namespace attnlens::testing
@@ -167,3 +201,9 @@ template <class A, class E>
 // EXPECT_*, it wants braces as the body of an if (GCC warns -Wdangling-else otherwise).
 #define ATTNLENS_EXPECT_CLOSE(actual, expected, tol) \
   EXPECT_PRED_FORMAT3(::attnlens::testing::expect_close_format, actual, expected, tol)
+
+// EXPECT that two arrays agree entry by entry to max(absolute, relative |expected|), with no NaN
+// on either side; a failure names the worst entry by its error in units of its tolerance.
+#define ATTNLENS_EXPECT_RELATIVE_CLOSE(actual, expected, relative, absolute)               \
+  EXPECT_PRED_FORMAT4(::attnlens::testing::expect_relative_close_format, actual, expected, \
+                      relative, absolute)

@@ -92,6 +92,30 @@ TYPED_TEST(CompareTest, InfinitiesAreEqualOnlyToThemselves) {
   EXPECT_NONFATAL_FAILURE(ATTNLENS_EXPECT_CLOSE(a, b, 1e30), "max error inf");
 }
 
+TYPED_TEST(CompareTest, RelativeToleranceAboveTheFloorAbsoluteBelowIt) {
+  using T = TypeParam;
+  // Tolerance max(0.25, 0.5 |e|): 0.25 up to |e| = 0.5, then relative. Errors are exact in binary.
+  Vector<T> expected(3), actual(3);
+  expected << T(0.125), T(-4), T(64);
+  actual << T(0.375), T(-6), T(32);  // errors 0.25, 2 and 32: each at its bound
+  EXPECT_TRUE(
+      testing::expect_relative_close_format("a", "e", "r", "f", actual, expected, 0.5, 0.25));
+  actual[1] = T(-2.5);  // 1.5, under its bound 2
+  EXPECT_TRUE(
+      testing::expect_relative_close_format("a", "e", "r", "f", actual, expected, 0.5, 0.25));
+  actual[0] = T(0.5);  // 0.375 over the floor 0.25
+  EXPECT_NONFATAL_FAILURE(ATTNLENS_EXPECT_RELATIVE_CLOSE(actual, expected, 0.5, 0.25),
+                          "max error / tolerance 1.5 at (0, 0)");
+  actual[0] = T(0.125);
+  actual[2] = T(16);  // 48 over 0.5 * 64
+  EXPECT_NONFATAL_FAILURE(ATTNLENS_EXPECT_RELATIVE_CLOSE(actual, expected, 0.5, 0.25),
+                          "max error / tolerance 1.5 at (2, 0)");
+  actual[2] = std::numeric_limits<T>::quiet_NaN();
+  EXPECT_NONFATAL_FAILURE(ATTNLENS_EXPECT_RELATIVE_CLOSE(actual, expected, 1e30, 1e30), "NaN");
+  EXPECT_NONFATAL_FAILURE(ATTNLENS_EXPECT_RELATIVE_CLOSE(actual, Vector<T>::Zero(2), 1.0, 1.0),
+                          "shapes differ");
+}
+
 TEST(Compare, FailsOnDifferentShapes) {
   EXPECT_NONFATAL_FAILURE(
       ATTNLENS_EXPECT_CLOSE(Matrix<double>::Zero(2, 3), Matrix<double>::Zero(3, 2), 1.0),

@@ -1,6 +1,7 @@
 // FeedForward<T>: the position-wise block of a transformer layer,
 // y = linear2(activation(linear1(x))), with the names of torch.nn.TransformerEncoderLayer
-// (linear1: d_model -> dim_feedforward, linear2: dim_feedforward -> d_model).
+// (linear1: d_model -> dim_feedforward, linear2: dim_feedforward -> d_model), and its backward
+// pass (docs/math.md sections 6 and 7.4).
 #pragma once
 
 #include <string>
@@ -40,6 +41,25 @@ void feed_forward(const Linear<T>& linear1, Activation activation, const Linear<
   if (cache) cache->hidden = std::move(hidden);
 }
 
+// The backward pass of feed_forward(linear1, activation, linear2, x, y, &cache) given
+// dy = dL/dy: returns dx and accumulates the parameter gradients of linear1 and linear2 into
+// grad1 and grad2 (Linear::backward through each layer, activation_backward between them).
+template <class T>
+Matrix<T> feed_forward_backward(const Linear<T>& linear1, Activation activation,
+                                const Linear<T>& linear2, ConstMatrixRef<T> x,
+                                const FeedForwardCache<T>& cache, ConstMatrixRef<T> dy,
+                                Linear<T>& grad1, Linear<T>& grad2) {
+  const Index n = x.rows(), hidden = linear1.out_features();
+  detail::require_matrix(x, n, linear1.in_features(), "feed_forward_backward x");
+  detail::require_matrix(cache.pre_activation, n, hidden,
+                         "feed_forward_backward cache.pre_activation");
+  detail::require_matrix(cache.hidden, n, hidden, "feed_forward_backward cache.hidden");
+  detail::require_matrix(dy, n, linear2.out_features(), "feed_forward_backward dy");
+  Matrix<T> dhidden = linear2.backward(cache.hidden, dy, grad2);
+  activation_backward<T>(activation, cache.pre_activation, dhidden);
+  return linear1.backward(x, dhidden, grad1);
+}
+
 template <class T>
 class FeedForward {
  public:
@@ -72,6 +92,14 @@ class FeedForward {
     Matrix<T> y(x.rows(), d_model());
     forward(x, y, cache);
     return y;
+  }
+
+  // The backward pass of forward(x, &cache): returns dx, accumulates into gradient.linear1 and
+  // gradient.linear2.
+  Matrix<T> backward(ConstMatrixRef<T> x, const FeedForwardCache<T>& cache, ConstMatrixRef<T> dy,
+                     FeedForward<T>& gradient) const {
+    return feed_forward_backward<T>(linear1, activation, linear2, x, cache, dy, gradient.linear1,
+                                    gradient.linear2);
   }
 
   Linear<T> linear1;

@@ -1,6 +1,7 @@
 // LayerNorm<T>: torch.nn.LayerNorm over the last axis (one token per row):
 // y = (x - mean) / sqrt(var + eps) * weight + bias, var the biased variance of the row,
-// with PyTorch's parameter names (weight, bias) and its eps / elementwise_affine options.
+// with PyTorch's parameter names (weight, bias) and its eps / elementwise_affine options, and
+// its backward pass (docs/math.md sections 6 and 7.2).
 #pragma once
 
 #include <cmath>
@@ -77,6 +78,50 @@ class LayerNorm {
     Matrix<T> y(x.rows(), x.cols());
     forward(x, y, cache);
     return y;
+  }
+
+  // The backward pass of forward(x, y, &cache) given dy = dL/dy (docs/math.md section 6):
+  // returns dx = (dxhat - mean(dxhat) - xhat (*) mean(dxhat (*) xhat)) / sigma per row, with
+  // xhat the normalized row and dxhat = weight (*) dy, and accumulates dL/dweight += the column
+  // sums of dy (*) xhat and dL/dbias += those of dy into `gradient`. In double, as the forward's
+  // statistics: dxhat - mean(dxhat) cancels digits when dy has a large common part.
+  Matrix<T> backward(const LayerNormCache<T>& cache, ConstMatrixRef<T> dy,
+                     LayerNorm<T>& gradient) const {
+    const Index n = cache.normalized.rows();
+    detail::require_matrix(cache.normalized, n, features_, "LayerNorm backward cache.normalized");
+    detail::require_shape(cache.inv_std.size() == n, "LayerNorm backward cache.inv_std",
+                          detail::concat("[", n, "]"),
+                          detail::concat("[", cache.inv_std.size(), "]"));
+    detail::require_matrix(dy, n, features_, "LayerNorm backward dy");
+    const auto parameters = [](const LayerNorm<T>& m) {
+      return detail::concat("weight [", m.weight.size(), "], bias [", m.bias.size(), "]");
+    };
+    detail::require_shape(
+        gradient.weight.size() == weight.size() && gradient.bias.size() == bias.size(),
+        "LayerNorm backward gradient", parameters(*this), parameters(gradient));
+    const Eigen::ArrayXd w = elementwise_affine() ? Eigen::ArrayXd(weight.template cast<double>())
+                                                  : Eigen::ArrayXd::Ones(features_);
+    Eigen::ArrayXd dweight = Eigen::ArrayXd::Zero(features_), dbias = dweight;
+    Matrix<T> dx(n, features_);
+    for (Index i = 0; i < n; ++i) {
+      const Eigen::ArrayXd g = dy.row(i).transpose().template cast<double>().array();
+      const Eigen::ArrayXd xhat =
+          cache.normalized.row(i).transpose().template cast<double>().array();
+      // mean(dxhat (*) xhat) taken of the centered dxhat: equal, as mean(xhat) = 0, but a common
+      // part of dxhat then drops out exactly instead of through mean(xhat), which the cache's
+      // rounding leaves at 1e-8 in float.
+      const Eigen::ArrayXd centered = w * g - (w * g).mean();
+      const Eigen::ArrayXd row =
+          static_cast<double>(cache.inv_std[i]) * (centered - xhat * (centered * xhat).mean());
+      dx.row(i) = row.template cast<T>().matrix().transpose();
+      dweight += g * xhat;
+      dbias += g;
+    }
+    if (elementwise_affine()) {
+      gradient.weight += dweight.template cast<T>().matrix();
+      gradient.bias += dbias.template cast<T>().matrix();
+    }
+    return dx;
   }
 
   // Throws ShapeError naming `name`.weight or `name`.bias when a loaded parameter does not fit.

@@ -1,5 +1,6 @@
 // Linear<T>: y = x W^T + b, torch.nn.Linear with its parameter names and layout
-// (weight is out_features x in_features, bias has out_features entries or none).
+// (weight is out_features x in_features, bias has out_features entries or none), and its
+// backward pass (docs/math.md sections 6 and 7.1).
 #pragma once
 
 #include <string>
@@ -57,6 +58,25 @@ class Linear {
     Matrix<T> y(x.rows(), out_features());
     forward(x, y, parallel);
     return y;
+  }
+
+  // The backward pass of forward(x) given dy = dL/dy (n x out): returns dx = dy W (n x in) and
+  // accumulates dL/dW += dy^T x and dL/db += the column sums of dy into `gradient` (a module of
+  // the same shape, zeros_like(*this) for a first micro-batch). Products on `parallel`'s threads.
+  Matrix<T> backward(ConstMatrixRef<T> x, ConstMatrixRef<T> dy, Linear<T>& gradient,
+                     const ParallelOptions& parallel = {}) const {
+    check(x.cols(), "Linear backward x", "columns");
+    detail::require_matrix(dy, x.rows(), out_features(), "Linear backward dy");
+    detail::require_matrix(gradient.weight, out_features(), in_features(),
+                           "Linear backward gradient.weight");
+    detail::require_shape(gradient.bias.size() == bias.size(), "Linear backward gradient.bias",
+                          detail::concat("[", bias.size(), "]"),
+                          detail::concat("[", gradient.bias.size(), "]"));
+    parallel_add_transposed_product<T>(dy, x, gradient.weight, parallel);
+    if (has_bias()) gradient.bias += dy.colwise().sum().transpose();
+    Matrix<T> dx(x.rows(), in_features());
+    parallel_product<T>(dy, weight, dx, parallel);
+    return dx;
   }
 
   // Checks the parameter shapes (after loading them from a file, say).
