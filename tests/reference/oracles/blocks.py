@@ -981,7 +981,11 @@ def check_variant_stack(encoder, case: ModelCase, src, padding, output) -> None:
         assert_close(plain, expected, f"{case.name}: softmax stack against nn.TransformerEncoder")
 
 
-def model_case_files(case: ModelCase) -> FixtureFiles:
+def make_model_case(case: ModelCase):
+    """The case's encoder (perturbed, with its position, variant and residual parameters,
+    rounded to the case's dtype, in eval mode), src (B x L x E, rounded) and padding (B x L
+    bool, True = ignore, or None): the numbers of the exported files. Also used by
+    oracles/gradients.py."""
     dtype = torch.float64 if case.double else torch.float32
     seed = seed_of("model_" + case.name)
     torch.manual_seed(seed)
@@ -999,6 +1003,12 @@ def model_case_files(case: ModelCase) -> FixtureFiles:
     if case.key_padding_mask and not bool(padding.any()):
         raise AssertionError(f"{case.name}: no key is padded")
     encoder, src = copy.deepcopy(encoder).to(dtype).eval(), src.to(dtype)
+    return encoder, src, padding
+
+
+def model_case_files(case: ModelCase) -> FixtureFiles:
+    dtype = torch.float64 if case.double else torch.float32
+    encoder, src, padding = make_model_case(case)
     with torch.no_grad():
         if case.attention is None:
             check_against_pytorch_layers(encoder, case, src, padding)

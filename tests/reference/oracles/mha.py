@@ -236,7 +236,12 @@ def mha_from_primitives(case: MhaCase, params: Tensors, query, key, value, mask)
     v = heads(F.linear(value, w_v, b_v))
     scores = q @ k.transpose(-2, -1) / math.sqrt(d) + mask
     dead = torch.isneginf(mask).all(-1)
-    weights = torch.softmax(scores, dim=-1)  # NaN on dead rows (exp(-inf - -inf))
+    # A dead row's softmax would be NaN (exp(-inf - -inf)); it is taken of zeros instead and
+    # then replaced by 0, so that under autograd (oracles/gradients.py) no NaN reaches a
+    # gradient either: the where() sends nothing back into such a row. Other rows are as
+    # computed.
+    scores = torch.where(dead.unsqueeze(-1), torch.zeros_like(scores), scores)
+    weights = torch.softmax(scores, dim=-1)
     weights = torch.where(dead.unsqueeze(-1), torch.zeros_like(weights), weights)
     assert not bool(torch.isnan(weights).any())
     heads_out = (weights @ v).transpose(1, 2).reshape(B, L, E)

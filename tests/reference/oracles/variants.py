@@ -106,8 +106,30 @@ def huber_weights_of_all(x: torch.Tensor, a: float, head_dim: int) -> torch.Tens
     r2 = torch.diagonal(kappa, dim1=-2, dim2=-1) - 2.0 / n * kappa.sum(-1) \
         + kappa.sum((-1, -2))[..., None] / n ** 2
     r = r2.clamp(min=0).sqrt()
-    w = torch.where(r <= a, torch.ones_like(r), a / r)
+    inside = r <= a
+    # a / r_j is formed only where it is taken: where r_j = 0 (one real key, or r^2 rounded
+    # below 0) the untaken branch would be a / 0, and a backward pass through it 0 * inf = NaN
+    # (oracles/gradients.py differentiates this function). The values are the same.
+    outside_r = torch.where(inside, torch.ones_like(r2), r2.clamp(min=0)).sqrt()
+    w = torch.where(inside, torch.ones_like(r), a / outside_r)
     return w / w.sum(-1, keepdim=True)
+
+
+def elliptical_metric(values: torch.Tensor, previous: Optional[torch.Tensor],
+                      key_keep: torch.Tensor, num_heads: int, delta: float) -> torch.Tensor:
+    """B x H x d metric m of docs/math.md section 2.8 from this layer's values V^l and the
+    previous layer's V^{l-1} (B x L x E; None in a stack's first layer: m = 1), the mean over
+    each sequence's real tokens (key_keep), max-scaled per head. Returned detached: no
+    gradient flows through m (section 2.8)."""
+    batch, _, embed = values.shape
+    if previous is None:
+        return torch.ones(batch, num_heads, embed // num_heads, dtype=F64)
+    # The mean over each sequence's real tokens, per head and channel.
+    moved = (split_heads(values, num_heads) - split_heads(previous, num_heads)).abs()
+    real = key_keep[:, None, :, None].to(F64)
+    m = (moved * real).sum(-2) / real.sum(-2) / delta
+    m = m / m.max(-1, keepdim=True).values
+    return m.detach()
 
 
 def sinc(x: torch.Tensor) -> torch.Tensor:
@@ -153,14 +175,8 @@ def variant_forward(case: dict, params: Tensors, x: torch.Tensor, key_keep: torc
         a = kernel / (kernel.sum(-1, keepdim=True) + case.get("fourier_epsilon", 1e-6))
         log_kernel = None
     elif t == "elliptical":
-        if previous is not None:
-            # The mean over each sequence's real tokens, per head and channel.
-            moved = (split_heads(values, num_heads) - split_heads(previous, num_heads)).abs()
-            real = key_keep[:, None, :, None].to(F64)
-            m = (moved * real).sum(-2) / real.sum(-2) / case.get("elliptical_delta", 5.0)
-            m = m / m.max(-1, keepdim=True).values
-        else:
-            m = torch.ones(batch, num_heads, head_dim, dtype=F64)
+        m = elliptical_metric(values, previous, key_keep, num_heads,
+                              case.get("elliptical_delta", 5.0))
         log_kernel = (q * m[:, :, None, :]) @ k.transpose(-1, -2) / math.sqrt(head_dim)
     else:
         log_kernel = q @ k.transpose(-1, -2) / math.sqrt(head_dim)
