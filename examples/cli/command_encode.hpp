@@ -10,8 +10,8 @@
 #include "attnlens/blocks/encoder.hpp"
 #include "attnlens/io/model.hpp"
 #include "attnlens/io/safetensors.hpp"
-#include "attnlens/io/torch_masks.hpp"
 #include "cli/checks.hpp"
+#include "cli/encoder_input.hpp"
 #include "cli/errors.hpp"
 
 namespace attnlens::cli {
@@ -26,16 +26,7 @@ namespace detail_encode {
 template <class T>
 void run(const EncodeArguments& args) {
   const auto encoder = io::load_encoder_model<T>(args.model);
-  const auto input = io::SafeTensors::load(args.input);
-  require_known_tensors(input, args.input, {"src", "src_key_padding_mask", "mask"});
-  const Tensor<T> src = input.get<T>("src");
-  detail::require_shape(src.rank() == 3 && src.dim(2) == encoder.d_model(), "tensor 'src'",
-                        detail::concat("[B, L, ", encoder.d_model(), "]"),
-                        detail::shape_string(src.shape()));
-  const Index L = src.dim(1);
-  const AttentionMask<T> mask =
-      io::read_torch_masks<T>(input, io::TorchMaskNames{"src_key_padding_mask", "mask"},
-                              {src.dim(0), encoder.nhead(), L, L});
+  const auto [src, mask] = read_encoder_input(encoder, args.input);
 
   EncoderForwardOptions options;
   if (!args.maps.empty()) options.weights = AttentionWeights::per_head;

@@ -15,22 +15,13 @@
 #include "attnlens/position/sinusoidal.hpp"
 #include "support/blocks.hpp"
 #include "support/fixtures.hpp"
+#include "support/mha_fixtures.hpp"
 
 namespace attnlens {
 namespace {
 
 using testing::fixture_cases;
 using testing::load_fixture;
-
-// The fixture's masks in attnlens's typed form (PyTorch polarity converted on reading).
-template <class T>
-AttentionMask<T> mask_from(const io::SafeTensors& file, const std::string& prefix,
-                           const nlohmann::json& c) {
-  AttentionMask<T> mask = io::read_torch_masks<T>(
-      file, prefix, {c["batch"], c["num_heads"], c["tgt_len"], c["src_len"]});
-  mask.causal = c["causal"].get<bool>();
-  return mask;
-}
 
 template <class T>
 void check_against_pytorch(const std::string& fixture) {
@@ -45,7 +36,7 @@ void check_against_pytorch(const std::string& fixture) {
     ASSERT_EQ(mha.kdim(), c["kdim"].get<Index>());
     ASSERT_EQ(mha.vdim(), c["vdim"].get<Index>());
     ASSERT_EQ(mha.has_bias(), c["bias"].get<bool>());
-    const auto mask = mask_from<T>(file, prefix, c);
+    const auto mask = testing::mha_case_mask<T>(file, prefix, c);
     const Tensor<T> query = file.get<T>(prefix + "query");
     const Tensor<T> key = file.get<T>(prefix + "key");
     const Tensor<T> value = file.get<T>(prefix + "value");

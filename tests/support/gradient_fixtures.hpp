@@ -30,12 +30,13 @@ constexpr GradientTolerance gradient_tolerance() {
                                  ::attnlens::testing::gradient_tolerance<T>().absolute)
 
 // Every named parameter of `gradient` (filled by a backward pass) against the fixture tensor
-// `<prefix>grad.<name>`, read with the module's own loader (which checks the shapes).
+// `<names><name>` (`<case>.grad.` in the layer and mha fixtures, nothing in the model ones),
+// read with the module's own loader (which checks the shapes).
 template <template <class> class Module, class T>
-void expect_parameter_gradients_match(const io::SafeTensors& file, const std::string& prefix,
+void expect_parameter_gradients_match(const io::SafeTensors& file, const std::string& names,
                                       Module<T>& gradient) {
   Module<T> expected = zeros_like(gradient);
-  io::load_parameters(file, prefix + "grad.", expected);
+  io::load_parameters(file, names, expected);
   const auto actual = named_parameters(gradient), wanted = named_parameters(expected);
   ASSERT_EQ(actual.size(), wanted.size());
   for (std::size_t n = 0; n < actual.size(); ++n) {
@@ -52,7 +53,7 @@ template <template <class> class Module, class T>
 void expect_gradients_match(const io::SafeTensors& file, const std::string& prefix,
                             const Tensor<T>& dx, Module<T>& gradient) {
   ATTNLENS_EXPECT_GRADIENT_MATCHES(T, dx, file.get<T>(prefix + "grad_input"));
-  expect_parameter_gradients_match(file, prefix, gradient);
+  expect_parameter_gradients_match(file, prefix + "grad.", gradient);
 }
 
 // A tensor of tokens (B x L x E, or any rank) as the matrix of its last axis, one token per row.

@@ -227,11 +227,14 @@ class MultiHeadAttention : public VariantParameters<T> {
   // The backward pass of a forward call that filled `cache` (docs/gradients.md): doutput =
   // dL/doutput (shaped like the output); gradient's parameters (a module like this one, e.g.
   // zeros_like(*this)) += their gradients, those of the attached factors and of the variant
-  // included. `stack` must be the forward's.
+  // included. `stack` must be the forward's. value_gradient, when set (B*S x E), is the
+  // gradient of this layer's projected values from other layers that read them (NeuTRENO's
+  // V^0 in a stack's later layers), added before the in-projection.
   MultiHeadInputGradients<T> backward(const MultiHeadCache<T>& cache, const Tensor<T>& doutput,
                                       MultiHeadAttention& gradient,
                                       const MultiHeadBackwardOptions& options = {},
-                                      const StackValues<T>& stack = {}) const;
+                                      const StackValues<T>& stack = {},
+                                      const Matrix<T>* value_gradient = nullptr) const;
 
   // Throws ShapeError naming the parameter whose shape does not match the options (after
   // loading parameters from a file).
@@ -601,7 +604,8 @@ MultiHeadInputGradients<T> MultiHeadAttention<T>::backward(const MultiHeadCache<
                                                            const Tensor<T>& doutput,
                                                            MultiHeadAttention& gradient,
                                                            const MultiHeadBackwardOptions& options,
-                                                           const StackValues<T>& stack) const {
+                                                           const StackValues<T>& stack,
+                                                           const Matrix<T>* value_gradient) const {
   const Index B = cache.batch, H = num_heads(), L = cache.tgt_len, S = cache.src_len;
   const Index d = head_dim(), E = embed_dim();
   detail::require_argument(
@@ -724,6 +728,10 @@ MultiHeadInputGradients<T> MultiHeadAttention<T>::backward(const MultiHeadCache<
       },
       parallel);
   if (plan.context_term) dvalues += dvalues_of_term;
+  if (value_gradient) {
+    detail::require_matrix(*value_gradient, B * S, E, "value_gradient (B*S x E)");
+    dvalues += *value_gradient;
+  }
 
   // The in-projection, q, k, v = x W^T + b: one GEMM each way when q, k and v come from one x.
   if (has_bias()) {

@@ -105,6 +105,66 @@ EncoderOutput<T> run_encoder_stack(const std::vector<TransformerEncoderLayer<T>>
   return result;
 }
 
+// The backward pass of run_encoder_stack from its cache: doutput = dL/doutput (shaped like
+// src); the gradients of the layers, the learned fidelity lambda and the final norm accumulate
+// into `gradient_*` (modules like the stack's). Returns dL/dsrc. Back through x_{l+1} =
+// layer_l(x_l) + lambda_l (x_0 - x_l): x_l gets layer_l's input gradient minus lambda_l g,
+// x_0 also every lambda_l g, and V^0 (NeuTRENO) every later layer's share, before layer 0's
+// in-projection.
+template <class T>
+Tensor<T> encoder_stack_backward(
+    const std::vector<TransformerEncoderLayer<T>>& layers, const Residual<T>& residual,
+    const std::optional<LayerNorm<T>>& norm, const EncoderCache<T>& cache, const Tensor<T>& doutput,
+    std::vector<TransformerEncoderLayer<T>>& gradient_layers, Residual<T>& gradient_residual,
+    std::optional<LayerNorm<T>>& gradient_norm, const EncoderBackwardOptions& options) {
+  detail::require_argument(cache.layers.size() == layers.size() && !layers.empty(), "EncoderCache",
+                           detail::concat(layers.size(), " layer caches"), cache.layers.size());
+  detail::require_argument(
+      gradient_layers.size() == layers.size() && gradient_norm.has_value() == norm.has_value(),
+      "encoder gradient", "a stack like this one (zeros_like)", "another stack");
+  const Index E = doutput.shape().back(), n = doutput.size() / E;
+  Tensor<T> g = doutput;
+  if (norm) {
+    const Matrix<T> d =
+        norm->backward(cache.norm, ConstMatrixMap<T>(g.data(), n, E), *gradient_norm);
+    MatrixMap<T>(g.data(), n, E) = d;
+  }
+  const ConstMatrixRef<T> x0 = cache.layers.front().input;
+  Matrix<T> dx0 = Matrix<T>::Zero(n, E);
+  Matrix<T> first_values;  // dL/dV^0 from the layers after the first
+  const bool fidelity = residual.type == ResidualType::fidelity;
+  for (std::size_t l = layers.size(); l-- > 0;) {
+    const auto layer = static_cast<Index>(l);
+    const ConstMatrixMap<T> dnext(g.data(), n, E);
+    const Matrix<T>& x = cache.layers[l].input;
+    if (fidelity && residual.learned)
+      gradient_residual.lambda[layer] += (dnext.array() * (x0 - x).array()).sum();
+    const T lambda = fidelity ? residual.lambda[layer] : T(0);
+    if (lambda != T(0)) dx0 += lambda * dnext;
+    // The forward's StackValues: V^0 from the second layer on, V^{l-1} (read, not
+    // differentiated: elliptical's metric).
+    StackValues<T> stack;
+    const bool reads = cache.layers.front().self_attn.plan.reads_stack_values;
+    if (reads && l > 0) {
+      stack.first = &cache.layers.front().self_attn.values;
+      stack.previous = &cache.layers[l - 1].self_attn.values;
+    }
+    auto inputs = layers[l].backward(cache.layers[l], g, gradient_layers[l], options, stack,
+                                     l == 0 && first_values.size() ? &first_values : nullptr);
+    if (inputs.first_values.size()) {
+      if (first_values.size())
+        first_values += inputs.first_values;
+      else
+        first_values = std::move(inputs.first_values);
+    }
+    MatrixMap<T> dx(inputs.src.data(), n, E);
+    if (lambda != T(0)) dx -= lambda * dnext;
+    g = std::move(inputs.src);
+  }
+  MatrixMap<T>(g.data(), n, E) += dx0;
+  return g;
+}
+
 template <class T>
 class TransformerEncoder {
  public:
@@ -137,6 +197,18 @@ class TransformerEncoder {
   EncoderOutput<T> forward(const Tensor<T>& src, const AttentionMask<T>& mask = {},
                            const EncoderForwardOptions& options = {},
                            EncoderCache<T>* cache = nullptr) const;
+
+  // The backward pass of a forward call that filled `cache` (docs/gradients.md): dL/dsrc, and
+  // gradient's parameters (an encoder like this one, e.g. zeros_like(*this)) += their
+  // gradients, a learned absolute table's and fidelity lambda's included.
+  Tensor<T> backward(const EncoderCache<T>& cache, const Tensor<T>& doutput,
+                     TransformerEncoder& gradient,
+                     const EncoderBackwardOptions& options = {}) const {
+    Tensor<T> dsrc = encoder_stack_backward(layers, residual, norm, cache, doutput, gradient.layers,
+                                            gradient.residual, gradient.norm, options);
+    position.add_gradient(dsrc, gradient.position);
+    return dsrc;
+  }
 
   // Parameters, named as in PyTorch's state_dict: layers.{i}..., norm.weight, norm.bias; and
   // attnlens's own (see for_each_parameter).

@@ -40,6 +40,10 @@ struct EncoderLayerOptions {
 struct EncoderForwardOptions {
   AttentionWeights weights = AttentionWeights::none;  // the attention maps to return
   ParallelOptions parallel;
+  // Every layer's attention engine (MultiHeadForwardOptions::engine and tiling): automatic
+  // takes the reference engine when weights are returned or a cache is filled.
+  AttentionEngine engine = AttentionEngine::automatic;
+  FusedTiling tiling = {};
 };
 
 template <class T>
@@ -59,6 +63,20 @@ struct EncoderLayerCache {
   MultiHeadCache<T> self_attn;
   LayerNormCache<T> norm1, norm2;
   FeedForwardCache<T> feed_forward;
+};
+
+struct EncoderBackwardOptions {
+  ParallelOptions parallel;
+};
+
+// The gradients of a layer's inputs; TransformerEncoderLayer::backward accumulates the
+// parameters'.
+template <class T>
+struct EncoderLayerInputGradients {
+  Tensor<T> src;  // shaped like src
+  // B*L x E: dL/dV^0 of the stack's first layer's values, for a variant that reads them
+  // (NeuTRENO); empty otherwise.
+  Matrix<T> first_values;
 };
 
 template <class T>
@@ -130,6 +148,17 @@ class TransformerEncoderLayer {
                                 EncoderLayerCache<T>* cache = nullptr,
                                 const StackValues<T>& stack = {}) const;
 
+  // The backward pass of a forward call that filled `cache` (docs/gradients.md): doutput =
+  // dL/doutput, shaped like src; gradient's parameters (a layer like this one, e.g.
+  // zeros_like(*this)) += their gradients. `stack` must be the forward's; value_gradient as in
+  // MultiHeadAttention::backward.
+  EncoderLayerInputGradients<T> backward(const EncoderLayerCache<T>& cache,
+                                         const Tensor<T>& doutput,
+                                         TransformerEncoderLayer& gradient,
+                                         const EncoderBackwardOptions& options = {},
+                                         const StackValues<T>& stack = {},
+                                         const Matrix<T>* value_gradient = nullptr) const;
+
   // Parameters, named as in PyTorch's state_dict.
   MultiHeadAttention<T> self_attn;
   Linear<T> linear1;  // d_model -> dim_feedforward
@@ -185,6 +214,8 @@ EncoderLayerOutput<T> TransformerEncoderLayer<T>::forward(const Tensor<T>& src,
   MultiHeadForwardOptions attention_options;  // by name: the struct grows engine options
   attention_options.weights = options.weights;
   attention_options.parallel = options.parallel;
+  attention_options.engine = options.engine;
+  attention_options.tiling = options.tiling;
   MultiHeadCache<T>* attention_cache = cache ? &cache->self_attn : nullptr;
   if (cache) cache->input = x;
 
@@ -215,6 +246,57 @@ EncoderLayerOutput<T> TransformerEncoderLayer<T>::forward(const Tensor<T>& src,
     norm2.forward(y, y, cache ? &cache->norm2 : nullptr);
   }
   if (cache) cache->hidden = std::move(hidden);
+  return result;
+}
+
+template <class T>
+EncoderLayerInputGradients<T> TransformerEncoderLayer<T>::backward(
+    const EncoderLayerCache<T>& cache, const Tensor<T>& doutput, TransformerEncoderLayer& gradient,
+    const EncoderBackwardOptions& options, const StackValues<T>& stack,
+    const Matrix<T>* value_gradient) const {
+  check_src(doutput, "doutput");
+  const Index n = doutput.size() / d_model(), E = d_model();
+  detail::require_argument(cache.input.rows() == n && cache.hidden.rows() == n, "EncoderLayerCache",
+                           detail::concat("the cache of a forward call on ", n, " tokens"),
+                           detail::concat(cache.input.rows(), " tokens"));
+  const ConstMatrixMap<T> dy(doutput.data(), n, E);
+  MultiHeadBackwardOptions attention_options;
+  attention_options.parallel = options.parallel;
+  // self_attn's backward on a token-row gradient shaped like src.
+  const auto attention_backward = [&](const Matrix<T>& dattention) {
+    Tensor<T> d(doutput.shape());
+    MatrixMap<T>(d.data(), n, E) = dattention;
+    return self_attn.backward(cache.self_attn, d, gradient.self_attn, attention_options, stack,
+                              value_gradient);
+  };
+  EncoderLayerInputGradients<T> result;
+  result.src = Tensor<T>(doutput.shape());
+  MatrixMap<T> dx(result.src.data(), n, E);
+  if (options_.norm_first) {
+    // y = h + ff(norm2(h)), h = x + sa(norm1(x)). The feed-forward's input is rebuilt from
+    // norm2's cache.
+    Matrix<T> normed2 = cache.norm2.normalized;
+    if (norm2.elementwise_affine())
+      normed2 = (normed2.array().rowwise() * norm2.weight.transpose().array()).rowwise() +
+                norm2.bias.transpose().array();
+    const Matrix<T> dnormed2 =
+        feed_forward_backward<T>(linear1, options_.activation, linear2, normed2, cache.feed_forward,
+                                 dy, gradient.linear1, gradient.linear2);
+    const Matrix<T> dh = dy + norm2.backward(cache.norm2, dnormed2, gradient.norm2);
+    auto attention = attention_backward(dh);
+    dx = dh + norm1.backward(cache.norm1, attention.query, gradient.norm1);
+    result.first_values = std::move(attention.first_values);
+    return result;
+  }
+  // h = norm1(x + sa(x)), y = norm2(h + ff(h)).
+  const Matrix<T> dz = norm2.backward(cache.norm2, dy, gradient.norm2);
+  const Matrix<T> dh =
+      dz + feed_forward_backward<T>(linear1, options_.activation, linear2, cache.hidden,
+                                    cache.feed_forward, dz, gradient.linear1, gradient.linear2);
+  const Matrix<T> du = norm1.backward(cache.norm1, dh, gradient.norm1);
+  auto attention = attention_backward(du);
+  dx = du + attention.query;
+  result.first_values = std::move(attention.first_values);
   return result;
 }
 

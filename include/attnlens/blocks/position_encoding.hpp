@@ -161,6 +161,17 @@ class AbsolutePosition {
     }
   }
 
+  // The backward of add_to: x = src + table rows, so dL/dsrc = dL/dx and a learned table's
+  // rows 0 .. L-1 in `gradient` (a position like this one) += dL/dx summed over the batch.
+  void add_gradient(const Tensor<T>& dx, AbsolutePosition& gradient) const {
+    if (options_.type != PositionType::learned) return;
+    const Index E = dx.shape().back(), L = dx.dim(dx.rank() - 2), B = dx.size() / (L * E);
+    detail::require_matrix(gradient.weight, weight.rows(), weight.cols(),
+                           "AbsolutePosition gradient weight");
+    for (Index b = 0; b < B; ++b)
+      gradient.weight.topRows(L) += ConstMatrixMap<T>(dx.data() + b * L * E, L, E);
+  }
+
   Matrix<T> weight;  // learned: max_len x E (nn.Embedding.weight); empty otherwise
 
  private:

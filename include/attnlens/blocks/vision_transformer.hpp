@@ -63,6 +63,14 @@ struct VitOutput {
   std::vector<Tensor<T>> weights;  // per block, as EncoderForwardOptions::weights asks
 };
 
+// What a backward pass needs from a forward pass; filled when passed to forward().
+template <class T>
+struct VitCache {
+  Tensor<T> images;  // B x C x H x W, the forward's input
+  Tensor<T> pooled;  // B x E, the head's input
+  EncoderCache<T> encoder;
+};
+
 template <class T>
 class VisionTransformer {
   VisionTransformerOptions options_;  // first: checked before any member is sized from it
@@ -114,7 +122,13 @@ class VisionTransformer {
   // images: B x in_chans x image_height x image_width. options.weights asks for each block's
   // attention maps over the tokens (CLS first).
   VitOutput<T> forward(const Tensor<T>& images, const EncoderForwardOptions& options = {},
-                       EncoderCache<T>* cache = nullptr) const;
+                       VitCache<T>* cache = nullptr) const;
+
+  // The backward pass of a forward call that filled `cache` (docs/gradients.md): dlogits =
+  // dL/dlogits (B x num_classes, or B x E without a head). Returns dL/dimages; gradient's
+  // parameters (a ViT like this one, e.g. zeros_like(*this)) += their gradients.
+  Tensor<T> backward(const VitCache<T>& cache, const Tensor<T>& dlogits,
+                     VisionTransformer& gradient, const EncoderBackwardOptions& options = {}) const;
 
   // Parameters, named as in timm's VisionTransformer where it has them (see for_each_parameter).
   PatchEmbedding<T> patch_embed;
@@ -164,7 +178,7 @@ class VisionTransformer {
 template <class T>
 VitOutput<T> VisionTransformer<T>::forward(const Tensor<T>& images,
                                            const EncoderForwardOptions& options,
-                                           EncoderCache<T>* cache) const {
+                                           VitCache<T>* cache) const {
   const Shape expected{images.rank() == 4 ? images.dim(0) : 0, options_.in_chans,
                        options_.image_height, options_.image_width};
   detail::require_shape(images.rank() == 4 && images.shape() == expected && expected[0] > 0,
@@ -182,7 +196,8 @@ VitOutput<T> VisionTransformer<T>::forward(const Tensor<T>& images,
     x.bottomRows(N) = patches.matrix({b});
     if (options_.position == VitPosition::learned) x += pos_embed;
   }
-  auto stack = run_encoder_stack(blocks, residual, norm, tokens, {}, options, cache);
+  auto stack = run_encoder_stack(blocks, residual, norm, tokens, {}, options,
+                                 cache ? &cache->encoder : nullptr);
 
   VitOutput<T> out;
   Tensor<T> pooled({B, E});
@@ -191,6 +206,10 @@ VitOutput<T> VisionTransformer<T>::forward(const Tensor<T>& images,
     pooled.matrix().row(b) = options_.pooling == VitPooling::token
                                  ? RowVector<T>(x.row(0))
                                  : RowVector<T>(x.bottomRows(N).colwise().mean());
+  }
+  if (cache) {
+    cache->images = images;
+    cache->pooled = pooled;
   }
   if (options_.num_classes > 0) {
     out.logits = Tensor<T>({B, options_.num_classes});
@@ -201,6 +220,44 @@ VitOutput<T> VisionTransformer<T>::forward(const Tensor<T>& images,
   out.tokens = std::move(stack.output);
   out.weights = std::move(stack.weights);
   return out;
+}
+
+template <class T>
+Tensor<T> VisionTransformer<T>::backward(const VitCache<T>& cache, const Tensor<T>& dlogits,
+                                         VisionTransformer& gradient,
+                                         const EncoderBackwardOptions& options) const {
+  const Index B = cache.pooled.rank() == 2 ? cache.pooled.dim(0) : 0;
+  const Index N = num_patches(), prefix = num_prefix_tokens(), E = embed_dim(), L = num_tokens();
+  detail::require_argument(B > 0, "VitCache", "the cache of a forward call", "an empty cache");
+  const Index outputs = options_.num_classes > 0 ? options_.num_classes : E;
+  detail::require_shape(dlogits.shape() == Shape{B, outputs}, "dlogits",
+                        detail::concat("[", B, ", ", outputs, "]"),
+                        detail::shape_string(dlogits.shape()));
+  const Matrix<T> dpooled =
+      options_.num_classes > 0
+          ? head.backward(cache.pooled.matrix(), dlogits.matrix(), gradient.head, options.parallel)
+          : Matrix<T>(dlogits.matrix());
+  // Pooling: the CLS token's row, or the mean over the patch tokens.
+  Tensor<T> dtokens({B, L, E});
+  for (Index b = 0; b < B; ++b) {
+    auto d = dtokens.matrix({b});
+    d.setZero();
+    if (options_.pooling == VitPooling::token)
+      d.row(0) = dpooled.row(b);
+    else
+      d.bottomRows(N).rowwise() = dpooled.row(b) / static_cast<T>(N);
+  }
+  const Tensor<T> dx =
+      encoder_stack_backward(blocks, residual, norm, cache.encoder, dtokens, gradient.blocks,
+                             gradient.residual, gradient.norm, options);
+  Tensor<T> dpatches({B, N, E});
+  for (Index b = 0; b < B; ++b) {
+    const auto d = dx.matrix({b});
+    if (options_.position == VitPosition::learned) gradient.pos_embed += d;
+    if (prefix) gradient.cls_token.row(0) += d.row(0);
+    dpatches.matrix({b}) = d.bottomRows(N);
+  }
+  return patch_embed.backward(cache.images, dpatches, gradient.patch_embed);
 }
 
 // timm's names for the parts timm has (patch_embed.proj, cls_token, pos_embed, norm, head);

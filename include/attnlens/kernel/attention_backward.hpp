@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <limits>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "attnlens/core/errors.hpp"
@@ -119,7 +120,9 @@ void for_each_backward_tile(const QueryTiling& tiles, const LocalWindow& window,
                             Index chunk_begin, Index chunk_end, const std::vector<Index>& key_ends,
                             Visit&& visit) {
   for (Index tile = 0; tile < tiles.count(); ++tile) {
-    const auto [begin, end] = tiles[tile];
+    // Not a structured binding: clang 14 cannot capture one in the lambda below.
+    const std::pair<Index, Index> rows = tiles[tile];
+    const Index begin = rows.first, end = rows.second;
     for_each_key_range(window, begin, end, key_ends[static_cast<std::size_t>(tile)],
                        [&](Index j0, Index j1) {
                          j0 = std::max(j0, chunk_begin);

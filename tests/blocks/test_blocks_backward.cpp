@@ -1,0 +1,160 @@
+// The backward passes of TransformerEncoderLayer (both norm_first), TransformerEncoder (final
+// norm, fidelity residual with a learned lambda, absolute and relative positions, NeuTRENO's
+// V^0 across layers) and VisionTransformer (CLS token, pos_embed, pooling, head, 2-D relative
+// positions) against central finite differences in double, every input and named parameter.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+
+#include "attnlens/blocks/encoder.hpp"
+#include "attnlens/blocks/vision_transformer.hpp"
+#include "attnlens/core/parameters.hpp"
+#include "support/compare.hpp"
+#include "support/gradient_check.hpp"
+
+namespace attnlens {
+namespace {
+
+// Every parameter moved off its initial value (norms not at identity, biases not zero).
+template <template <class> class Module>
+void perturb_parameters(Module<double>& module, std::uint64_t seed) {
+  Rng rng(seed);
+  for (const NamedParameter<double>& p : named_parameters(module))
+    for (Index e = 0; e < p.size; ++e) p.data[e] += 0.3 * rng.normal<double>();
+}
+
+Tensor<double> random_input(const Shape& shape, std::uint64_t seed) {
+  Rng rng(seed);
+  Tensor<double> t(shape);
+  for (auto& v : t.storage()) v = rng.normal<double>();
+  return t;
+}
+
+// L = sum(probe (*) output) for a probe shaped like the output.
+double probed(const Tensor<double>& output, const Tensor<double>& probe) {
+  return (ConstMatrixMap<double>(output.data(), 1, output.size()).array() *
+          ConstMatrixMap<double>(probe.data(), 1, probe.size()).array())
+      .sum();
+}
+
+EncoderLayerOptions small_layer_options(bool norm_first, Activation activation) {
+  EncoderLayerOptions o;
+  o.d_model = 8;
+  o.nhead = 2;
+  o.dim_feedforward = 12;
+  o.activation = activation;
+  o.norm_first = norm_first;
+  return o;
+}
+
+AttentionMask<double> padding() {
+  AttentionMask<double> mask;
+  mask.key_lengths = std::vector<Index>{5, 3};
+  return mask;
+}
+
+TEST(EncoderLayerBackward, BothNormOrdersMatchDifferences) {
+  for (bool norm_first : {false, true})
+    for (Activation activation : {Activation::relu, Activation::gelu}) {
+      SCOPED_TRACE(::testing::Message()
+                   << "norm_first " << norm_first << ", " << activation_name(activation));
+      TransformerEncoderLayer<double> layer(small_layer_options(norm_first, activation));
+      perturb_parameters(layer, 1);
+      Tensor<double> src = random_input({2, 5, 8}, 2);
+      const Tensor<double> probe = random_input({2, 5, 8}, 3);
+      const AttentionMask<double> mask = padding();
+      const auto loss = [&] { return probed(layer.forward(src, mask).output, probe); };
+      EncoderLayerCache<double> cache;
+      layer.forward(src, mask, {}, &cache);
+      TransformerEncoderLayer<double> gradient = zeros_like(layer);
+      const auto inputs = layer.backward(cache, probe, gradient);
+      testing::expect_parameter_gradients(layer, gradient, loss);
+      ATTNLENS_EXPECT_GRADIENT(loss, src.data(), src.size(), inputs.src.data(), 1e-6);
+    }
+}
+
+// Three layers: every piece of the stack's backward at once.
+void expect_encoder_gradients(const std::string& what, const EncoderOptions& options,
+                              const AttentionMask<double>& mask) {
+  SCOPED_TRACE(what);
+  TransformerEncoder<double> encoder(options);
+  perturb_parameters(encoder, 4);
+  Tensor<double> src = random_input({2, 5, 8}, 5);
+  const Tensor<double> probe = random_input({2, 5, 8}, 6);
+  const auto loss = [&] { return probed(encoder.forward(src, mask).output, probe); };
+  EncoderCache<double> cache;
+  encoder.forward(src, mask, {}, &cache);
+  TransformerEncoder<double> gradient = zeros_like(encoder);
+  const Tensor<double> dsrc = encoder.backward(cache, probe, gradient);
+  testing::expect_parameter_gradients(encoder, gradient, loss);
+  ATTNLENS_EXPECT_GRADIENT(loss, src.data(), src.size(), dsrc.data(), 1e-6);
+}
+
+TEST(EncoderBackward, FidelityResidualFinalNormAndLearnedPositionsMatchDifferences) {
+  for (bool norm_first : {false, true}) {
+    EncoderOptions o;
+    o.layer = small_layer_options(norm_first, Activation::gelu_tanh);
+    o.num_layers = 3;
+    o.final_norm = true;
+    o.residual.type = ResidualType::fidelity;
+    o.residual.learned = true;
+    o.position.type = PositionType::learned;
+    o.position.max_len = 7;
+    expect_encoder_gradients(norm_first ? "pre-norm" : "post-norm", o, padding());
+  }
+}
+
+TEST(EncoderBackward, RelativePositionsAndVariantsMatchDifferences) {
+  // GELU: finite differences across a ReLU's kink (a pre-activation within the step of 0)
+  // would not be a derivative.
+  EncoderOptions o;
+  o.layer = small_layer_options(false, Activation::gelu);
+  o.num_layers = 3;
+  o.position.type = PositionType::t5;
+  o.position.num_buckets = 8;
+  o.position.max_distance = 6;
+  expect_encoder_gradients("t5", o, padding());
+  // NeuTRENO: later layers' terms send gradient into the first layer's values.
+  EncoderOptions neutreno = o;
+  neutreno.position = {};
+  neutreno.layer.attention.type = AttentionVariantType::neutreno;
+  expect_encoder_gradients("neutreno", neutreno, padding());
+  EncoderOptions sinusoidal = neutreno;
+  sinusoidal.layer.attention = {};
+  sinusoidal.layer.attention.type = AttentionVariantType::bilateral;
+  sinusoidal.position.type = PositionType::sinusoidal;
+  sinusoidal.residual.type = ResidualType::fidelity;
+  sinusoidal.residual.lambda = {0.3};
+  expect_encoder_gradients("bilateral, sinusoidal, fidelity", sinusoidal, padding());
+}
+
+TEST(VisionTransformerBackward, MatchesDifferences) {
+  for (VitPooling pooling : {VitPooling::token, VitPooling::mean}) {
+    VisionTransformerOptions o;
+    o.image_height = 4;
+    o.image_width = 6;
+    o.patch_size = 2;
+    o.in_chans = 2;
+    o.num_classes = 3;
+    o.encoder.layer = small_layer_options(true, Activation::gelu);
+    o.encoder.num_layers = 2;
+    o.encoder.final_norm = true;
+    o.pooling = pooling;
+    o.relative_position.type = PositionType::quadratic;
+    VisionTransformer<double> vit(o);
+    perturb_parameters(vit, 7);
+    Tensor<double> images = random_input({2, 2, 4, 6}, 8);
+    const Tensor<double> probe = random_input({2, 3}, 9);
+    const auto loss = [&] { return probed(vit.forward(images).logits, probe); };
+    VitCache<double> cache;
+    vit.forward(images, {}, &cache);
+    VisionTransformer<double> gradient = zeros_like(vit);
+    const Tensor<double> dimages = vit.backward(cache, probe, gradient);
+    testing::expect_parameter_gradients(vit, gradient, loss);
+    ATTNLENS_EXPECT_GRADIENT(loss, images.data(), images.size(), dimages.data(), 1e-6);
+  }
+}
+
+}  // namespace
+}  // namespace attnlens
