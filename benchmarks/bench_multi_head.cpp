@@ -2,7 +2,9 @@
 // projection) on the fused engine, on the shapes of ../shared/bench/anchors.sh plus
 // L = 16384 (E = 512, H = 8), with 1 and 2 threads. Counters: GFLOPS with the anchors' FLOP
 // count B*(8*L*E^2 + 4*L^2*E), and workspace_bytes, the attention workspace of the fused
-// engine (fused_workspace_bytes). Arguments: B, L, E, H, threads.
+// engine (fused_workspace_bytes). Arguments: B, L, E, H, threads. BM_MultiHeadForwardBackward
+// times the forward pass filling its cache and the backward pass on the same shapes, with 3x
+// the forward's FLOPs (benchmarks/bench_multi_head_torch.py times PyTorch's the same way).
 #include <benchmark/benchmark.h>
 
 #include <array>
@@ -12,6 +14,7 @@
 #endif
 
 #include "attnlens/attention/multi_head.hpp"
+#include "attnlens/core/parameters.hpp"
 
 namespace {
 
@@ -45,6 +48,35 @@ void BM_MultiHeadAttention(benchmark::State& state) {
       {options.tiling, options.parallel}, B * H, L, E / H, E / H, 0));
 }
 
+void BM_MultiHeadForwardBackward(benchmark::State& state) {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+  const Index B = state.range(0), L = state.range(1), E = state.range(2), H = state.range(3);
+  attnlens::Rng rng(0);
+  const attnlens::MultiHeadAttention<float> mha({E, H}, rng);
+  attnlens::MultiHeadAttention<float> gradient = attnlens::zeros_like(mha);
+  attnlens::Tensor<float> x({B, L, E}), doutput({B, L, E});
+  for (auto& v : x.storage()) v = rng.normal<float>();
+  for (auto& v : doutput.storage()) v = rng.normal<float>();
+  attnlens::MultiHeadForwardOptions options;
+  options.engine = attnlens::AttentionEngine::fused;
+  options.parallel.threads = static_cast<int>(state.range(4));
+  attnlens::MultiHeadBackwardOptions backward;
+  backward.parallel = options.parallel;
+  for (auto _ : state) {
+    attnlens::MultiHeadCache<float> cache;
+    mha.forward(x, {}, options, &cache);
+    auto inputs = mha.backward(cache, doutput, gradient, backward);
+    benchmark::DoNotOptimize(inputs.query.data());
+  }
+  const double flops =
+      3.0 * static_cast<double>(B) * (8.0 * L * E * E + 4.0 * L * L * static_cast<double>(E));
+  state.counters["GFLOPS"] =
+      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void shapes(benchmark::internal::Benchmark* b, bool long_sequence) {
   for (int threads : {1, 2}) {
     if (long_sequence) {
@@ -73,6 +105,10 @@ BENCHMARK(BM_MultiHeadAttention)
     ->Iterations(1)
     ->Repetitions(2)
     ->ReportAggregatesOnly(false);
+
+BENCHMARK(BM_MultiHeadForwardBackward)
+    ->Apply([](benchmark::internal::Benchmark* b) { shapes(b, false); })
+    ->MinTime(1.0);
 
 }  // namespace
 

@@ -3,7 +3,10 @@
 // so attnlens and the anchors (ONNX Runtime, PyTorch) compare line by line:
 //   attnlens B=1 L=512 E=512 H=8 threads=1 engine=fused ms=.. gflops=.. workspace_bytes=..
 // FLOPs = B * (8 L E^2 + 4 L^2 E), the anchors' count. The time is the best of --repeat runs
-// after one warm-up run.
+// after one warm-up run. --backward times the forward pass (filling its cache) and the backward
+// pass together, with 3x the forward's FLOPs (pass=forward+backward), as
+// benchmarks/bench_multi_head_torch.py counts PyTorch's. peak_rss_bytes is the process's
+// high-water mark of resident memory (getrusage).
 //
 // Memory: each forward() allocates its outputs and q, k, v (megabytes). glibc returns freed
 // blocks of that size to the kernel, so every call would fault its buffers in again, page by
@@ -11,6 +14,8 @@
 // freed memory in the process instead, as ONNX Runtime's arena allocator does; --system-malloc
 // turns that off.
 #pragma once
+
+#include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -25,6 +30,7 @@
 
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/core/init.hpp"
+#include "attnlens/core/parameters.hpp"
 #include "cli/checks.hpp"
 #include "cli/errors.hpp"
 
@@ -37,6 +43,7 @@ struct BenchArguments {
   int repeat = 7;
   Index query_tile = FusedTiling{}.query_tile, key_block = FusedTiling{}.key_block;
   bool system_malloc = false;
+  bool backward = false;
 };
 
 namespace detail_bench {
@@ -48,7 +55,9 @@ inline double bench_bytes(const BenchArguments& args) {
   const double B = static_cast<double>(args.batch), L = static_cast<double>(args.length),
                E = static_cast<double>(args.embed), H = static_cast<double>(args.heads);
   const double maps = args.engine == "reference" ? B * H * L * L : 0.0;
-  return sizeof(float) * (6 * B * L * E + 4 * E * E + maps);
+  // The backward pass: the cache (inputs, projections, context) and the gradients.
+  const double backward = args.backward ? 16 * B * L * E + 8 * E * E : 0.0;
+  return sizeof(float) * (6 * B * L * E + 4 * E * E + maps + backward);
 }
 
 inline void run(const BenchArguments& args) {
@@ -72,16 +81,27 @@ inline void run(const BenchArguments& args) {
   options.parallel.threads = args.threads;
   const int threads = thread_count(options.parallel);
 
+  MultiHeadAttention<float> gradient = zeros_like(mha);
+  Tensor<float> doutput(x.shape());
+  for (float& v : doutput.storage()) v = rng.normal<float>();
+  MultiHeadBackwardOptions backward;
+  backward.parallel = options.parallel;
   double best = 1e300;
   for (int run = 0; run <= args.repeat; ++run) {  // run 0 warms caches and page tables
     const auto start = std::chrono::steady_clock::now();
-    const auto result = mha.forward(x, {}, options);
+    if (args.backward) {
+      MultiHeadCache<float> cache;
+      mha.forward(x, {}, options, &cache);
+      mha.backward(cache, doutput, gradient, backward);
+    } else {
+      mha.forward(x, {}, options);
+    }
     const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
     if (run > 0) best = std::min(best, seconds.count());
   }
   const double B = static_cast<double>(args.batch), L = static_cast<double>(args.length),
                E = static_cast<double>(args.embed);
-  const double flops = B * (8 * L * E * E + 4 * L * L * E);
+  const double flops = (args.backward ? 3 : 1) * B * (8 * L * E * E + 4 * L * L * E);
   const std::size_t workspace =
       options.engine == AttentionEngine::fused
           ? fused_workspace_bytes<float>({options.tiling, options.parallel},
@@ -89,12 +109,15 @@ inline void run(const BenchArguments& args) {
                                          mha.head_dim(), 0)
           : sizeof(float) * static_cast<std::size_t>(args.batch * args.heads) *
                 static_cast<std::size_t>(args.length * args.length);
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
   std::printf(
-      "attnlens B=%ld L=%ld E=%ld H=%ld threads=%d engine=%s ms=%.2f gflops=%.1f "
-      "workspace_bytes=%zu\n",
+      "attnlens B=%ld L=%ld E=%ld H=%ld threads=%d engine=%s%s ms=%.2f gflops=%.1f "
+      "workspace_bytes=%zu peak_rss_bytes=%ld\n",
       static_cast<long>(args.batch), static_cast<long>(args.length), static_cast<long>(args.embed),
-      static_cast<long>(args.heads), threads, args.engine.c_str(), best * 1e3, flops / best * 1e-9,
-      workspace);
+      static_cast<long>(args.heads), threads, args.engine.c_str(),
+      args.backward ? " pass=forward+backward" : "", best * 1e3, flops / best * 1e-9, workspace,
+      static_cast<long>(usage.ru_maxrss) * 1024);
 }
 
 }  // namespace detail_bench
@@ -137,6 +160,8 @@ inline void add_bench_command(CLI::App& app) {
                   "Fused engine: keys per online-softmax step (at most L are used)")
       ->check(k_positive_number)
       ->capture_default_str();
+  cmd->add_flag("--backward", args->backward,
+                "Time forward (filling the cache) + backward, with 3x the forward's FLOPs");
   cmd->add_flag("--system-malloc", args->system_malloc,
                 "Leave glibc's malloc at its defaults (freed megabyte blocks go back to the "
                 "kernel and are faulted in again on the next call)");

@@ -305,5 +305,29 @@ TEST(FusedEngine, RowLogSumExpRecomputesTheReferenceWeights) {
   }
 }
 
+// The plain-softmax plan in float, which on AVX-512 takes the specialized tile: its
+// log-sum-exps recompute the reference weights as the portable step's do.
+TEST(FusedEngine, SoftmaxTileWritesTheRowLogSumExps) {
+  const Index L = 75, d = 16;
+  const auto h = testing::random_head<float>(L, L, d, 16, 93);
+  const AttentionKernel<float> kernel{dot_product_range(0.25f)};
+  const HeadInputs<float> head{0, 0, h.q, h.k, h.v};
+  Matrix<float> weights(L, L), expected(L, 16);
+  reference_attention<float>(head, kernel, weights, expected);
+  Matrix<float> scores(L, L);
+  SerialGemm<float> gemm(L, L, d);
+  tile_scores<float>(kernel, {0, 0, 0, 0}, h.q, h.k, scores, gemm);
+  for (const FusedTiling& tiling : k_tilings) {
+    Matrix<float> out(L, 16);
+    Vector<float> lse = Vector<float>::Constant(L, std::numeric_limits<float>::quiet_NaN());
+    fused_attention_heads<float>(
+        1, [&](Index) { return head; }, [&](Index) { return MatrixRef<float>(out); },
+        [&](Index) { return lse.data(); }, kernel, FusedOptions{tiling, {}});
+    ATTNLENS_EXPECT_CLOSE(out, expected, 1e-5);
+    const Matrix<float> recomputed = (scores.array().colwise() - lse.array()).exp().matrix();
+    ATTNLENS_EXPECT_CLOSE(recomputed, weights, 1e-6);
+  }
+}
+
 }  // namespace
 }  // namespace attnlens

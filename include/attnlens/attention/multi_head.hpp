@@ -103,14 +103,15 @@ struct MultiHeadOutput {
 template <class T>
 struct MultiHeadCache {
   Matrix<T> query_input;  // B*L x E, the call's query (and key, value: B*S x kdim, vdim)
-  Matrix<T> key_input;
+  Matrix<T> key_input;    // empty for self-attention: the input is query_input
   Matrix<T> value_input;
-  Matrix<T> projected_queries;  // B*L x E, before the query/key transforms
-  Matrix<T> projected_keys;     // B*S x E, before the query/key transforms
-  Matrix<T> queries;            // B*L x E, projected, after the query/key transforms
-  Matrix<T> keys;               // B*S x E, projected, after the query/key transforms
-  Matrix<T> values;             // B*S x E, projected
-  AttentionPlan<T> plan;        // the call's plan: its factors, as the call made them
+  // B*L x E and B*S x E, before the query/key transforms; empty without transforms.
+  Matrix<T> projected_queries;
+  Matrix<T> projected_keys;
+  Matrix<T> queries;      // B*L x E, projected, after the query/key transforms
+  Matrix<T> keys;         // B*S x E, projected, after the query/key transforms
+  Matrix<T> values;       // B*S x E, projected
+  AttentionPlan<T> plan;  // the call's plan: its factors, as the call made them
   // The plan's per-key weights of each (sequence, head), index b * H + h, S entries.
   std::vector<Vector<T>> numerator_key_weights, denominator_key_weights;
   Tensor<T> weights;  // B x H x L x S
@@ -393,9 +394,14 @@ MultiHeadOutput<T> MultiHeadAttention<T>::forward(const Tensor<T>& query, const 
   MultiHeadCache<T>& state = cache ? *cache : local;
   const bool self_attention = &query == &key && &key == &value;
   if (cache) {
+    // Self-attention keeps its one input once, as query_input.
     state.query_input = ConstMatrixMap<T>(query.data(), dims.batch * dims.tgt_len, embed_dim());
-    state.key_input = ConstMatrixMap<T>(key.data(), dims.batch * dims.src_len, kdim());
-    state.value_input = ConstMatrixMap<T>(value.data(), dims.batch * dims.src_len, vdim());
+    state.key_input.resize(0, 0);
+    state.value_input.resize(0, 0);
+    if (!self_attention) {
+      state.key_input = ConstMatrixMap<T>(key.data(), dims.batch * dims.src_len, kdim());
+      state.value_input = ConstMatrixMap<T>(value.data(), dims.batch * dims.src_len, vdim());
+    }
     state.mask = mask;
     state.batched = dims.batched;
     state.self_attention = self_attention;
@@ -482,7 +488,10 @@ MultiHeadOutput<T> MultiHeadAttention<T>::attend(const Dims& dims, const Attenti
     state.row_logsumexp.resize(B * H * L);
   }
 
-  if (caching) {
+  // The transforms' backward needs their input (only they do).
+  state.projected_queries.resize(0, 0);
+  state.projected_keys.resize(0, 0);
+  if (caching && !transforms.empty()) {
     state.projected_queries = state.queries;
     state.projected_keys = state.keys;
   }
@@ -633,7 +642,15 @@ MultiHeadInputGradients<T> MultiHeadAttention<T>::backward(const MultiHeadCache<
 
   MultiHeadInputGradients<T> result;
   const AttentionPlan<T>& plan = cache.plan;
-  Matrix<T> dqueries(B * L, E), dkeys(B * S, E), dvalues(B * S, E);
+  // dq, dk, dv side by side: with one input for the three, one GEMM each way takes them.
+  const bool one_input = cache.self_attention && packed();
+  Matrix<T> dprojections(B * L, one_input ? 3 * E : E);
+  Matrix<T> separate_dkeys(one_input ? 0 : B * S, E), separate_dvalues(one_input ? 0 : B * S, E);
+  MatrixRef<T> dqueries = dprojections.leftCols(E);
+  MatrixRef<T> dkeys =
+      one_input ? MatrixRef<T>(dprojections.middleCols(E, E)) : MatrixRef<T>(separate_dkeys);
+  MatrixRef<T> dvalues =
+      one_input ? MatrixRef<T>(dprojections.rightCols(E)) : MatrixRef<T>(separate_dvalues);
   Matrix<T> dvalues_of_term;  // the context term's share of dV
   if (plan.context_term) {
     dvalues_of_term = Matrix<T>::Zero(B * S, E);
@@ -739,16 +756,14 @@ MultiHeadInputGradients<T> MultiHeadAttention<T>::backward(const MultiHeadCache<
     gradient.in_proj_bias.segment(E, E) += dkeys.colwise().sum().transpose();
     gradient.in_proj_bias.segment(2 * E, E) += dvalues.colwise().sum().transpose();
   }
-  if (cache.self_attention && packed()) {
-    Matrix<T> dprojections(B * L, 3 * E);
-    dprojections << dqueries, dkeys, dvalues;
+  if (one_input) {
     parallel_add_transposed_product<T>(dprojections, cache.query_input, gradient.in_proj_weight,
                                        parallel);
     result.query.resize(B * L, E);
     parallel_product<T>(dprojections, in_proj_weight, result.query, parallel);
     return result;
   }
-  const auto part = [&](Index p, const Matrix<T>& dprojection, const Matrix<T>& input,
+  const auto part = [&](Index p, ConstMatrixRef<T> dprojection, const Matrix<T>& input,
                         const Matrix<T>& separate, Matrix<T>& separate_gradient,
                         Matrix<T>& dinput) {
     const ConstMatrixRef<T> weight = packed()

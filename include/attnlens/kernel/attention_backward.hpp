@@ -208,7 +208,7 @@ void attention_heads_backward(Index count, HeadAt&& head_at, BackwardAt&& backwa
   };
   for (Index t = 0; t < count; ++t) {
     HeadBackward<T> data = backward_at(t);
-    g_at(t, k) = data.doutput;
+    if (k > 0) g_at(t, k) = data.doutput;
     data.dvalues.setZero();
   }
   if (k > 0) {
@@ -225,11 +225,12 @@ void attention_heads_backward(Index count, HeadAt&& head_at, BackwardAt&& backwa
 
   // Per head: G = [g_0 .. g_k], R = [V, V - z_0, .., V - z_{k-1}] (so dA = G R^T plus the value
   // terms' part), the sum of the g_n (what the value terms see) and D_i = sum_j dA_ij A_ij =
-  // sum_n g_n,i . (z_n - z_{n-1})_i (z_{-1} = 0), from the forward's iterates.
+  // sum_n g_n,i . (z_n - z_{n-1})_i (z_{-1} = 0), from the forward's iterates. Without boosting
+  // G is dO, R is V and the sum is dO: views, no copies.
   struct Prepared {
-    Matrix<T> g_all, r_all, g_sum;
+    Matrix<T> g_all, r_all, g_sum;  // with boosting only
     Vector<T> row_dot;
-    std::vector<char> values_finite;
+    bool values_finite = true;
   };
   std::vector<Prepared> prepared(static_cast<std::size_t>(count));
   parallel_for(
@@ -238,27 +239,29 @@ void attention_heads_backward(Index count, HeadAt&& head_at, BackwardAt&& backwa
         const HeadInputs<T> head = head_at(t);
         HeadBackward<T> data = backward_at(t);
         Prepared& p = prepared[static_cast<std::size_t>(t)];
+        p.values_finite = detail::all_finite<T>(head.values);
+        if (k == 0) {
+          p.row_dot = data.doutput.cwiseProduct(data.output).rowwise().sum();
+          return;
+        }
         p.g_all.resize(L, depth);
         p.r_all.resize(S, depth);
         p.row_dot = Vector<T>::Zero(L);
+        const auto z = [&](Index m) {
+          return m == k ? data.output : data.iterates[static_cast<std::size_t>(m)];
+        };
         for (Index n = 0; n <= k; ++n) {
           p.g_all.middleCols(n * dv, dv) = g_at(t, n);
-          if (n == 0)
+          if (n == 0) {
             p.r_all.leftCols(dv) = head.values;
-          else
-            p.r_all.middleCols(n * dv, dv) =
-                head.values - data.iterates[static_cast<std::size_t>(n - 1)];
-          const auto z = [&](Index m) {
-            return m == k ? data.output : data.iterates[static_cast<std::size_t>(m)];
-          };
-          if (n == 0)
             p.row_dot += g_at(t, 0).cwiseProduct(z(0)).rowwise().sum();
-          else
+          } else {
+            p.r_all.middleCols(n * dv, dv) = head.values - z(n - 1);
             p.row_dot += g_at(t, n).cwiseProduct(z(n) - z(n - 1)).rowwise().sum();
+          }
         }
         p.g_sum = p.g_all.leftCols(dv);
         for (Index n = 1; n <= k; ++n) p.g_sum += p.g_all.middleCols(n * dv, dv);
-        p.values_finite.assign(1, detail::all_finite<T>(head.values));
       },
       options.parallel);
 
@@ -272,6 +275,9 @@ void attention_heads_backward(Index count, HeadAt&& head_at, BackwardAt&& backwa
         const HeadInputs<T> head = head_at(t);
         HeadBackward<T> data = backward_at(t);
         const Prepared& p = prepared[static_cast<std::size_t>(t)];
+        const ConstMatrixRef<T> g_all = k == 0 ? data.doutput : ConstMatrixRef<T>(p.g_all);
+        const ConstMatrixRef<T> r_all = k == 0 ? head.values : ConstMatrixRef<T>(p.r_all);
+        const ConstMatrixRef<T> g_sum = k == 0 ? data.doutput : ConstMatrixRef<T>(p.g_sum);
         const Index c0 = chunk * chunk_keys, c1 = std::min(S, c0 + chunk_keys);
         const detail::KernelNormalization<T> normalization =
             detail::head_normalization(head, kernel);
@@ -297,17 +303,16 @@ void attention_heads_backward(Index count, HeadAt&& head_at, BackwardAt&& backwa
               const auto weights = ws.weights.topLeftCorner(rows, cols);
               auto dweights = ws.dweights.topLeftCorner(rows, cols);
               // dV += A^T g_0 (the last of the transposed products).
-              ws.gemm.add_transposed_product(T(1), weights, p.g_all.block(q0, 0, rows, dv),
+              ws.gemm.add_transposed_product(T(1), weights, g_all.block(q0, 0, rows, dv),
                                              data.dvalues.middleRows(j0, cols));
               dweights.setZero();
-              ws.gemm.add_product_transposed(T(1), p.g_all.middleRows(q0, rows),
-                                             p.r_all.middleRows(j0, cols), dweights);
-              value_terms_backward<T>(kernel, at, weights, p.g_sum.middleRows(q0, rows), dweights,
+              ws.gemm.add_product_transposed(T(1), g_all.middleRows(q0, rows),
+                                             r_all.middleRows(j0, cols), dweights);
+              value_terms_backward<T>(kernel, at, weights, g_sum.middleRows(q0, rows), dweights,
                                       ws.gradients);
               // A key with a non-finite value outside a row's support gives dA = NaN there,
               // which the zero of p would not cancel.
-              if (!p.values_finite[0])
-                dweights = (scores.array() == neg_inf).select(T(0), dweights);
+              if (!p.values_finite) dweights = (scores.array() == neg_inf).select(T(0), dweights);
               if (data.dprobabilities)
                 MatrixMap<T>(data.dprobabilities, L, S).block(q0, j0, rows, cols) = dweights;
               normalization.weights_gradient(probabilities, dweights, p.row_dot.data() + q0, j0,

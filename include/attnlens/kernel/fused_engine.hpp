@@ -224,13 +224,12 @@ void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
 
   // The plain-softmax plan (scale q.k, no terms, mask, window, weights or epsilon) runs on the
   // AVX-512 tile step where the tile's inputs are finite; the portable step handles Inf and NaN
-  // exactly as the reference engine does, and writes the log-sum-exps when they are asked for.
+  // exactly as the reference engine does. Both write the log-sum-exps when they are asked for.
   bool softmax_kernel = false;
 #if ATTNLENS_HAS_AVX512_KERNELS
   PerThread<detail::avx512::SoftmaxTileWorkspace> softmax_workspaces(options.parallel);
   if constexpr (std::is_same_v<T, float>)
-    softmax_kernel = detail::use_avx512() && detail::is_plain_softmax(kernel, first) &&
-                     logsumexp_at(0) == nullptr;
+    softmax_kernel = detail::use_avx512() && detail::is_plain_softmax(kernel, first);
 #endif
 
   bool first_pass = true;
@@ -253,10 +252,12 @@ void fused_attention_heads(Index count, HeadAt&& head_at, OutAt&& out_at,
           MatrixRef<T> target = target_at(t).middleRows(begin, end - begin);
 #if ATTNLENS_HAS_AVX512_KERNELS
           if constexpr (std::is_same_v<T, float>) {
+            T* const tile_logsumexp =
+                first_pass && logsumexp_at(t) ? logsumexp_at(t) + begin : nullptr;
             if (softmax_kernel && head.scale == T(1) &&
                 detail::avx512::softmax_tile(
                     {head.queries, head.keys, head.values, kernel.range.scale, begin, end - begin,
-                     head.keys.rows()},
+                     head.keys.rows(), tile_logsumexp},
                     softmax_workspaces.get(tiling.query_tile, tiling.key_block,
                                            first.queries.cols(), dv),
                     target))

@@ -103,6 +103,9 @@ struct SoftmaxTileTask {
   ConstMatrixRef<float> values;   // S x dv
   float scale;                    // of q.k
   Index query_begin, rows, key_end;
+  // Null, or `rows` entries for each row's log-sum-exp max + log(sum exp(score - max)), what
+  // a backward pass recomputes the probabilities from (fused_attention_tile writes the same).
+  float* row_logsumexp = nullptr;
 };
 
 // out (rows x dv) = softmax(scale Q K^T) V for the task's queries and keys: no score terms,
@@ -210,6 +213,7 @@ ATTNLENS_AVX512 inline bool softmax_tile(const SoftmaxTileTask& task, SoftmaxTil
   for (Index r = 0; r < rows; ++r) {
     const float inverse = 1.0f / row_sum[r];
     for (Index c = 0; c < dv; ++c) out.data()[r * ldo + c] = acc[r * dv + c] * inverse;
+    if (task.row_logsumexp) task.row_logsumexp[r] = row_max[r] + std::log(row_sum[r]);
   }
   return true;
 }
