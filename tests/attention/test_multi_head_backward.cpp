@@ -31,19 +31,8 @@ namespace {
 
 using testing::random_probe;
 
-// A module with random parameters, every one (factors' too) moved off its initial value.
-void randomize(MultiHeadAttention<double>& mha, std::uint64_t seed) {
-  Rng rng(seed);
-  for (const NamedParameter<double>& p : named_parameters(mha))
-    for (Index e = 0; e < p.size; ++e) p.data[e] += 0.3 * rng.normal<double>();
-}
-
-Tensor<double> random_tensor(const Shape& shape, std::uint64_t seed) {
-  Rng rng(seed);
-  Tensor<double> t(shape);
-  for (auto& v : t.storage()) v = rng.normal<double>();
-  return t;
-}
+using testing::perturb_parameters;
+using testing::random_normal_tensor;
 
 struct Problem {
   Index batch = 2, queries = 5, keys = 5;
@@ -58,9 +47,9 @@ struct Problem {
 void expect_gradients_match_differences(MultiHeadAttention<double> mha, const Problem& problem,
                                         double tol = 1e-6) {
   const Index E = mha.embed_dim();
-  Tensor<double> query = random_tensor({problem.batch, problem.queries, E}, 11);
-  Tensor<double> key = random_tensor({problem.batch, problem.keys, mha.kdim()}, 12);
-  Tensor<double> value = random_tensor({problem.batch, problem.keys, mha.vdim()}, 13);
+  Tensor<double> query = random_normal_tensor({problem.batch, problem.queries, E}, 11);
+  Tensor<double> key = random_normal_tensor({problem.batch, problem.keys, mha.kdim()}, 12);
+  Tensor<double> value = random_normal_tensor({problem.batch, problem.keys, mha.vdim()}, 13);
   const Matrix<double> probe = random_probe(problem.batch * problem.queries, E, 14);
   const auto run = [&](MultiHeadCache<double>* cache) {
     return problem.self_attention
@@ -105,7 +94,7 @@ TEST(MultiHeadBackward, SelfAttentionMatchesDifferences) {
   for (AttentionEngine which : k_engines) {
     SCOPED_TRACE(which == AttentionEngine::fused ? "fused" : "reference");
     MultiHeadAttention<double> mha({8, 2});
-    randomize(mha, 1);
+    perturb_parameters(mha, 1);
     Problem problem;
     problem.forward = engine(which);
     expect_gradients_match_differences(mha, problem);
@@ -119,7 +108,7 @@ TEST(MultiHeadBackward, CrossAttentionWithKdimVdimNoBiasMatchesDifferences) {
     options.vdim = 5;
     options.bias = false;
     MultiHeadAttention<double> mha(options);
-    randomize(mha, 2);
+    perturb_parameters(mha, 2);
     Problem problem;
     problem.self_attention = false;
     problem.keys = 7;
@@ -127,7 +116,7 @@ TEST(MultiHeadBackward, CrossAttentionWithKdimVdimNoBiasMatchesDifferences) {
     expect_gradients_match_differences(mha, problem);
     // Packed weights with separate key and value tensors.
     MultiHeadAttention<double> packed({6, 3});
-    randomize(packed, 3);
+    perturb_parameters(packed, 3);
     expect_gradients_match_differences(packed, problem);
   }
 }
@@ -135,12 +124,12 @@ TEST(MultiHeadBackward, CrossAttentionWithKdimVdimNoBiasMatchesDifferences) {
 TEST(MultiHeadBackward, MasksAndFullyMaskedRowsMatchDifferences) {
   for (AttentionEngine which : k_engines) {
     MultiHeadAttention<double> mha({8, 2});
-    randomize(mha, 4);
+    perturb_parameters(mha, 4);
     Problem problem;
     problem.forward = engine(which);
     problem.mask.causal = true;
     problem.mask.key_lengths = std::vector<Index>{5, 3};
-    Tensor<double> bias = random_tensor({1, 2, 5, 5}, 5);
+    Tensor<double> bias = random_normal_tensor({1, 2, 5, 5}, 5);
     bias.data()[2 * 5 + 1] = -std::numeric_limits<double>::infinity();
     problem.mask.bias = bias;
     // Row 0 of sequence 1 keeps no key: its gradient is 0, never NaN.
@@ -157,7 +146,7 @@ TEST(MultiHeadBackward, PositionFactorsMatchDifferences) {
   const auto with = [&](auto&& attach) {
     MultiHeadAttention<double> mha({E, H});
     attach(mha);
-    randomize(mha, 6);
+    perturb_parameters(mha, 6);
     return mha;
   };
   const Grid2d grid{2, 3, 1};  // 1 + 2 x 3 = 7 tokens
@@ -251,7 +240,7 @@ TEST(MultiHeadBackward, VariantsMatchDifferences) {
       MultiHeadAttentionOptions options{E, H};
       options.variant = c.variant;
       MultiHeadAttention<double> mha(options);
-      randomize(mha, 7);
+      perturb_parameters(mha, 7);
       Problem problem;
       problem.batch = B;
       problem.queries = problem.keys = L;
@@ -272,11 +261,11 @@ TEST(MultiHeadBackward, EllipticalIsSoftmaxWithAFixedMetric) {
   MultiHeadAttentionOptions options{E, H};
   options.variant.type = AttentionVariantType::elliptical;
   MultiHeadAttention<double> elliptical(options);
-  randomize(elliptical, 7);
+  perturb_parameters(elliptical, 7);
   AttentionMask<double> mask;
   mask.key_lengths = std::vector<Index>{6, 4};
-  const Tensor<double> x = random_tensor({B, L, E}, 11);
-  Tensor<double> doutput = random_tensor({B, L, E}, 14);
+  const Tensor<double> x = random_normal_tensor({B, L, E}, 11);
+  Tensor<double> doutput = random_normal_tensor({B, L, E}, 14);
   for (AttentionEngine which : k_engines) {
     MultiHeadCache<double> cache;
     elliptical.forward(x, mask, engine(which), &cache, stack);
@@ -313,9 +302,9 @@ TEST(MultiHeadBackward, NeutrenoGradientReachesTheFirstValues) {
   MultiHeadAttentionOptions options{8, 2};
   options.variant.type = AttentionVariantType::neutreno;
   MultiHeadAttention<double> mha(options);
-  randomize(mha, 8);
+  perturb_parameters(mha, 8);
   Matrix<double> first = random_probe(10, 8, 23);
-  const Tensor<double> x = random_tensor({2, 5, 8}, 24);
+  const Tensor<double> x = random_normal_tensor({2, 5, 8}, 24);
   const Matrix<double> probe = random_probe(10, 8, 25);
   const auto loss = [&] {
     const auto out = mha.forward(x, {}, {}, nullptr, {&first, nullptr});
@@ -335,8 +324,8 @@ TEST(MultiHeadBackward, NeutrenoGradientReachesTheFirstValues) {
 // A' = scale A the probabilities the output saw and dL/dA' what backward returns.
 TEST(MultiHeadBackward, InterventionsAndAttentionGradients) {
   MultiHeadAttention<double> mha({8, 2});
-  randomize(mha, 9);
-  const Tensor<double> x = random_tensor({2, 5, 8}, 26);
+  perturb_parameters(mha, 9);
+  const Tensor<double> x = random_normal_tensor({2, 5, 8}, 26);
   const Matrix<double> probe = random_probe(10, 8, 27);
   for (AttentionEngine which : k_engines) {
     MultiHeadForwardOptions forward = engine(which);
@@ -382,10 +371,10 @@ TEST(MultiHeadBackward, FusedEqualsReference) {
   MultiHeadAttentionOptions options{16, 2};
   options.variant.boost = 1;
   MultiHeadAttention<double> mha(options);
-  randomize(mha, 10);
+  perturb_parameters(mha, 10);
   mha.score_terms.push_back(std::make_shared<Alibi<double>>(AlibiOptions{2}));
-  const Tensor<double> x = random_tensor({1, 37, 16}, 28);
-  Tensor<double> doutput = random_tensor({1, 37, 16}, 29);
+  const Tensor<double> x = random_normal_tensor({1, 37, 16}, 28);
+  Tensor<double> doutput = random_normal_tensor({1, 37, 16}, 29);
   AttentionMask<double> mask;
   mask.causal = true;
   const auto gradients = [&](const MultiHeadForwardOptions& forward, int threads) {

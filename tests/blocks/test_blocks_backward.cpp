@@ -16,20 +16,8 @@
 namespace attnlens {
 namespace {
 
-// Every parameter moved off its initial value (norms not at identity, biases not zero).
-template <template <class> class Module>
-void perturb_parameters(Module<double>& module, std::uint64_t seed) {
-  Rng rng(seed);
-  for (const NamedParameter<double>& p : named_parameters(module))
-    for (Index e = 0; e < p.size; ++e) p.data[e] += 0.3 * rng.normal<double>();
-}
-
-Tensor<double> random_input(const Shape& shape, std::uint64_t seed) {
-  Rng rng(seed);
-  Tensor<double> t(shape);
-  for (auto& v : t.storage()) v = rng.normal<double>();
-  return t;
-}
+using testing::perturb_parameters;
+using testing::random_normal_tensor;
 
 // L = sum(probe (*) output) for a probe shaped like the output.
 double probed(const Tensor<double>& output, const Tensor<double>& probe) {
@@ -61,8 +49,8 @@ TEST(EncoderLayerBackward, BothNormOrdersMatchDifferences) {
                    << "norm_first " << norm_first << ", " << activation_name(activation));
       TransformerEncoderLayer<double> layer(small_layer_options(norm_first, activation));
       perturb_parameters(layer, 1);
-      Tensor<double> src = random_input({2, 5, 8}, 2);
-      const Tensor<double> probe = random_input({2, 5, 8}, 3);
+      Tensor<double> src = random_normal_tensor({2, 5, 8}, 2);
+      const Tensor<double> probe = random_normal_tensor({2, 5, 8}, 3);
       const AttentionMask<double> mask = padding();
       const auto loss = [&] { return probed(layer.forward(src, mask).output, probe); };
       EncoderLayerCache<double> cache;
@@ -80,8 +68,8 @@ void expect_encoder_gradients(const std::string& what, const EncoderOptions& opt
   SCOPED_TRACE(what);
   TransformerEncoder<double> encoder(options);
   perturb_parameters(encoder, 4);
-  Tensor<double> src = random_input({2, 5, 8}, 5);
-  const Tensor<double> probe = random_input({2, 5, 8}, 6);
+  Tensor<double> src = random_normal_tensor({2, 5, 8}, 5);
+  const Tensor<double> probe = random_normal_tensor({2, 5, 8}, 6);
   const auto loss = [&] { return probed(encoder.forward(src, mask).output, probe); };
   EncoderCache<double> cache;
   encoder.forward(src, mask, {}, &cache);
@@ -144,8 +132,8 @@ TEST(VisionTransformerBackward, MatchesDifferences) {
     o.relative_position.type = PositionType::quadratic;
     VisionTransformer<double> vit(o);
     perturb_parameters(vit, 7);
-    Tensor<double> images = random_input({2, 2, 4, 6}, 8);
-    const Tensor<double> probe = random_input({2, 3}, 9);
+    Tensor<double> images = random_normal_tensor({2, 2, 4, 6}, 8);
+    const Tensor<double> probe = random_normal_tensor({2, 3}, 9);
     const auto loss = [&] { return probed(vit.forward(images).logits, probe); };
     VitCache<double> cache;
     vit.forward(images, {}, &cache);

@@ -19,6 +19,7 @@
 
 #include "attnlens/core/init.hpp"
 #include "attnlens/core/parameters.hpp"
+#include "attnlens/core/tensor.hpp"
 #include "attnlens/core/types.hpp"
 
 namespace attnlens::testing {
@@ -89,6 +90,23 @@ void expect_parameter_gradients(Module<double>& module, Module<double>& gradient
         parameters[n].name,
         check_gradient(loss, parameters[n].data, parameters[n].size, gradients[n].data), tol));
   }
+}
+
+// Every named parameter of a module (an attached factor's too) moved off its initial value by
+// N(0, 0.3^2), so that norms are not at identity nor biases at zero.
+template <template <class> class Module>
+void perturb_parameters(Module<double>& module, std::uint64_t seed) {
+  Rng rng(seed);
+  for (const NamedParameter<double>& p : named_parameters(module))
+    for (Index e = 0; e < p.size; ++e) p.data[e] += 0.3 * rng.normal<double>();
+}
+
+// A tensor of N(0, 1) entries (an input or a probe shaped like an output).
+inline Tensor<double> random_normal_tensor(const Shape& shape, std::uint64_t seed) {
+  Rng rng(seed);
+  Tensor<double> t(shape);
+  for (auto& v : t.storage()) v = rng.normal<double>();
+  return t;
 }
 
 // A fixed random upstream gradient dL/dy (entries N(0, 1)), so that L = sum(dL/dy (*) y).
