@@ -91,11 +91,13 @@ struct BackwardWorkspace {
 };
 
 // A tile's A recomputed from the forward's log-sum-exps: scores (tile_scores), p = exp(scores -
-// lse) (0 outside the support and on rows without one) and weights = A = scale w p.
+// lse) (0 outside the support and on rows without one), and A = scale w p, returned: p itself
+// when there are no key weights and no intervention (no copy of the tile), else ws.weights.
 template <class T>
-void recompute_probabilities(const HeadInputs<T>& head, const AttentionKernel<T>& kernel,
-                             const T* row_logsumexp, const TileCoords& at, Index rows, Index cols,
-                             BackwardWorkspace<T>& ws) {
+ConstMatrixRef<T> recompute_probabilities(const HeadInputs<T>& head,
+                                          const AttentionKernel<T>& kernel, const T* row_logsumexp,
+                                          const TileCoords& at, Index rows, Index cols,
+                                          BackwardWorkspace<T>& ws) {
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
   auto scores = ws.scores.topLeftCorner(rows, cols);
   auto p = ws.probabilities.topLeftCorner(rows, cols);
@@ -108,9 +110,11 @@ void recompute_probabilities(const HeadInputs<T>& head, const AttentionKernel<T>
     else
       exp_shifted(scores.row(r), lse, p.row(r));
   }
+  if (!head.numerator_key_weights && head.scale == T(1)) return p;
   auto weights = ws.weights.topLeftCorner(rows, cols);
   weights = p;
   head_normalization(head, kernel).weigh(weights, at.key_begin);
+  return weights;
 }
 
 // The (query tile, key block) pairs of one head's key chunk [chunk_begin, chunk_end) inside
@@ -197,10 +201,10 @@ void attention_heads_backward(Index count, HeadAt&& head_at, BackwardAt&& backwa
           detail::for_each_backward_tile(
               tiles, kernel.window, tiling.key_block, c0, c1, key_ends(head),
               [&](Index q0, Index rows, Index j0, Index cols) {
-                detail::recompute_probabilities<T>(head, kernel, data.row_logsumexp,
-                                                   {head.batch, head.head, q0, j0}, rows, cols, ws);
-                ws.gemm.add_transposed_product(T(1), ws.weights.topLeftCorner(rows, cols),
-                                               input_at(t).middleRows(q0, rows),
+                const ConstMatrixRef<T> weights = detail::recompute_probabilities<T>(
+                    head, kernel, data.row_logsumexp, {head.batch, head.head, q0, j0}, rows, cols,
+                    ws);
+                ws.gemm.add_transposed_product(T(1), weights, input_at(t).middleRows(q0, rows),
                                                out.middleRows(j0 - c0, cols));
               });
         },
@@ -296,11 +300,10 @@ void attention_heads_backward(Index count, HeadAt&& head_at, BackwardAt&& backwa
             tiles, kernel.window, tiling.key_block, c0, c1, key_ends(head),
             [&](Index q0, Index rows, Index j0, Index cols) {
               const TileCoords at{head.batch, head.head, q0, j0};
-              detail::recompute_probabilities<T>(head, kernel, data.row_logsumexp, at, rows, cols,
-                                                 ws);
+              const ConstMatrixRef<T> weights = detail::recompute_probabilities<T>(
+                  head, kernel, data.row_logsumexp, at, rows, cols, ws);
               const auto scores = ws.scores.topLeftCorner(rows, cols);
               const auto probabilities = ws.probabilities.topLeftCorner(rows, cols);
-              const auto weights = ws.weights.topLeftCorner(rows, cols);
               auto dweights = ws.dweights.topLeftCorner(rows, cols);
               // dV += A^T g_0 (the last of the transposed products).
               ws.gemm.add_transposed_product(T(1), weights, g_all.block(q0, 0, rows, dv),
