@@ -141,6 +141,51 @@ TEST(Gemm, BackwardProductsEqualEigen) {
     }
 }
 
+// SerialGemm's three products, each c += alpha op(a) op(b) from a c0, in float (the packed
+// AVX-512 kernel where the CPU has it) and double (Eigen's): sizes that cross the packed
+// kernel's blocks of 224 rows, 256 depth and 512 columns, strided views, alpha 1 and 0.37.
+template <class T>
+void expect_serial_products_exact() {
+  struct Case {
+    Index m, n, depth;
+  };
+  for (const Case& s : std::vector<Case>{
+           {1, 1, 1}, {3, 5, 7}, {14, 32, 16}, {29, 33, 17}, {28, 64, 256}, {230, 520, 260}})
+    for (const T alpha : {T(1), T(0.37)}) {
+      SCOPED_TRACE(::testing::Message()
+                   << s.m << " x " << s.n << " x " << s.depth << ", alpha " << alpha);
+      const Matrix<T> a_store = Matrix<T>::Random(s.m, s.depth + 3);
+      const Matrix<T> b_store = Matrix<T>::Random(s.depth, s.n + 5);
+      const ConstMatrixRef<T> a = a_store.leftCols(s.depth);
+      const ConstMatrixRef<T> b = b_store.rightCols(s.n);
+      const Matrix<T> scaled_a = alpha * a;  // exact for alpha 1; what the kernels multiply
+      const ExactGemm product = exact_gemm(scaled_a, b.transpose(), nullptr);
+      const Matrix<T> c0 = Matrix<T>::Random(s.m, s.n);
+      const double u = std::numeric_limits<T>::epsilon() / 2;
+      // Adding to c0 and taking c0 away again each round once more, by at most u |c0 + p|;
+      // alpha a is rounded once more where the kernel scales it.
+      const double tolerance =
+          product.template tolerance<T>() * (1 + 2 * u) +
+          2 * u * (c0.cwiseAbs().maxCoeff() + static_cast<double>(product.magnitude));
+      const Matrix<T> at = a.transpose(), bt = b.transpose();
+      SerialGemm<T> gemm(s.m, s.n, s.depth);
+      const auto run = [&](const char* which, auto&& multiply) {
+        SCOPED_TRACE(which);
+        Matrix<T> c_store = Matrix<T>::Constant(s.m, s.n + 2, T(-7));
+        c_store.leftCols(s.n) = c0;
+        multiply(c_store.leftCols(s.n));
+        ATTNLENS_EXPECT_CLOSE(c_store.leftCols(s.n) - c0, product.value, tolerance);
+        EXPECT_TRUE((c_store.rightCols(2).array() == T(-7)).all());
+      };
+      run("a b", [&](MatrixRef<T> c) { gemm.add_product(alpha, a, b, c); });
+      run("a (b^T)^T", [&](MatrixRef<T> c) { gemm.add_product_transposed(alpha, a, bt, c); });
+      run("(a^T)^T b", [&](MatrixRef<T> c) { gemm.add_transposed_product(alpha, at, b, c); });
+    }
+}
+
+TEST(Gemm, SerialProductsEqualExactFloat) { expect_serial_products_exact<float>(); }
+TEST(Gemm, SerialProductsEqualExactDouble) { expect_serial_products_exact<double>(); }
+
 #if ATTNLENS_HAS_AVX512_KERNELS
 TEST(Gemm, ProductIntoThreePartsEqualsEigen) {
   if (!detail::use_avx512()) GTEST_SKIP() << "no AVX-512 on this CPU (or ATTNLENS_NO_AVX512)";

@@ -32,6 +32,12 @@ class SerialGemm {
         max_cols_(max_cols),
         max_depth_(max_depth),
         blocking_(std::make_unique<Blocking>(max_rows, max_cols, max_depth, 1, true)) {
+#if ATTNLENS_HAS_AVX512_KERNELS
+    if (packed_kernel()) {
+      packed_ = std::make_unique<detail::avx512::PackedOperands>(max_rows, max_cols, max_depth);
+      return;
+    }
+#endif
     blocking_->allocateAll();
   }
 
@@ -40,6 +46,7 @@ class SerialGemm {
   // their product (1e19 x 1e19 in float) stay finite when alpha brings them down first.
   void add_product_transposed(T alpha, ConstMatrixRef<T> a, ConstMatrixRef<T> b, MatrixRef<T> c) {
     check(a.rows(), a.cols(), b.cols(), b.rows(), c);
+    if (packed_product(alpha, a, false, b, true, c)) return;
     if (alpha != T(1)) {
       if (scaled_rows_.size() == 0) scaled_rows_.resize(max_rows_, max_depth_);
       auto scaled = scaled_rows_.topLeftCorner(a.rows(), a.cols());
@@ -57,6 +64,7 @@ class SerialGemm {
   // c += alpha * a * b, with b row-major depth x cols (values, for A V).
   void add_product(T alpha, ConstMatrixRef<T> a, ConstMatrixRef<T> b, MatrixRef<T> c) {
     check(a.rows(), a.cols(), b.rows(), b.cols(), c);
+    if (packed_product(alpha, a, false, b, false, c)) return;
     Eigen::internal::general_matrix_matrix_product<Index, T, Eigen::RowMajor, false, T,
                                                    Eigen::RowMajor, false, Eigen::RowMajor,
                                                    1>::run(c.rows(), c.cols(), a.cols(), a.data(),
@@ -69,6 +77,7 @@ class SerialGemm {
   // gradients of backward passes: dW = dy^T x, dV = A^T dO, dK = dS^T Q).
   void add_transposed_product(T alpha, ConstMatrixRef<T> a, ConstMatrixRef<T> b, MatrixRef<T> c) {
     check(a.cols(), a.rows(), b.rows(), b.cols(), c);
+    if (packed_product(alpha, a, true, b, false, c)) return;
     // a^T is a column-major rows x depth matrix over a's storage.
     Eigen::internal::general_matrix_matrix_product<Index, T, Eigen::ColMajor, false, T,
                                                    Eigen::RowMajor, false, Eigen::RowMajor,
@@ -81,6 +90,33 @@ class SerialGemm {
  private:
   using Blocking = Eigen::internal::gemm_blocking_space<Eigen::RowMajor, T, T, Eigen::Dynamic,
                                                         Eigen::Dynamic, Eigen::Dynamic, 1, false>;
+
+  // Float on AVX-512: the register-blocked kernel of the attention tiles on operands packed per
+  // call (detail::avx512::add_packed_product), about twice Eigen's kernel here.
+  static bool packed_kernel() {
+    if constexpr (std::is_same_v<T, float>) return detail::use_avx512();
+    return false;
+  }
+
+  // c += alpha op(a) op(b) on the packed kernel; false (nothing done) where it does not run.
+  // a_transposed: a holds A^T (row-major depth x rows); b_transposed: b holds B^T (cols x depth).
+  bool packed_product(T alpha, ConstMatrixRef<T> a, bool a_transposed, ConstMatrixRef<T> b,
+                      bool b_transposed, MatrixRef<T> c) {
+#if ATTNLENS_HAS_AVX512_KERNELS
+    if constexpr (std::is_same_v<T, float>) {
+      if (!packed_) return false;
+      const Index depth = a_transposed ? a.rows() : a.cols();
+      if (c.size() == 0 || depth == 0) return true;
+      detail::avx512::add_packed_product(
+          c.rows(), c.cols(), depth, alpha, {a.data(), a.outerStride(), a_transposed},
+          {b.data(), b.outerStride(), b_transposed}, c.data(), c.outerStride(), *packed_);
+      return true;
+    }
+#endif
+    static_cast<void>(alpha), static_cast<void>(a), static_cast<void>(a_transposed);
+    static_cast<void>(b), static_cast<void>(b_transposed), static_cast<void>(c);
+    return false;
+  }
 
   // The kernel trusts its sizes: a product larger than the buffers would write past them.
   // The product of an a_rows x a_depth and a b_depth x b_cols operand into c.
@@ -97,6 +133,9 @@ class SerialGemm {
   Index max_rows_, max_cols_, max_depth_;
   Matrix<T> scaled_rows_;  // alpha a, made on the first scaled product
   std::unique_ptr<Blocking> blocking_;
+#if ATTNLENS_HAS_AVX512_KERNELS
+  std::unique_ptr<detail::avx512::PackedOperands> packed_;  // float on AVX-512 only
+#endif
 };
 
 namespace detail {

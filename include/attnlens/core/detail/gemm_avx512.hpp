@@ -244,6 +244,96 @@ ATTNLENS_AVX512 inline void kernel_panels(Index rows, Index n, Index depth, cons
   }
 }
 
+// General products c += alpha A B on packed operands, for SerialGemm (the backward tiles, the
+// weight gradients of a backward pass): A in row panels, B in 32-column panels, both k-major, each
+// packed from either storage order. An operand's entry (i, k) of A is at data[i * ld + k], or at
+// data[k * ld + i] when it is stored transposed (a^T of a row-major a: dS^T, dy^T); entry (k, j)
+// of B at data[k * ld + j], or at data[j * ld + k] when transposed (the keys of q k^T).
+struct Operand {
+  const float* data;
+  Index ld;
+  bool transposed;
+  const float* at(Index row, Index col) const {
+    return transposed ? data + col * ld + row : data + row * ld + col;
+  }
+};
+
+constexpr Index k_nc = 512;  // columns of B packed at once (256 x 512 floats, half of L2)
+
+// Rows [0, rows) and depth [0, depth) of A into row panels (as pack_row_panels), times alpha:
+// the scale is applied to an operand before the product, as SerialGemm promises.
+ATTNLENS_AVX512 inline void pack_left(Operand a, Index rows, Index depth, float alpha, float* dst) {
+  const Index panels = row_panels(rows);
+  if (!a.transposed) {
+    pack_row_panels(a.data, a.ld, rows, depth, dst);
+  } else {
+    for (Index p = 0; p < panels; ++p) {
+      const Index begin = rows * p / panels, count = rows * (p + 1) / panels - begin;
+      const __mmask16 low = tail_mask(count), high = tail_mask(count - 16);
+      float* out = dst + p * depth * k_nr;
+      for (Index k = 0; k < depth; ++k) {
+        const float* src = a.data + k * a.ld + begin;
+        _mm512_storeu_ps(out + k * k_nr, _mm512_maskz_loadu_ps(low, src));
+        _mm512_storeu_ps(out + k * k_nr + 16, _mm512_maskz_loadu_ps(high, src + 16));
+      }
+    }
+  }
+  if (alpha == 1.0f) return;
+  const __m512 scale = _mm512_set1_ps(alpha);
+  for (Index i = 0; i < panels * depth * k_nr; i += 16)
+    _mm512_storeu_ps(dst + i, _mm512_mul_ps(scale, _mm512_loadu_ps(dst + i)));
+}
+
+// Depth [0, depth) and columns [0, cols) of B into 32-column panels of depth x 32 floats each.
+ATTNLENS_AVX512 inline void pack_right(Operand b, Index depth, Index cols, float* dst) {
+  for (Index p = 0; p * k_nr < cols; ++p) {
+    const Index c0 = p * k_nr, width = std::min(k_nr, cols - c0);
+    float* out = dst + p * depth * k_nr;
+    if (b.transposed) {
+      pack_panel_transposed(b.data + c0 * b.ld, b.ld, width, depth, out);
+      continue;
+    }
+    const __mmask16 low = tail_mask(width), high = tail_mask(width - 16);
+    for (Index k = 0; k < depth; ++k) {
+      const float* src = b.data + k * b.ld + c0;
+      _mm512_storeu_ps(out + k * k_nr, _mm512_maskz_loadu_ps(low, src));
+      _mm512_storeu_ps(out + k * k_nr + 16, _mm512_maskz_loadu_ps(high, src + 16));
+    }
+  }
+}
+
+// Packing buffers of add_packed_product for products up to max_rows x max_cols x max_depth.
+struct PackedOperands {
+  std::unique_ptr<float[]> left, right;
+  PackedOperands(Index max_rows, Index max_cols, Index max_depth) {
+    const Index depth = std::min(std::max<Index>(max_depth, 1), k_kc);
+    const Index rows = std::min(std::max<Index>(max_rows, 1), k_mc);
+    const Index cols = std::min(std::max<Index>(max_cols, 1), k_nc);
+    left.reset(new float[static_cast<std::size_t>(row_panels(rows) * k_nr * depth)]);
+    right.reset(new float[static_cast<std::size_t>((cols + k_nr - 1) / k_nr * k_nr * depth)]);
+  }
+};
+
+// c (m x n, row stride ldc) += alpha A B, A m x depth and B depth x n, on the calling thread:
+// blocks of k_nc columns and k_kc depth of B packed once, then k_mc rows of A at a time.
+ATTNLENS_AVX512 inline void add_packed_product(Index m, Index n, Index depth, float alpha,
+                                               Operand a, Operand b, float* c, Index ldc,
+                                               PackedOperands& packed) {
+  for (Index j0 = 0; j0 < n; j0 += k_nc) {
+    const Index cols = std::min(k_nc, n - j0);
+    for (Index k0 = 0; k0 < depth; k0 += k_kc) {
+      const Index kb = std::min(k_kc, depth - k0);
+      pack_right({b.at(k0, j0), b.ld, b.transposed}, kb, cols, packed.right.get());
+      for (Index i0 = 0; i0 < m; i0 += k_mc) {
+        const Index rows = std::min(k_mc, m - i0);
+        pack_left({a.at(i0, k0), a.ld, a.transposed}, rows, kb, alpha, packed.left.get());
+        kernel_panels(rows, cols, kb, packed.left.get(), packed.right.get(), k_nr, kb * k_nr,
+                      c + i0 * ldc + j0, ldc, nullptr, true);
+      }
+    }
+  }
+}
+
 // Products with a weight read in place: c = x w^T + bias, with w row-major n x depth (a Linear's
 // weight, PyTorch's layout). Each micro-tile holds 14 columns x 32 rows of c transposed: the
 // broadcast operand walks 14 rows of w straight from memory, the vector operand is x packed per
