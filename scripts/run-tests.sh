@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what is missing, then: the Release build and every test (ctest); the unit tests
 # again on the portable kernels (ATTNLENS_NO_AVX512=1: an AVX-512 machine would otherwise never
-# run them); the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer; the three
-# fuzzers (safetensors, PNG, config.json) for ATTNLENS_FUZZ_SECONDS (default 40) seconds each.
+# run them); the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer; the four
+# fuzzers (safetensors, PNG, config.json, IDX) for ATTNLENS_FUZZ_SECONDS (default 40) seconds
+# each.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-# clang builds the sanitizer pass and the fuzzer; libomp-dev gives clang OpenMP like g++.
-ensure_packages "${build_packages[@]}" clang libclang-rt-14-dev libomp-dev
+# clang builds the sanitizer pass and the fuzzer; libomp-dev gives clang OpenMP like g++. The
+# IDX tests read the real Fashion-MNIST (dataset-fashion-mnist, /usr/share/datasets/fashion-mnist).
+ensure_packages "${build_packages[@]}" clang libclang-rt-14-dev libomp-dev dataset-fashion-mnist
 fuzz_seconds=${ATTNLENS_FUZZ_SECONDS:-40}
 started=$SECONDS
 step() { printf '\n== %s (%ds)\n' "$1" $((SECONDS - started)); }
@@ -69,6 +71,7 @@ fuzz() {
 fuzz safetensors safetensors.dict corpus
 fuzz png png.dict corpus_png
 fuzz model_config config.dict corpus_config
+fuzz idx idx.dict corpus_idx
 
 step "All done"
 # Every ctest run passed (set -e and pipefail stop on a failure), so every test counted passed.

@@ -23,7 +23,7 @@ ensure_packages() {
 
 # The packages every build needs (README.md, "Use it from CMake", and docs/architecture.md).
 build_packages=(g++ cmake make libeigen3-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev
-                libcli11-dev libstb-dev)
+                libcli11-dev libstb-dev zlib1g-dev)
 
 # configure_and_build BUILD_DIR [CMAKE_ARGS...]
 configure_and_build() {
