@@ -30,7 +30,7 @@ const attnlens::io::SafeTensors& weights() {
   static const attnlens::io::SafeTensors file = [] {
     attnlens::Rng rng(1);
     const attnlens::TransformerEncoder<float> encoder(weights_config().encoder, rng);
-    return attnlens::io::SafeTensors::parse(attnlens::io::encoder_weights(encoder).bytes());
+    return attnlens::io::SafeTensors::parse(attnlens::io::module_weights(encoder).bytes());
   }();
   return file;
 }

@@ -47,7 +47,7 @@ void run(const GradArguments& args) {
   }
   TransformerEncoder<T> gradient = zeros_like(encoder);
   const Tensor<T> dsrc = encoder.backward(cache, doutput, gradient);
-  io::SafeTensorsWriter output = io::encoder_weights(gradient);
+  io::SafeTensorsWriter output = io::module_weights(gradient);
   output.add("src", dsrc);
   output.save(args.output);
 }

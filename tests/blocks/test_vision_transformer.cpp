@@ -18,29 +18,12 @@ namespace {
 
 using testing::expect_error_naming;
 
-VisionTransformerOptions vit_options(const nlohmann::json& c) {
-  VisionTransformerOptions o;
-  o.image_height = c["image_height"];
-  o.image_width = c["image_width"];
-  o.patch_size = c["patch_size"];
-  o.in_chans = c["in_chans"];
-  o.num_classes = c["num_classes"];
-  o.encoder = testing::encoder_options(c);
-  o.class_token = c["class_token"];
-  o.position = c["position"] == "learned" ? VitPosition::learned : VitPosition::none;
-  o.pooling = c["pooling"] == "token" ? VitPooling::token : VitPooling::mean;
-  o.relative_position.type = position_type_from_name(c.value("relative", "none"));
-  o.relative_position.max_position = c.value("max_position", 0);
-  o.relative_position.dim = c.value("relative_dim", 0);
-  return o;
-}
-
 template <class T>
 void check_vit_against_pytorch() {
   const io::SafeTensors file = testing::load_typed_fixture<T>("vit");
   const double tol = testing::default_tolerance<T>();
   const int checked = testing::for_each_case(file, "", [&](const auto& c, const auto& prefix) {
-    VisionTransformer<T> vit(vit_options(c));
+    VisionTransformer<T> vit(testing::vit_options(c));
     const auto names = io::load_parameters(file, prefix, vit);
     // Every parameter the fixture stores was read: the names match timm's / PyTorch's.
     const auto all = file.names();
@@ -81,21 +64,23 @@ TEST(VisionTransformer, ParameterNamesFollowTimm) {
   std::set<std::string> names;
   for_each_parameter(
       vit, "", [&](const std::string& name, auto&, const Shape& = {}) { names.insert(name); });
-  for (const char* name : {"patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token",
-                           "pos_embed", "blocks.1.self_attn.in_proj_weight",
-                           "blocks.0.linear1.weight", "norm.weight", "head.weight", "head.bias"})
+  for (const char* name :
+       {"patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "pos_embed",
+        "blocks.1.attn.qkv.weight", "blocks.1.attn.qkv.bias", "blocks.0.attn.proj.weight",
+        "blocks.0.mlp.fc1.weight", "blocks.1.mlp.fc2.bias", "blocks.0.norm1.weight",
+        "blocks.1.norm2.bias", "norm.weight", "head.weight", "head.bias"})
     EXPECT_EQ(names.count(name), 1u) << name;
   EXPECT_EQ(names.size(), 4 + 2 * 12 + 2 + 2u);
 }
 
-TEST(VisionTransformer, RelativePositionsAreNamedUnderEachBlocksSelfAttention) {
+TEST(VisionTransformer, RelativePositionsAreNamedUnderEachBlocksAttn) {
   auto o = small_options();
   o.relative_position.type = PositionType::quadratic;
   VisionTransformer<float> vit(o);
   std::set<std::string> names;
   for_each_parameter(
       vit, "", [&](const std::string& name, auto&, const Shape& = {}) { names.insert(name); });
-  for (const char* name : {"blocks.0.self_attn.alpha", "blocks.1.self_attn.center_shift"})
+  for (const char* name : {"blocks.0.attn.alpha", "blocks.1.attn.center_shift"})
     EXPECT_EQ(names.count(name), 1u) << name;
   EXPECT_EQ(names.size(), 4 + 2 * 14 + 2 + 2u);
   // The grid comes from the image: 4 x 2 patches after one CLS token.

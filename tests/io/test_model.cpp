@@ -660,7 +660,7 @@ TEST(ModelLimits, ConfigLargerThanItsWeightsFailsBeforeAllocation) {
   config.encoder.layer = {8, 2, 16};
   Rng rng(3);
   const auto weights = io::SafeTensors::parse(
-      io::encoder_weights(TransformerEncoder<float>(config.encoder, rng)).bytes());
+      io::module_weights(TransformerEncoder<float>(config.encoder, rng)).bytes());
   config.encoder.layer.d_model = 1'000'000'000;
   config.encoder.layer.nhead = 1;
   expect_error_naming<IoError>(

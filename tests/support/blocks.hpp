@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "attnlens/blocks/encoder.hpp"
+#include "attnlens/blocks/vision_transformer.hpp"
 #include "attnlens/io/torch_masks.hpp"
 #include "support/expect_error.hpp"
 #include "support/fixtures.hpp"
@@ -52,6 +53,24 @@ inline EncoderOptions encoder_options(const nlohmann::json& c) {
   o.final_norm = c["final_norm"];
   o.residual.type = residual_type_from_name(c.value("residual", "standard"));
   o.residual.lambda = c.value("fidelity_lambda", std::vector<double>{});
+  return o;
+}
+
+// The VisionTransformerOptions of a case of the vit fixture (oracles/blocks.py, VitCase).
+inline VisionTransformerOptions vit_options(const nlohmann::json& c) {
+  VisionTransformerOptions o;
+  o.image_height = c["image_height"];
+  o.image_width = c["image_width"];
+  o.patch_size = c["patch_size"];
+  o.in_chans = c["in_chans"];
+  o.num_classes = c["num_classes"];
+  o.encoder = encoder_options(c);
+  o.class_token = c["class_token"];
+  o.position = c["position"] == "learned" ? VitPosition::learned : VitPosition::none;
+  o.pooling = c["pooling"] == "token" ? VitPooling::token : VitPooling::mean;
+  o.relative_position.type = position_type_from_name(c.value("relative", "none"));
+  o.relative_position.max_position = c.value("max_position", 0);
+  o.relative_position.dim = c.value("relative_dim", 0);
   return o;
 }
 

@@ -56,7 +56,8 @@ TEST(ParameterGroups, RejectsEmptyPatternsAndComponents) {
 bool linear_weight(const std::string& name) {
   for (const char* pattern :
        {"in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "out_proj.weight",
-        "linear1.weight", "linear2.weight", "patch_embed.proj.weight", "head.weight"})
+        "linear1.weight", "linear2.weight", "patch_embed.proj.weight", "head.weight",
+        "attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight"})
     if (matches_parameter_pattern(pattern, name)) return true;
   return false;
 }
@@ -89,17 +90,17 @@ TEST(ParameterGroups, DefaultRuleOnAVisionTransformer) {
   const WeightDecayGroups groups = weight_decay_groups(vit);
   std::vector<std::string> decayed{"patch_embed.proj.weight"};
   for (const char* block : {"blocks.0.", "blocks.1."})
-    for (const char* name : {"self_attn.in_proj_weight", "self_attn.out_proj.weight",
-                             "linear1.weight", "linear2.weight"})
+    for (const char* name :
+         {"attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight"})
       decayed.push_back(std::string(block) + name);
   decayed.push_back("head.weight");
   EXPECT_EQ(groups.decayed, decayed);
   const std::set<std::string> excluded(groups.not_decayed.begin(), groups.not_decayed.end());
   for (const char* name :
-       {"patch_embed.proj.bias", "cls_token", "pos_embed", "blocks.0.self_attn.in_proj_bias",
-        "blocks.0.self_attn.out_proj.bias", "blocks.1.norm1.weight", "blocks.1.norm2.weight",
-        "blocks.1.norm2.bias", "blocks.0.self_attn.alpha", "blocks.1.self_attn.center_shift",
-        "norm.weight", "norm.bias", "head.bias"})
+       {"patch_embed.proj.bias", "cls_token", "pos_embed", "blocks.0.attn.qkv.bias",
+        "blocks.0.attn.proj.bias", "blocks.1.norm1.weight", "blocks.1.norm2.weight",
+        "blocks.1.norm2.bias", "blocks.0.attn.alpha", "blocks.1.attn.center_shift", "norm.weight",
+        "norm.bias", "head.bias"})
     EXPECT_EQ(excluded.count(name), 1u) << name;
 
   VisionTransformer<float> learned_2d(small_vit(PositionType::learned_2d));
@@ -174,7 +175,7 @@ TEST(ParameterGroups, DefaultRuleCoversEveryFactorParameter) {
 }
 
 TEST(ParameterGroups, DefaultRuleOnTimmNames) {
-  // timm's VisionTransformer state_dict names (issue 15's model directory will use them).
+  // timm's VisionTransformer state_dict names (VisionTransformer's own, io/vit_model.hpp).
   const std::vector<std::string> rule = default_no_weight_decay();
   for (const char* name :
        {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight",
@@ -195,7 +196,7 @@ TEST(ParameterGroups, CustomPatterns) {
   std::vector<std::string> rule = default_no_weight_decay();
   rule.push_back("head.*");
   const WeightDecayGroups groups = weight_decay_groups(vit, rule);
-  EXPECT_EQ(groups.decayed.back(), "blocks.1.linear2.weight");
+  EXPECT_EQ(groups.decayed.back(), "blocks.1.mlp.fc2.weight");
 }
 
 }  // namespace

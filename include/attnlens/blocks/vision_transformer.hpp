@@ -260,11 +260,33 @@ Tensor<T> VisionTransformer<T>::backward(const VitCache<T>& cache, const Tensor<
   return patch_embed.backward(cache.images, dpatches, gradient.patch_embed);
 }
 
-// timm's names for the parts timm has (patch_embed.proj, cls_token, pos_embed, norm, head);
-// the blocks keep nn.TransformerEncoderLayer's names under blocks.{i} (timm's attn.qkv is
-// self_attn.in_proj_*, attn.proj is self_attn.out_proj, mlp.fc1 / fc2 are linear1 / linear2),
-// with a relative position's tables under blocks.{i}.self_attn. (alpha, center_shift, or
-// row_embeddings.weight, ...), and a learned fidelity residual's fidelity_lambda.
+namespace detail {
+
+// timm's name for a block parameter that TransformerEncoderLayer's walk names `name`: the
+// packed in-projection is attn.qkv (the same [3E, E] matrix, q, k and v in that order), the
+// out-projection attn.proj, linear1 / linear2 mlp.fc1 / mlp.fc2; norm1 and norm2 keep their
+// names, and whatever attnlens attaches to self-attention (relative position tables, a
+// variant's parameters) moves with it under attn.
+inline std::string timm_block_name(const std::string& name) {
+  static const std::pair<std::string, std::string> renames[] = {
+      {"self_attn.in_proj_weight", "attn.qkv.weight"},
+      {"self_attn.in_proj_bias", "attn.qkv.bias"},
+      {"self_attn.out_proj.", "attn.proj."},
+      {"self_attn.", "attn."},
+      {"linear1.", "mlp.fc1."},
+      {"linear2.", "mlp.fc2."}};
+  for (const auto& [from, to] : renames)
+    if (name.compare(0, from.size(), from) == 0) return to + name.substr(from.size());
+  return name;
+}
+
+}  // namespace detail
+
+// timm's VisionTransformer state_dict names: patch_embed.proj, cls_token, pos_embed,
+// blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}, norm, head; attnlens's
+// additions under the part they belong to: a relative position's tables and a variant's
+// parameters under blocks.{i}.attn. (alpha, center_shift, row_embeddings.weight, ...), a learned
+// fidelity residual's fidelity_lambda at the top (docs/model-format.md).
 template <class T, class F>
 void for_each_parameter(VisionTransformer<T>& vit, const std::string& prefix, F&& f) {
   const Index E = vit.embed_dim();
@@ -272,8 +294,13 @@ void for_each_parameter(VisionTransformer<T>& vit, const std::string& prefix, F&
   if (vit.cls_token.size()) f(prefix + "cls_token", vit.cls_token, Shape{1, 1, E});
   if (vit.pos_embed.size())
     f(prefix + "pos_embed", vit.pos_embed, Shape{1, vit.pos_embed.rows(), E});
-  for (std::size_t i = 0; i < vit.blocks.size(); ++i)
-    for_each_parameter(vit.blocks[i], detail::concat(prefix, "blocks.", i, "."), f);
+  for (std::size_t i = 0; i < vit.blocks.size(); ++i) {
+    const std::string block = detail::concat(prefix, "blocks.", i, ".");
+    for_each_parameter(vit.blocks[i], "",
+                       [&](const std::string& name, auto& parameter, const auto&... stored) {
+                         f(block + detail::timm_block_name(name), parameter, stored...);
+                       });
+  }
   if (vit.norm) for_each_parameter(*vit.norm, prefix + "norm.", f);
   if (vit.head.weight.size()) for_each_parameter(vit.head, prefix + "head.", f);
   for_each_parameter(vit.residual, prefix, f);

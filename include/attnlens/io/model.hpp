@@ -239,18 +239,18 @@ inline nlohmann::ordered_json attention_config_json(const AttentionVariantOption
   return json;
 }
 
-// "position": {"type": ..., the settings of its registry entry} (docs/model-format.md). A
-// sequence encoder takes every registered encoding except those on a patch grid.
-inline PositionOptions parse_position_config(const ConfigReader& reader) {
+// "position": {"type": ..., the settings of its registry entry} (docs/model-format.md), one of
+// the registered encodings `accepts` takes (a sequence encoder: every one except those on a
+// patch grid; a ViT's relative_position: none and those on the grid).
+template <class Accepts>
+PositionOptions parse_position_config(const ConfigReader& reader, Accepts&& accepts,
+                                      const std::string& hint = "") {
   PositionOptions out;
   const auto name = reader.get<std::string>("type");
-  const auto sequence = [](const PositionEncoding& e) { return e.kind != PositionKind::grid; };
   for (const PositionEncoding& entry : position_encodings())
-    if (sequence(entry) && name == entry.type.name()) out.type = entry.type;
-  if (name != out.type.name())
-    reader.fail("type",
-                concat("one of ", quoted_position_names(sequence),
-                       " (2-D encodings need an image grid: see VisionTransformer)"),
+    if (accepts(entry) && name == entry.type.name()) out.type = entry.type;
+  if (name != out.type.name() || !accepts(position_encoding(out.type)))
+    reader.fail("type", concat("one of ", quoted_position_names(accepts), hint),
                 "\"" + name + "\"");
   for (const PositionSetting& setting : position_encoding(out.type).settings) {
     if (!setting.required && !reader.has(setting.key)) continue;
@@ -275,6 +275,13 @@ inline nlohmann::ordered_json position_config_json(const PositionOptions& o) {
   for (const PositionSetting& setting : position_encoding(o.type).settings)
     std::visit([&](const auto& v) { json[setting.key] = v; }, setting.get(o));
   return json;
+}
+
+// A sequence encoder's "position".
+inline PositionOptions parse_sequence_position_config(const ConfigReader& reader) {
+  return parse_position_config(
+      reader, [](const PositionEncoding& e) { return e.kind != PositionKind::grid; },
+      " (2-D encodings need an image grid: see VisionTransformer)");
 }
 
 inline ResidualOptions parse_residual_config(const ConfigReader& reader) {
@@ -304,6 +311,15 @@ inline ResidualOptions parse_residual_config(const ConfigReader& reader) {
   return out;
 }
 
+inline nlohmann::ordered_json residual_config_json(const ResidualOptions& o) {
+  nlohmann::ordered_json json{{"type", residual_type_name(o.type)}};
+  if (o.type == ResidualType::fidelity) {
+    if (o.learned) json["learned"] = true;
+    if (!o.lambda.empty()) json["lambda"] = o.lambda;
+  }
+  return json;
+}
+
 }  // namespace detail
 
 // Parses config.json's text; `where` prefixes every error message (the file's path).
@@ -331,7 +347,7 @@ inline EncoderModelConfig parse_encoder_config(const std::string& text,
   layer.norm_first = config.get<bool>("norm_first", false);
   layer.bias = config.get<bool>("bias", true);
   out.encoder.final_norm = config.get<bool>("final_norm", false);
-  out.encoder.position = detail::parse_position_config(config.object("position", "none"));
+  out.encoder.position = detail::parse_sequence_position_config(config.object("position", "none"));
   layer.attention = detail::parse_attention_config(config.object("attention", "softmax"));
   out.encoder.residual = detail::parse_residual_config(config.object("residual", "standard"));
   config.reject_unknown_keys();
@@ -354,21 +370,17 @@ inline std::string encoder_config_json(const EncoderModelConfig& config) {
   json["final_norm"] = o.final_norm;
   json["position"] = detail::position_config_json(o.position);
   json["attention"] = detail::attention_config_json(o.layer.attention);
-  json["residual"] = {{"type", residual_type_name(o.residual.type)}};
-  if (o.residual.type == ResidualType::fidelity) {
-    if (o.residual.learned) json["residual"]["learned"] = true;
-    if (!o.residual.lambda.empty()) json["residual"]["lambda"] = o.residual.lambda;
-  }
+  json["residual"] = detail::residual_config_json(o.residual);
   return json.dump(2) + "\n";
 }
 
-// Reads the encoder's parameters from `weights`: every tensor the encoder has must be there
-// with its shape, and no other tensor may be. `where` names the file in errors.
-template <class T>
-void load_encoder_weights(const SafeTensors& weights, TransformerEncoder<T>& encoder,
-                          const std::string& where = k_weights_file) {
+// Reads a module's parameters from `weights`: every tensor the module has must be there with its
+// shape, and no other tensor may be. `where` names the file in errors.
+template <class Module>
+void load_module_weights(const SafeTensors& weights, Module& module,
+                         const std::string& where = k_weights_file) {
   std::vector<std::string> expected, missing, extra;
-  for_each_parameter(encoder, "", [&](const std::string& name, auto&, const Shape& = {}) {
+  for_each_parameter(module, "", [&](const std::string& name, auto&, const Shape& = {}) {
     expected.push_back(name);
     if (!weights.contains(name)) missing.push_back(name);
   });
@@ -381,38 +393,59 @@ void load_encoder_weights(const SafeTensors& weights, TransformerEncoder<T>& enc
         missing.empty() || extra.empty() ? "" : "; ",
         extra.empty() ? "" : "unexpected tensors " + detail::quoted_list(extra)));
   try {
-    load_parameters(weights, "", encoder);
+    load_parameters(weights, "", module);
   } catch (const std::exception& e) {  // a shape or dtype that does not fit
     throw IoError(detail::concat(where, ": ", e.what()));
   }
 }
 
-// The encoder's parameters under their state_dict names, as model.safetensors holds them.
-// Takes the encoder by value: for_each_parameter walks a mutable module.
-template <class T>
-SafeTensorsWriter encoder_weights(TransformerEncoder<T> encoder) {
+// A module's parameters under their state_dict names and shapes (a Conv2d weight as
+// [E, C, P, P], a pos_embed as [1, N, E]), as model.safetensors holds them. Takes the module by
+// value: for_each_parameter walks a mutable module.
+template <class Module>
+SafeTensorsWriter module_weights(Module module) {
   SafeTensorsWriter writer;
-  for_each_parameter(encoder, "", [&](const std::string& name, auto& p, const Shape& = {}) {
-    if constexpr (std::decay_t<decltype(p)>::ColsAtCompileTime == 1)
-      writer.add(name, Tensor<T>({p.size()}, std::vector<T>(p.data(), p.data() + p.size())));
-    else
-      writer.add(name, Tensor<T>::from_matrix(p));
+  for_each_parameter(module, "", [&](const std::string& name, auto& p, const Shape& stored = {}) {
+    using T = typename std::decay_t<decltype(p)>::Scalar;
+    const Shape shape = !stored.empty() ? stored
+                        : std::decay_t<decltype(p)>::ColsAtCompileTime == 1
+                            ? Shape{p.size()}
+                            : Shape{p.rows(), p.cols()};
+    // p is row-major (or a vector): its storage order is the tensor's.
+    writer.add(name, Tensor<T>(shape, std::vector<T>(p.data(), p.data() + p.size())));
   });
   return writer;
+}
+
+// Writes a model directory (created if needed): config.json's text and model.safetensors.
+inline void write_model_directory(const std::string& directory, const std::string& config_text,
+                                  const SafeTensorsWriter& weights) {
+  std::error_code error;
+  std::filesystem::create_directories(directory, error);
+  if (error) throw IoError(detail::concat("cannot create '", directory, "': ", error.message()));
+  const std::string config_path = directory + "/" + k_config_file;
+  std::ofstream out(config_path, std::ios::binary);
+  out << config_text;
+  if (!out.flush()) throw IoError(detail::concat("cannot write '", config_path, "'"));
+  weights.save(directory + "/" + k_weights_file);
+}
+
+// The "model_type" of a model directory's config.json ("transformer_encoder",
+// "vision_transformer"): what a command reads to pick the loader.
+inline std::string model_type_of(const std::string& directory) {
+  const std::string config_path = directory + "/" + k_config_file;
+  const detail::ConfigReader config(
+      parse_json_text(detail::read_text_file(config_path, detail::k_max_config_bytes),
+                      {config_path, detail::k_max_config_levels}),
+      config_path);
+  return config.get<std::string>("model_type");
 }
 
 // Writes an encoder model directory (created if needed) that load_encoder_model reads back.
 template <class T>
 void save_encoder_model(const EncoderModelConfig& config, const TransformerEncoder<T>& encoder,
                         const std::string& directory) {
-  std::error_code error;
-  std::filesystem::create_directories(directory, error);
-  if (error) throw IoError(detail::concat("cannot create '", directory, "': ", error.message()));
-  const std::string config_path = directory + "/" + k_config_file;
-  std::ofstream out(config_path, std::ios::binary);
-  out << encoder_config_json(config);
-  if (!out.flush()) throw IoError(detail::concat("cannot write '", config_path, "'"));
-  encoder_weights(encoder).save(directory + "/" + k_weights_file);
+  write_model_directory(directory, encoder_config_json(config), module_weights(encoder));
 }
 
 namespace detail {
@@ -478,7 +511,7 @@ TransformerEncoder<T> encoder_from_weights(const EncoderModelConfig& config,
   } catch (const ArgumentError& e) {  // d_model, nhead, ... out of their domain
     throw IoError(detail::concat(config_where, ": ", e.what()));
   }
-  load_encoder_weights(weights, *encoder, weights_where);
+  load_module_weights(weights, *encoder, weights_where);
   return std::move(*encoder);
 }
 

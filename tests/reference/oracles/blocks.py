@@ -490,9 +490,11 @@ for _cli_case in ENCODE_CLI_CASES:
 
 
 # ----------------------------------------------------------------------------------------------
-# Vision transformer (vit_{f32,f64}.safetensors), against a ViT written here from PyTorch
-# modules: F.conv2d patches, CLS token, learned positions, nn.TransformerEncoderLayer blocks,
-# final norm, CLS or mean pooling, linear head (timm's layout and names where timm has them).
+# Vision transformer (vit_{f32,f64}.safetensors), against a ViT written here with timm's module
+# structure and state_dict names (timm is not in Debian): patch_embed.proj (F.conv2d patches),
+# cls_token, pos_embed, blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}, norm,
+# head, CLS or mean pooling; its attention is written out (q k^T / sqrt(d), softmax, V), not
+# nn.MultiheadAttention, and a block may also be post-norm (hand-written PyTorch ViTs).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -517,10 +519,11 @@ class VitCase:
     relative: str = "none"     # "none" | "quadratic" | "learned_2d", every block
     max_position: int = 0      # learned_2d: offsets per axis (0: max(grid height, width))
     relative_dim: int = 0      # learned_2d: table width (0: head width)
+    layer_norm_eps: float = 1e-5
 
 
 VIT_CASES = [
-    VitCase("vit00_cls_learned_token", 8, 8, 4, 3, 5, 16, 2, 32, 2),
+    VitCase("vit00_cls_learned_token", 8, 8, 4, 3, 5, 16, 2, 32, 2, layer_norm_eps=1e-6),
     VitCase("vit01_nocls_none_mean_post", 12, 8, 4, 1, 3, 12, 3, 24, 2, activation="relu",
             norm_first=False, final_norm=False, class_token=False, position="none",
             pooling="mean"),
@@ -549,7 +552,55 @@ def vit_relative_bias(case: VitCase, attn: nn.Module, prefix: int, grid) -> torc
             attn.row_embeddings.weight.double(), attn.col_embeddings.weight.double(),
             attn.head_keys_row.weight.double(), attn.head_keys_col.weight.double(), max_position,
             tokens, tokens)
-    return bias.to(attn.in_proj_weight.dtype)
+    return bias.to(attn.qkv.weight.dtype)
+
+
+class VitAttention(nn.Module):
+    """timm's Attention: qkv (E -> 3E, split as (3, heads, head_dim)), softmax(q k^T / sqrt(d)
+    + bias) v per head, proj."""
+
+    def __init__(self, e: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(e, 3 * e, dtype=torch.float64)
+        self.proj = nn.Linear(e, e, dtype=torch.float64)
+
+    def forward(self, x, bias=None):
+        b, n, e = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, e // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # B x H x N x d each
+        scores = (q * (e // self.heads) ** -0.5) @ k.transpose(-2, -1)
+        if bias is not None:
+            scores = scores + bias
+        out = scores.softmax(dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, e))
+
+
+class VitBlock(nn.Module):
+    """timm's Block (norm1, attn, norm2, mlp.fc1 / act / mlp.fc2), pre-norm as timm or
+    post-norm as a hand-written nn.TransformerEncoderLayer ViT."""
+
+    def __init__(self, case: VitCase):
+        super().__init__()
+        e = case.d_model
+        self.norm_first = case.norm_first
+        self.norm1 = nn.LayerNorm(e, eps=case.layer_norm_eps, dtype=torch.float64)
+        self.attn = VitAttention(e, case.nhead)
+        self.norm2 = nn.LayerNorm(e, eps=case.layer_norm_eps, dtype=torch.float64)
+        self.mlp = nn.Module()
+        self.mlp.fc1 = nn.Linear(e, case.dim_feedforward, dtype=torch.float64)
+        self.mlp.fc2 = nn.Linear(case.dim_feedforward, e, dtype=torch.float64)
+        self.act = activation_module(case.activation)
+
+    def mlp_forward(self, x):
+        return self.mlp.fc2(self.act(self.mlp.fc1(x)))
+
+    def forward(self, x, bias=None):
+        if self.norm_first:
+            x = x + self.attn(self.norm1(x), bias)
+            return x + self.mlp_forward(self.norm2(x))
+        x = self.norm1(x + self.attn(x, bias))
+        return self.norm2(x + self.mlp_forward(x))
 
 
 class ReferenceViT(nn.Module):
@@ -565,19 +616,15 @@ class ReferenceViT(nn.Module):
             self.cls_token = nn.Parameter(torch.zeros(1, 1, e, dtype=torch.float64))
         if case.position == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, prefix + n, e, dtype=torch.float64))
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(e, case.nhead, case.dim_feedforward, dropout=0.0,
-                                       activation=activation_module(case.activation),
-                                       batch_first=True, norm_first=case.norm_first,
-                                       dtype=torch.float64)
-            for _ in range(case.num_layers))
-        self.norm = nn.LayerNorm(e, dtype=torch.float64) if case.final_norm else None
+        self.blocks = nn.ModuleList(VitBlock(case) for _ in range(case.num_layers))
+        self.norm = (nn.LayerNorm(e, eps=case.layer_norm_eps, dtype=torch.float64)
+                     if case.final_norm else None)
         if case.num_classes:
             self.head = nn.Linear(e, case.num_classes, dtype=torch.float64)
         self.grid = (case.image_height // p, case.image_width // p)
         h = case.nhead
-        for block in self.blocks:  # the relative tables live under blocks.{i}.self_attn.
-            attn = block.self_attn
+        for block in self.blocks:  # the relative tables live under blocks.{i}.attn.
+            attn = block.attn
             if case.relative == "quadratic":
                 attn.alpha = nn.Parameter(0.3 + 0.2 * torch.rand(h, dtype=torch.float64))
                 attn.center_shift = nn.Parameter(torch.randn(h, 2, dtype=torch.float64))
@@ -600,11 +647,10 @@ class ReferenceViT(nn.Module):
         if self.case.position == "learned":
             x = x + self.pos_embed
         for block in self.blocks:
-            mask = None
-            if self.case.relative != "none":  # per-head additive mask, index b * H + h
-                bias = vit_relative_bias(self.case, block.self_attn, prefix, self.grid)
-                mask = bias.repeat(x.shape[0], 1, 1)
-            x = block(x, src_mask=mask)
+            bias = None
+            if self.case.relative != "none":  # H x L x L, the same for every image
+                bias = vit_relative_bias(self.case, block.attn, prefix, self.grid)
+            x = block(x, bias)
         if self.norm is not None:
             x = self.norm(x)
         pooled = x[:, 0] if self.case.pooling == "token" else x[:, prefix:].mean(dim=1)
@@ -624,8 +670,8 @@ def vit_case(case: VitCase, dtype) -> Tensors:
     images = torch.randn(case.batch, case.in_chans, case.image_height, case.image_width,
                          generator=g, dtype=torch.float64)
     model, images = copy.deepcopy(model).to(dtype).eval(), images.to(dtype)
-    with torch.enable_grad():  # slow path for the blocks
-        logits, tokens = (t.detach() for t in model(images))
+    with torch.no_grad():
+        logits, tokens = model(images)
     p = case.name + "."
     tensors = state_dict_of(model, p)
     tensors[p + "images"], tensors[p + "logits"], tensors[p + "tokens"] = images, logits, tokens
