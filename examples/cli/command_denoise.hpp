@@ -1,6 +1,7 @@
 // attnlens denoise: a grayscale image filtered by the attention engine with identity
 // projections (tokens = pixels): Gaussian, bilateral, non-local means or dot-product attention
-// kernels, optionally boosted (twicing = --boost 1); docs/math.md section 2, docs/image-filtering.md.
+// kernels, optionally boosted (twicing = --boost 1); docs/math.md section 2,
+// docs/image-filtering.md.
 #pragma once
 
 #include <CLI/CLI.hpp>

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli/command_bench.hpp"
+#include "cli/command_classify.hpp"
 #include "cli/command_conv.hpp"
 #include "cli/command_denoise.hpp"
 #include "cli/command_encode.hpp"
@@ -16,6 +17,7 @@ int main(int argc, char** argv) {
   CLI::App app{"attnlens: self-attention as kernel smoothing, on Eigen"};
   app.require_subcommand(1);
   attnlens::cli::add_bench_command(app);
+  attnlens::cli::add_classify_command(app);
   attnlens::cli::add_conv_command(app);
   attnlens::cli::add_denoise_command(app);
   attnlens::cli::add_encode_command(app);

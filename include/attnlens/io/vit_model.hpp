@@ -24,11 +24,13 @@ namespace attnlens::io {
 
 inline constexpr const char* k_vit_model_type = "vision_transformer";
 
-// What a ViT directory's config.json describes: the model, and how images in [0, 1] are
-// normalized before it sees them (per channel (x - mean) / std; empty: not at all).
+// What a ViT directory's config.json describes: the model, how images in [0, 1] are normalized
+// before it sees them (per channel (x - mean) / std; empty: not at all), and the classes' names
+// (empty, or one per class).
 struct VitModelConfig {
   VisionTransformerOptions vit;
   std::vector<double> mean, std;
+  std::vector<std::string> class_names;
 };
 
 namespace detail {
@@ -156,6 +158,16 @@ inline VitModelConfig parse_vit_config(const std::string& text,
     out.mean = detail::parse_channel_values(config, "mean", o.in_chans, false);
     out.std = detail::parse_channel_values(config, "std", o.in_chans, true);
   }
+  if (config.has("class_names")) {
+    const nlohmann::json names = config.get<nlohmann::json>("class_names");
+    const auto expected = concat("an array of num_classes (", o.num_classes, ") strings");
+    if (!names.is_array() || static_cast<Index>(names.size()) != o.num_classes)
+      config.fail("class_names", expected, names.dump());
+    for (const auto& name : names) {
+      if (!name.is_string()) config.fail("class_names", expected, names.dump());
+      out.class_names.push_back(name.get<std::string>());
+    }
+  }
   config.reject_unknown_keys();
   return out;
 }
@@ -190,6 +202,7 @@ inline std::string vit_config_json(const VitModelConfig& config) {
     json["mean"] = config.mean;
     json["std"] = config.std;
   }
+  if (!config.class_names.empty()) json["class_names"] = config.class_names;
   return json.dump(2) + "\n";
 }
 
