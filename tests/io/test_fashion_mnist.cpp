@@ -34,7 +34,7 @@ std::vector<Index> fmnist_label_counts(const std::vector<Index>& labels) {
 // Checked against the files with /usr/bin/python3:
 //   x = np.frombuffer(gzip.open(f).read(), np.uint8, offset=16); y = ... offset=8
 TEST(FashionMnist, TrainSplitHasTheDatasetsCountsAndFirstLabels) {
-  const io::ImageDataset<float> train = io::load_fashion_mnist<float>(io::FashionMnistSplit::train);
+  const ImageDataset<float> train = io::load_fashion_mnist<float>(io::FashionMnistSplit::train);
   EXPECT_EQ(train.images.shape(), (Shape{60000, 1, 28, 28}));
   ASSERT_EQ(train.size(), 60000);
   EXPECT_EQ(fmnist_label_counts(train.labels), std::vector<Index>(10, 6000));
@@ -53,7 +53,7 @@ TEST(FashionMnist, TrainSplitHasTheDatasetsCountsAndFirstLabels) {
 }
 
 TEST(FashionMnist, TestSplitHasTheDatasetsCountsAndFirstLabels) {
-  const io::ImageDataset<double> test = io::load_fashion_mnist<double>(io::FashionMnistSplit::test);
+  const ImageDataset<double> test = io::load_fashion_mnist<double>(io::FashionMnistSplit::test);
   EXPECT_EQ(test.images.shape(), (Shape{10000, 1, 28, 28}));
   ASSERT_EQ(test.size(), 10000);
   EXPECT_EQ(fmnist_label_counts(test.labels), std::vector<Index>(10, 1000));
@@ -85,7 +85,7 @@ TEST(FashionMnist, StatisticsAreTheTrainingSets) {
   // Normalized with them, the training images have mean 0 and standard deviation 1.
   io::FashionMnistOptions options;
   options.normalization = io::fashion_mnist_normalization();
-  const io::ImageDataset<float> train =
+  const ImageDataset<float> train =
       io::load_fashion_mnist<float>(io::FashionMnistSplit::train, options);
   double normalized_sum = 0, normalized_squares = 0;
   for (const float v : train.images.storage()) {
@@ -141,7 +141,7 @@ TEST_F(FashionMnistDirectory, UnpackedFilesLoad) {
   pixels[28 * 28] = 255;
   write("t10k-images-idx3-ubyte", {2, 28, 28}, pixels);
   write("t10k-labels-idx1-ubyte", {2}, {7, 3});
-  const io::ImageDataset<float> test =
+  const ImageDataset<float> test =
       io::load_fashion_mnist(io::FashionMnistSplit::test, options());
   EXPECT_EQ(test.images.shape(), (Shape{2, 1, 28, 28}));
   EXPECT_EQ(test.labels, (std::vector<Index>{7, 3}));

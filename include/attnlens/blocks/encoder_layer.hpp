@@ -232,7 +232,7 @@ EncoderLayerOutput<T> TransformerEncoderLayer<T>::forward(const Tensor<T>& src,
     hidden = x + ConstMatrixMap<T>(attention.output.data(), n, d_model());
     const Matrix<T> normed2 = norm2.forward(hidden, cache ? &cache->norm2 : nullptr);
     feed_forward<T>(linear1, options_.activation, linear2, normed2, y,
-                    cache ? &cache->feed_forward : nullptr);
+                    cache ? &cache->feed_forward : nullptr, options.parallel);
     y += hidden;
   } else {
     auto attention = self_attn.forward(src, mask, attention_options, attention_cache, stack);
@@ -241,7 +241,7 @@ EncoderLayerOutput<T> TransformerEncoderLayer<T>::forward(const Tensor<T>& src,
     hidden = x + ConstMatrixMap<T>(attention.output.data(), n, d_model());
     norm1.forward(hidden, hidden, cache ? &cache->norm1 : nullptr);
     feed_forward<T>(linear1, options_.activation, linear2, hidden, y,
-                    cache ? &cache->feed_forward : nullptr);
+                    cache ? &cache->feed_forward : nullptr, options.parallel);
     y += hidden;
     norm2.forward(y, y, cache ? &cache->norm2 : nullptr);
   }
@@ -281,7 +281,7 @@ EncoderLayerInputGradients<T> TransformerEncoderLayer<T>::backward(
                 norm2.bias.transpose().array();
     const Matrix<T> dnormed2 =
         feed_forward_backward<T>(linear1, options_.activation, linear2, normed2, cache.feed_forward,
-                                 dy, gradient.linear1, gradient.linear2);
+                                 dy, gradient.linear1, gradient.linear2, options.parallel);
     const Matrix<T> dh = dy + norm2.backward(cache.norm2, dnormed2, gradient.norm2);
     auto attention = attention_backward(dh);
     dx = dh + norm1.backward(cache.norm1, attention.query, gradient.norm1);
@@ -292,7 +292,8 @@ EncoderLayerInputGradients<T> TransformerEncoderLayer<T>::backward(
   const Matrix<T> dz = norm2.backward(cache.norm2, dy, gradient.norm2);
   const Matrix<T> dh =
       dz + feed_forward_backward<T>(linear1, options_.activation, linear2, cache.hidden,
-                                    cache.feed_forward, dz, gradient.linear1, gradient.linear2);
+                                    cache.feed_forward, dz, gradient.linear1, gradient.linear2,
+                                    options.parallel);
   const Matrix<T> du = norm1.backward(cache.norm1, dh, gradient.norm1);
   auto attention = attention_backward(du);
   dx = du + attention.query;

@@ -188,7 +188,7 @@ VitOutput<T> VisionTransformer<T>::forward(const Tensor<T>& images,
                         detail::shape_string(images.shape()));
   const Index B = images.dim(0), N = num_patches(), prefix = num_prefix_tokens();
   const Index E = embed_dim(), L = num_tokens();
-  const Tensor<T> patches = patch_embed.forward(images);
+  const Tensor<T> patches = patch_embed.forward(images, options.parallel);
   Tensor<T> tokens({B, L, E});
   for (Index b = 0; b < B; ++b) {
     auto x = tokens.matrix({b});
@@ -213,7 +213,7 @@ VitOutput<T> VisionTransformer<T>::forward(const Tensor<T>& images,
   }
   if (options_.num_classes > 0) {
     out.logits = Tensor<T>({B, options_.num_classes});
-    head.forward(pooled.matrix(), out.logits.matrix());
+    head.forward(pooled.matrix(), out.logits.matrix(), options.parallel);
   } else {
     out.logits = std::move(pooled);
   }
@@ -257,7 +257,7 @@ Tensor<T> VisionTransformer<T>::backward(const VitCache<T>& cache, const Tensor<
     if (prefix) gradient.cls_token.row(0) += d.row(0);
     dpatches.matrix({b}) = d.bottomRows(N);
   }
-  return patch_embed.backward(cache.images, dpatches, gradient.patch_embed);
+  return patch_embed.backward(cache.images, dpatches, gradient.patch_embed, options.parallel);
 }
 
 namespace detail {

@@ -19,6 +19,7 @@
 #include "attnlens/core/types.hpp"
 #include "attnlens/image/augment.hpp"
 #include "attnlens/io/idx.hpp"
+#include "attnlens/train/image_dataset.hpp"
 
 namespace attnlens::io {
 
@@ -57,14 +58,6 @@ struct FashionMnistOptions {
   // fashion_mnist_normalization() gives the standard statistics.
   ImageNormalization normalization;
   IdxReadOptions idx;
-};
-
-template <class T>
-struct ImageDataset {
-  Tensor<T> images;                      // N x C x H x W
-  std::vector<Index> labels;             // N, each in [0, class_names.size())
-  std::vector<std::string> class_names;  // by label
-  Index size() const { return static_cast<Index>(labels.size()); }
 };
 
 namespace detail {

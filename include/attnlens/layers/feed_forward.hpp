@@ -30,14 +30,16 @@ struct FeedForwardCache {
 };
 
 // y = linear2(activation(linear1(x))): shared by FeedForward and TransformerEncoderLayer, which
-// holds linear1 and linear2 itself to keep PyTorch's state_dict names.
+// holds linear1 and linear2 itself to keep PyTorch's state_dict names. The products run on
+// `parallel`'s threads.
 template <class T>
 void feed_forward(const Linear<T>& linear1, Activation activation, const Linear<T>& linear2,
-                  ConstMatrixRef<T> x, MatrixRef<T> y, FeedForwardCache<T>* cache = nullptr) {
-  Matrix<T> hidden = linear1.forward(x);
+                  ConstMatrixRef<T> x, MatrixRef<T> y, FeedForwardCache<T>* cache = nullptr,
+                  const ParallelOptions& parallel = {}) {
+  Matrix<T> hidden = linear1.forward(x, parallel);
   if (cache) cache->pre_activation = hidden;
   apply_activation<T>(activation, hidden);
-  linear2.forward(hidden, y);
+  linear2.forward(hidden, y, parallel);
   if (cache) cache->hidden = std::move(hidden);
 }
 
@@ -48,16 +50,17 @@ template <class T>
 Matrix<T> feed_forward_backward(const Linear<T>& linear1, Activation activation,
                                 const Linear<T>& linear2, ConstMatrixRef<T> x,
                                 const FeedForwardCache<T>& cache, ConstMatrixRef<T> dy,
-                                Linear<T>& grad1, Linear<T>& grad2) {
+                                Linear<T>& grad1, Linear<T>& grad2,
+                                const ParallelOptions& parallel = {}) {
   const Index n = x.rows(), hidden = linear1.out_features();
   detail::require_matrix(x, n, linear1.in_features(), "feed_forward_backward x");
   detail::require_matrix(cache.pre_activation, n, hidden,
                          "feed_forward_backward cache.pre_activation");
   detail::require_matrix(cache.hidden, n, hidden, "feed_forward_backward cache.hidden");
   detail::require_matrix(dy, n, linear2.out_features(), "feed_forward_backward dy");
-  Matrix<T> dhidden = linear2.backward(cache.hidden, dy, grad2);
+  Matrix<T> dhidden = linear2.backward(cache.hidden, dy, grad2, parallel);
   activation_backward<T>(activation, cache.pre_activation, dhidden);
-  return linear1.backward(x, dhidden, grad1);
+  return linear1.backward(x, dhidden, grad1, parallel);
 }
 
 template <class T>

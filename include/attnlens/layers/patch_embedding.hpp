@@ -40,24 +40,26 @@ class PatchEmbedding {
 
   // images: B x C x H x W (NCHW, as PyTorch), H and W multiples of patch_size. Returns
   // B x N x E with N = (H/P) (W/P) patches in row-major order, timm's flatten(2).transpose(1, 2).
-  Tensor<T> forward(const Tensor<T>& images) const {
+  // The product runs on `parallel`'s threads.
+  Tensor<T> forward(const Tensor<T>& images, const ParallelOptions& parallel = {}) const {
     const Matrix<T> patches = patch_matrix(images);
     Tensor<T> out({images.dim(0), patches.rows() / images.dim(0), embed_dim()});
-    proj.forward(patches, MatrixMap<T>(out.data(), patches.rows(), embed_dim()));
+    proj.forward(patches, MatrixMap<T>(out.data(), patches.rows(), embed_dim()), parallel);
     return out;
   }
 
   // The backward pass of forward(images) given dy = dL/d(output) (B x N x E): returns dL/dimages
   // (B x C x H x W; what an attack on the input follows) and accumulates proj's gradients into
   // gradient.proj. The patch matrix is formed again from the images rather than cached.
-  Tensor<T> backward(const Tensor<T>& images, const Tensor<T>& dy,
-                     PatchEmbedding<T>& gradient) const {
+  Tensor<T> backward(const Tensor<T>& images, const Tensor<T>& dy, PatchEmbedding<T>& gradient,
+                     const ParallelOptions& parallel = {}) const {
     const Matrix<T> patches = patch_matrix(images);
     const Shape expected{images.dim(0), patches.rows() / images.dim(0), embed_dim()};
     detail::require_shape(dy.shape() == expected, "PatchEmbedding backward dy",
                           detail::shape_string(expected), detail::shape_string(dy.shape()));
     const Matrix<T> dpatches = proj.backward(
-        patches, ConstMatrixMap<T>(dy.data(), patches.rows(), embed_dim()), gradient.proj);
+        patches, ConstMatrixMap<T>(dy.data(), patches.rows(), embed_dim()), gradient.proj,
+        parallel);
     // Patches do not overlap: each pixel's gradient is its one entry of dpatches.
     Tensor<T> dimages(images.shape());
     for_each_patch_run(dimages.data(), images.shape(), dpatches,
