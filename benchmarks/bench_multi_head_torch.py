@@ -13,14 +13,10 @@ BLAS: as bench_encoder_torch.py, each thread count runs in a child process with 
 type pinned (Debian's python3-torch otherwise runs on the reference BLAS or SSE3 kernels).
 """
 
-import argparse
-import os
-import subprocess
-import sys
-import time
-
 import torch
 from torch import nn
+
+import torch_bench  # benchmarks/torch_bench.py
 
 SHAPES = [(1, 128, 512, 8), (1, 512, 512, 8), (1, 2048, 512, 8), (8, 256, 768, 12),
           (1, 4096, 512, 8)]
@@ -30,14 +26,6 @@ def flops(b, l, e):
     return 3.0 * b * (8.0 * l * e * e + 4.0 * l * l * e)
 
 
-def best_time(f, repeats):
-    f()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f()
-        samples.append(time.perf_counter() - start)
-    return min(samples)
 
 
 def run_shapes(threads, repeats):
@@ -54,26 +42,13 @@ def run_shapes(threads, repeats):
             out, _ = mha(x, x, x, need_weights=False)
             out.backward(dy)
 
-        seconds = best_time(step, repeats)
+        seconds = torch_bench.best_time(step, repeats)
         print(f"torch B={b} L={l} E={e} H={h} threads={threads} pass=forward+backward "
               f"ms={seconds * 1e3:.2f} gflops={flops(b, l, e) / seconds * 1e-9:.1f}", flush=True)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child is not None:
-        run_shapes(args.child, args.repeats)
-        return
-    core = "SkylakeX" if "avx512f" in open("/proc/cpuinfo").read() else "Haswell"
-    for threads in args.threads:
-        env = dict(os.environ, OPENBLAS_CORETYPE=core, OPENBLAS_NUM_THREADS=str(threads),
-                   OMP_NUM_THREADS=str(threads))
-        subprocess.run([sys.executable, __file__, "--child", str(threads), "--repeats",
-                        str(args.repeats)], env=env, check=True)
+    torch_bench.main(__file__, __doc__.split("\n\n")[0], run_shapes, 7)
 
 
 if __name__ == "__main__":

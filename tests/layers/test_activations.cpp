@@ -111,3 +111,53 @@ TEST(ActivationBackward, BadShapesNameTheArgument) {
 
 }  // namespace
 }  // namespace attnlens
+
+namespace attnlens {
+namespace {
+
+// Float GELU and its derivative (the AVX-512 path through erfc where the CPU has it, std::erf
+// elsewhere) against the same formulas in long double, on a grid over [-12, 12] with the
+// strided rows the feed-forward block hands over: relative error 2e-6 (a few float ulps: erfc's
+// fit is good to 1.2e-7, exp to 1 ulp) plus 2e-7 x^2 / 2 where the value is a normal float, else
+// 1e-37 absolute. The second term is the float rounding of x / sqrt 2 and of its square, which
+// moves exp(-x^2 / 2) by up to x^2 / 2 * 2^-23 relative: inherent to evaluating in float (at
+// x = -12, where GELU is 2e-32, 1e-5 relative).
+TEST(Activations, FloatGeluKeepsItsRelativeAccuracyInTheTails) {
+  constexpr Index rows = 3, cols = 801;
+  Matrix<float> store(rows, cols + 5);
+  auto x = store.leftCols(cols);
+  for (Index r = 0; r < rows; ++r)
+    for (Index c = 0; c < cols; ++c)
+      x(r, c) = -12.0f + 24.0f * static_cast<float>(c) / (cols - 1) + 0.01f * static_cast<float>(r);
+  const Matrix<float> inputs = x;
+  const auto exact = [](long double v) { return v * 0.5L * std::erfc(-v / std::sqrt(2.0L)); };
+  const auto exact_derivative = [](long double v) {
+    const long double pi = 3.141592653589793238462643383279502884L;
+    return 0.5L * std::erfc(-v / std::sqrt(2.0L)) + v * std::exp(-0.5L * v * v) / std::sqrt(2 * pi);
+  };
+  // scale: |expected|, or for the derivative the sum of its two terms' sizes, |Phi| + |x phi|,
+  // since the sum cancels to 0 at x = -0.75 (PyTorch's formula, evaluated the same way).
+  const auto check = [](long double expected, long double scale, float actual, const char* what,
+                        float at) {
+    const long double error = std::fabs(static_cast<long double>(actual) - expected);
+    const long double relative = 2e-6L + 2e-7L * static_cast<long double>(at) * at / 2;
+    const long double bound = scale > 1.2e-38L ? relative * scale : 1e-37L;
+    EXPECT_LE(error, bound) << what << " at " << at << ": " << actual << " vs " << expected;
+  };
+  MatrixRef<float> view = x;
+  apply_activation<float>(Activation::gelu, view);
+  Matrix<float> dy_store = Matrix<float>::Ones(rows, cols + 3);
+  MatrixRef<float> dy = dy_store.leftCols(cols);
+  activation_backward<float>(Activation::gelu, inputs, dy);
+  for (Index r = 0; r < rows; ++r)
+    for (Index c = 0; c < cols; ++c) {
+      const float v = inputs(r, c);
+      const long double cdf = 0.5L * std::erfc(-v / std::sqrt(2.0L));
+      const long double density_term = exact_derivative(v) - cdf;
+      check(exact(v), std::fabs(exact(v)), x(r, c), "gelu", v);
+      check(exact_derivative(v), std::fabs(cdf) + std::fabs(density_term), dy(r, c), "gelu'", v);
+    }
+}
+
+}  // namespace
+}  // namespace attnlens

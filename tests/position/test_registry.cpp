@@ -7,6 +7,7 @@
 #include <string>
 
 #include "attnlens/io/model.hpp"
+#include "attnlens/io/vit_model.hpp"
 #include "attnlens/position/registry.hpp"
 #include "support/expect_error.hpp"
 
@@ -48,11 +49,11 @@ TEST(PositionRegistry, NamesRoundTripAndUnknownNamesListTheRegistered) {
                                               "\"cauchy\"");
 }
 
-// Every setting of every sequence encoding, at a value other than its default, comes back from
-// config.json.
+// Every setting of every encoding, at a value other than its default, comes back from
+// config.json: an encoder's "position" or, for those on a patch grid, a ViT's
+// "relative_position".
 TEST(PositionRegistry, EverySettingSurvivesConfigJson) {
   for (const PositionEncoding& entry : position_encodings()) {
-    if (entry.kind == PositionKind::grid) continue;
     SCOPED_TRACE(entry.type.name());
     PositionOptions o;
     o.type = entry.type;
@@ -65,8 +66,10 @@ TEST(PositionRegistry, EverySettingSurvivesConfigJson) {
       setting.set(o, value);
     }
     const auto json = io::detail::position_config_json(o);
-    const PositionOptions back =
-        io::detail::parse_position_config(io::detail::ConfigReader(json, "config.json"));
+    const io::detail::ConfigReader reader(json, "config.json");
+    const PositionOptions back = entry.kind == PositionKind::grid
+                                     ? io::detail::parse_grid_position_config(reader)
+                                     : io::detail::parse_sequence_position_config(reader);
     EXPECT_EQ(io::detail::position_config_json(back), json);
     for (const PositionSetting& setting : entry.settings)
       EXPECT_EQ(setting.get(back), setting.get(o)) << setting.key;

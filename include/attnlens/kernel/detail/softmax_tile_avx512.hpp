@@ -9,6 +9,7 @@
 #include <limits>
 #include <memory>
 
+#include "attnlens/core/detail/vector_math_avx512.hpp"
 #include "attnlens/core/gemm.hpp"
 #include "attnlens/core/softmax.hpp"
 #include "attnlens/core/types.hpp"
@@ -34,25 +35,6 @@ ATTNLENS_AVX512 inline bool all_finite_avx512(const float* x, Index rows, Index 
 }
 
 namespace avx512 {
-
-// exp(x) for x <= 0 (scores minus their running maximum), about 1 ulp (Cephes' polynomial on
-// [-ln2/2, ln2/2], scaled by 2^n with vscalefps). Arguments are clamped at log of the smallest
-// normal number, as in exp_shifted.
-ATTNLENS_AVX512 inline __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(k_log_min_normal<float>));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
 
 // Scratch of the AVX-512 tile loop for plain softmax attention. Scores are kept transposed,
 // keys x queries, so the online softmax runs along vectors of queries (no horizontal
