@@ -42,10 +42,12 @@ constexpr T k_sqrt_2_over_pi = T(0.79788456080286535588);
 template <class T>
 constexpr T k_gelu_tanh_cubic = T(0.044715);
 
-// Phi(v), the standard normal distribution function: exact GELU is v Phi(v).
+// Phi(v), the standard normal distribution function: exact GELU is v Phi(v). Written with
+// erfc, not 1 + erf (PyTorch's form), so that Phi keeps its relative accuracy where it is tiny
+// (1 + erf(-8.5) is 0 in float, erfc(8.5) is 2e-33); elsewhere the two agree to rounding.
 template <class T>
 T normal_cdf(T v) {
-  return T(0.5) * (T(1) + std::erf(v * k_sqrt1_2<T>));
+  return T(0.5) * std::erfc(-v * k_sqrt1_2<T>);
 }
 
 // u(v) = sqrt(2/pi) (v + 0.044715 v^3): the tanh GELU is 0.5 v (1 + tanh(u(v))).
