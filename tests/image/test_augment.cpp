@@ -157,8 +157,8 @@ TEST(Augment, NormalizationIsPerChannel) {
   EXPECT_EQ(same, images);
   normalize_images(images, {{0.5, 0.25}, {0.5, 2.0}});
   EXPECT_EQ(images.storage(),
-            (std::vector<double>{-1.0, 1.0, 0.125, 0.0, (0.2 - 0.5) / 0.5, (0.4 - 0.5) / 0.5,
-                                 (0.6 - 0.25) / 2.0, (0.8 - 0.25) / 2.0}));
+            (Tensor<double>::Storage{-1.0, 1.0, 0.125, 0.0, (0.2 - 0.5) / 0.5, (0.4 - 0.5) / 0.5,
+                                     (0.6 - 0.25) / 2.0, (0.8 - 0.25) / 2.0}));
   Tensor<double> x({1, 3, 1, 1});
   expect_error_naming<ArgumentError>(
       [&] {

@@ -80,7 +80,7 @@ TEST(Mask, MinusInfinityBiasSelectsEvenOverNan) {
 
 TEST(Mask, TorchPolarityIsInverted) {
   const auto keep = keep_from_torch_mask(Tensor<std::uint8_t>({3}, {1, 0, 1}));
-  EXPECT_EQ(keep.storage(), (std::vector<std::uint8_t>{0, 1, 0}));
+  EXPECT_EQ(keep.storage(), (Tensor<std::uint8_t>::Storage{0, 1, 0}));
 }
 
 void expect_shape_error(const AttentionMask<double>& mask, const ScoreShape& shape,

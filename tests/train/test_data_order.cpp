@@ -106,7 +106,7 @@ TEST(DataOrder, GatherTakesEntriesAlongTheFirstAxis) {
   std::iota(images.storage().begin(), images.storage().end(), 0.0f);
   const Tensor<float> batch = gather_first_axis(images, {2, 0, 2});
   EXPECT_EQ(batch.shape(), (Shape{3, 1, 2, 2}));
-  EXPECT_EQ(batch.storage(), (std::vector<float>{8, 9, 10, 11, 0, 1, 2, 3, 8, 9, 10, 11}));
+  EXPECT_EQ(batch.storage(), (Tensor<float>::Storage{8, 9, 10, 11, 0, 1, 2, 3, 8, 9, 10, 11}));
   const std::vector<Index> labels{7, 8, 9};
   EXPECT_EQ(gather_first_axis(labels, {2, 0}), (std::vector<Index>{9, 7}));
   EXPECT_EQ(gather_first_axis(images, {}).shape(), (Shape{0, 1, 2, 2}));

@@ -4,8 +4,8 @@
 #pragma once
 
 #include <cstddef>
-#include <vector>
 
+#include "attnlens/core/aligned_allocator.hpp"
 #include "attnlens/core/types.hpp"
 
 namespace attnlens::detail {
@@ -14,7 +14,7 @@ namespace attnlens::detail {
 // matrices that live at the same time need two slots.
 template <class T, int Slot>
 MatrixMap<T> scratch_matrix(Index rows, Index cols) {
-  thread_local std::vector<T> buffer;
+  thread_local AlignedVector<T> buffer;  // a 64-byte boundary: see aligned_allocator.hpp
   const auto size = static_cast<std::size_t>(rows * cols);
   if (buffer.size() < size) buffer.resize(size);
   return MatrixMap<T>(buffer.data(), rows, cols);

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "attnlens/core/aligned_allocator.hpp"
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
 
@@ -39,17 +40,26 @@ class Tensor {
   static_assert(!std::is_same_v<T, bool>, "use Tensor<std::uint8_t> for boolean data");
 
  public:
+  // At a 64-byte boundary, so that a computation rounds the same way wherever the allocator
+  // puts it (core/aligned_allocator.hpp).
+  using Storage = AlignedVector<T>;
+
   Tensor() = default;
 
   // Zero-filled tensor of the given shape.
   explicit Tensor(Shape shape)
       : shape_(std::move(shape)), data_(static_cast<std::size_t>(detail::shape_size(shape_))) {}
 
-  Tensor(Shape shape, std::vector<T> data) : shape_(std::move(shape)), data_(std::move(data)) {
-    const Index n = detail::shape_size(shape_);
-    if (static_cast<Index>(data_.size()) != n)
-      throw ShapeError(detail::concat("Tensor data: expected ", n, " elements for shape ",
-                                      detail::shape_string(shape_), ", got ", data_.size()));
+  Tensor(Shape shape, Storage data) : shape_(std::move(shape)), data_(std::move(data)) {
+    check_storage_size();
+  }
+  // Copies data held elsewhere (a std::vector) into aligned storage. A template, so that a
+  // braced list of values goes to the constructor above.
+  template <class Allocator,
+            class = std::enable_if_t<!std::is_same_v<std::vector<T, Allocator>, Storage>>>
+  Tensor(Shape shape, const std::vector<T, Allocator>& data)
+      : shape_(std::move(shape)), data_(data.begin(), data.end()) {
+    check_storage_size();
   }
 
   // A rank-2 tensor holding a copy of m.
@@ -73,8 +83,8 @@ class Tensor {
 
   T* data() { return data_.data(); }
   const T* data() const { return data_.data(); }
-  std::vector<T>& storage() { return data_; }
-  const std::vector<T>& storage() const { return data_; }
+  Storage& storage() { return data_; }
+  const Storage& storage() const { return data_; }
 
   // Element access by full index, bounds-checked.
   T& at(std::initializer_list<Index> index) { return data_[offset(index)]; }
@@ -97,7 +107,7 @@ class Tensor {
 
   template <class U>
   Tensor<U> cast() const {
-    std::vector<U> out(data_.size());
+    typename Tensor<U>::Storage out(data_.size());
     for (std::size_t i = 0; i < data_.size(); ++i) out[i] = static_cast<U>(data_[i]);
     return Tensor<U>(shape_, std::move(out));
   }
@@ -146,8 +156,15 @@ class Tensor {
     return {rows, cols, flat * rows * cols};
   }
 
+  void check_storage_size() const {
+    const Index n = detail::shape_size(shape_);
+    if (static_cast<Index>(data_.size()) != n)
+      throw ShapeError(detail::concat("Tensor data: expected ", n, " elements for shape ",
+                                      detail::shape_string(shape_), ", got ", data_.size()));
+  }
+
   Shape shape_;
-  std::vector<T> data_;
+  Storage data_;
 };
 
 }  // namespace attnlens

@@ -412,7 +412,7 @@ SafeTensorsWriter module_weights(Module module) {
                             ? Shape{p.size()}
                             : Shape{p.rows(), p.cols()};
     // p is row-major (or a vector): its storage order is the tensor's.
-    writer.add(name, Tensor<T>(shape, std::vector<T>(p.data(), p.data() + p.size())));
+    writer.add(name, Tensor<T>(shape, typename Tensor<T>::Storage(p.data(), p.data() + p.size())));
   });
   return writer;
 }

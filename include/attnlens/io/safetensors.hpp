@@ -381,11 +381,11 @@ class SafeTensors {
     const std::size_t n = (ti.end - ti.begin) / width;
     const auto* src =
         reinterpret_cast<const unsigned char*>(bytes_.data()) + data_start_ + ti.begin;
-    std::vector<T> out(n);
+    typename Tensor<T>::Storage out(n);
     if (dtype_size(ti.dtype) == sizeof(T) && detail::natural_dtype<T>() == ti.dtype) {
       if (n > 0) std::memcpy(out.data(), src, n * sizeof(T));
     } else {
-      convert(ti, src, out);
+      convert<T>(ti, src, out);
     }
     return Tensor<T>(ti.shape, std::move(out));
   }
@@ -396,7 +396,8 @@ class SafeTensors {
   std::string in_source() const { return source_.empty() ? "" : " in '" + source_ + "'"; }
 
   template <class T>
-  static void convert(const TensorInfo& ti, const unsigned char* src, std::vector<T>& out) {
+  static void convert(const TensorInfo& ti, const unsigned char* src,
+                      typename Tensor<T>::Storage& out) {
     const std::size_t n = out.size();
     switch (ti.dtype) {
       case DType::F64:
