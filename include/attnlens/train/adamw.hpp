@@ -53,13 +53,20 @@ inline void check_adamw_options(const AdamWOptions& o) {
 // parameter lists side by side. The first step (or load_state) binds the optimizer to the
 // parameters' names and sizes; a later step with other parameters is a ShapeError.
 template <class T>
-class AdamW {
+class AdamW : public detail::OptimizerBase<AdamW<T>, T, AdamWOptions> {
+  using Base = detail::OptimizerBase<AdamW<T>, T, AdamWOptions>;
+  using Base::bound_;
+  using Base::options_;
+  using Base::steps_;
+
  public:
-  explicit AdamW(const AdamWOptions& options = {}) : options_(options) {
+  using Base::load_state;
+  using Base::step;
+
+  explicit AdamW(const AdamWOptions& options = {}) : Base(options) {
     check_adamw_options(options_);
   }
 
-  const AdamWOptions& options() const { return options_; }
   // New options from the next step on (a schedule's lr, one-cycle's beta1). amsgrad is fixed
   // once the moments exist: torch.optim.AdamW would have no max_exp_avg_sq to continue from.
   void set_options(const AdamWOptions& options) {
@@ -70,23 +77,12 @@ class AdamW {
     options_ = options;
     detail::set_decay(bound_, options_.no_weight_decay);
   }
-  void set_learning_rate(double lr) {
-    AdamWOptions o = options_;
-    o.lr = lr;
-    set_options(o);
-  }
-  std::int64_t steps() const { return steps_; }
-
-  template <template <class> class Module>
-  void step(Module<T>& module, Module<T>& gradient) {
-    step(named_parameters(module), named_parameters(gradient));
-  }
 
   void step(const std::vector<NamedParameter<T>>& parameters,
             const std::vector<NamedParameter<T>>& gradients) {
     const std::string who = "AdamW::step";
     detail::check_gradients(parameters, gradients, who);
-    bind_or_check(parameters, who);
+    this->bind_or_check(parameters, who);
     if (exp_avg_.empty()) {  // zeros, as torch.optim.AdamW's lazy state
       const auto zeros = [&](std::vector<Vector<T>>& buffers) {
         buffers.resize(bound_.size());
@@ -154,30 +150,13 @@ class AdamW {
          {"exp_avg_sq", &v, true, false, true},
          {"max_exp_avg_sq", &v_max, amsgrad, false, true, "AdamWOptions::amsgrad is false"}},
         "AdamW::load_state");
-    bound_ = std::move(bound);
-    bound_once_ = true;
+    this->bind(std::move(bound), state.step);
     exp_avg_ = std::move(m);
     exp_avg_sq_ = std::move(v);
     max_exp_avg_sq_ = std::move(v_max);
-    steps_ = state.step;
-  }
-
-  template <template <class> class Module>
-  void load_state(const OptimizerState<T>& state, Module<T>& module) {
-    load_state(state, named_parameters(module));
   }
 
  private:
-  void bind_or_check(const std::vector<NamedParameter<T>>& parameters, const std::string& who) {
-    if (bound_once_) return detail::check_bound(bound_, parameters, who);
-    bound_ = detail::bind_parameters(parameters, options_.no_weight_decay);
-    bound_once_ = true;
-  }
-
-  AdamWOptions options_;
-  std::int64_t steps_ = 0;
-  std::vector<detail::BoundParameter> bound_;
-  bool bound_once_ = false;  // bound_ may be empty: a module without parameters
   std::vector<Vector<T>> exp_avg_, exp_avg_sq_, max_exp_avg_sq_;  // empty before the first step
 };
 

@@ -203,5 +203,56 @@ void import_state(const OptimizerState<T>& state, const char* optimizer,
   }
 }
 
+// What every optimizer shares: its options, the step count, the binding to the parameters of
+// its first step (or of load_state), and stepping or restoring a module by its parameter walk.
+// CRTP: Derived has step(parameters, gradients), set_options(options) and
+// load_state(state, parameters), and brings step and load_state into scope (`using`).
+template <class Derived, class T, class Options>
+class OptimizerBase {
+ public:
+  const Options& options() const { return options_; }
+  std::int64_t steps() const { return steps_; }
+
+  // The options with another learning rate (a schedule's), from the next step on.
+  void set_learning_rate(double lr) {
+    Options o = options_;
+    o.lr = lr;
+    derived().set_options(o);
+  }
+
+  template <template <class> class Module>
+  void step(Module<T>& module, Module<T>& gradient) {
+    derived().step(named_parameters(module), named_parameters(gradient));
+  }
+
+  template <template <class> class Module>
+  void load_state(const OptimizerState<T>& state, Module<T>& module) {
+    derived().load_state(state, named_parameters(module));
+  }
+
+ protected:
+  explicit OptimizerBase(const Options& options) : options_(options) {}
+
+  // Binds to `parameters` on the first step; checks them against the binding afterwards.
+  void bind_or_check(const std::vector<NamedParameter<T>>& parameters, const std::string& who) {
+    if (bound_once_) return check_bound(bound_, parameters, who);
+    bind(bind_parameters(parameters, options_.no_weight_decay), 0);
+  }
+  // A restored binding and step count (load_state, after its checks).
+  void bind(std::vector<BoundParameter> bound, std::int64_t steps) {
+    bound_ = std::move(bound);
+    bound_once_ = true;
+    steps_ = steps;
+  }
+
+  Options options_;
+  std::int64_t steps_ = 0;
+  std::vector<BoundParameter> bound_;
+  bool bound_once_ = false;  // bound_ may be empty: a module without parameters
+
+ private:
+  Derived& derived() { return static_cast<Derived&>(*this); }
+};
+
 }  // namespace detail
 }  // namespace attnlens

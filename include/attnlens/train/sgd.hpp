@@ -54,11 +54,18 @@ inline void check_sgd_options(const SgdOptions& o) {
 // parameter lists side by side. The first step (or load_state) binds the optimizer to the
 // parameters' names and sizes; a later step with other parameters is a ShapeError.
 template <class T>
-class Sgd {
- public:
-  explicit Sgd(const SgdOptions& options) : options_(options) { check_sgd_options(options_); }
+class Sgd : public detail::OptimizerBase<Sgd<T>, T, SgdOptions> {
+  using Base = detail::OptimizerBase<Sgd<T>, T, SgdOptions>;
+  using Base::bound_;
+  using Base::options_;
+  using Base::steps_;
 
-  const SgdOptions& options() const { return options_; }
+ public:
+  using Base::load_state;
+  using Base::step;
+
+  explicit Sgd(const SgdOptions& options) : Base(options) { check_sgd_options(options_); }
+
   // New options from the next step on (a schedule's lr, one-cycle's momentum); the momentum
   // buffers stay, as in a torch.optim param_group edited between steps.
   void set_options(const SgdOptions& options) {
@@ -66,23 +73,12 @@ class Sgd {
     options_ = options;
     detail::set_decay(bound_, options_.no_weight_decay);
   }
-  void set_learning_rate(double lr) {
-    SgdOptions o = options_;
-    o.lr = lr;
-    set_options(o);
-  }
-  std::int64_t steps() const { return steps_; }
-
-  template <template <class> class Module>
-  void step(Module<T>& module, Module<T>& gradient) {
-    step(named_parameters(module), named_parameters(gradient));
-  }
 
   void step(const std::vector<NamedParameter<T>>& parameters,
             const std::vector<NamedParameter<T>>& gradients) {
     const std::string who = "Sgd::step";
     detail::check_gradients(parameters, gradients, who);
-    bind_or_check(parameters, who);
+    this->bind_or_check(parameters, who);
     const bool momentum = options_.momentum != 0;
     // torch.optim.SGD creates the buffer as a copy of d on the first step with momentum.
     const bool first = momentum && momentum_buffer_.empty();
@@ -126,32 +122,15 @@ class Sgd {
         detail::bind_parameters(parameters, options_.no_weight_decay);
     std::vector<Vector<T>> buffers;
     detail::import_state<T>(state, "sgd", bound, kinds(buffers), "Sgd::load_state");
-    bound_ = std::move(bound);
-    bound_once_ = true;
+    this->bind(std::move(bound), state.step);
     momentum_buffer_ = std::move(buffers);
-    steps_ = state.step;
-  }
-
-  template <template <class> class Module>
-  void load_state(const OptimizerState<T>& state, Module<T>& module) {
-    load_state(state, named_parameters(module));
   }
 
  private:
-  void bind_or_check(const std::vector<NamedParameter<T>>& parameters, const std::string& who) {
-    if (bound_once_) return detail::check_bound(bound_, parameters, who);
-    bound_ = detail::bind_parameters(parameters, options_.no_weight_decay);
-    bound_once_ = true;
-  }
-
   static std::vector<detail::BufferKind<T>> kinds(std::vector<Vector<T>>& momentum_buffer) {
     return {{"momentum_buffer", &momentum_buffer, false, true, false}};
   }
 
-  SgdOptions options_;
-  std::int64_t steps_ = 0;
-  std::vector<detail::BoundParameter> bound_;
-  bool bound_once_ = false;                 // bound_ may be empty: a module without parameters
   std::vector<Vector<T>> momentum_buffer_;  // empty until the first step with momentum
 };
 
