@@ -48,11 +48,14 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_pytorch import load_images, load_safetensors, save_safetensors  # noqa: E402
 
-# config.json's keys (docs/model-format.md), all of which this script reads.
+# config.json's keys (docs/model-format.md), all of which this script reads, and the two it
+# accepts without using them: class_names only label the outputs, and proj_drop_rate is a
+# training setting (the module is built for inference, where dropout is off).
 CONFIG_KEYS = ("model_type", "img_size", "patch_size", "in_chans", "num_classes", "embed_dim",
                "depth", "num_heads", "mlp_ratio", "activation", "layer_norm_eps", "norm_first",
                "bias", "final_norm", "class_token", "global_pool", "pos_embed",
-               "relative_position", "attention", "residual", "mean", "std")
+               "relative_position", "attention", "residual", "mean", "std", "class_names",
+               "proj_drop_rate")
 
 
 class ConfigError(ValueError):

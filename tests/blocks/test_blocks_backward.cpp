@@ -1,7 +1,8 @@
 // The backward passes of TransformerEncoderLayer (both norm_first), TransformerEncoder (final
 // norm, fidelity residual with a learned lambda, absolute and relative positions, NeuTRENO's
-// V^0 across layers) and VisionTransformer (CLS token, pos_embed, pooling, head, 2-D relative
-// positions) against central finite differences in double, every input and named parameter.
+// V^0 across layers, dropout in training) and VisionTransformer (CLS token, pos_embed, pooling,
+// head, 2-D relative positions) against central finite differences in double, every input and
+// named parameter.
 #include <gtest/gtest.h>
 
 #include <functional>
@@ -62,6 +63,31 @@ TEST(EncoderLayerBackward, BothNormOrdersMatchDifferences) {
     }
 }
 
+// A training forward: the masks are fixed by the key, so the loss is a function of the inputs and
+// parameters as any other, and the backward must drop what the forward dropped.
+TEST(EncoderLayerBackward, DropoutMatchesDifferences) {
+  for (bool norm_first : {false, true}) {
+    SCOPED_TRACE(::testing::Message() << "norm_first " << norm_first);
+    EncoderLayerOptions o = small_layer_options(norm_first, Activation::gelu);
+    o.dropout = 0.3;
+    TransformerEncoderLayer<double> layer(o);
+    perturb_parameters(layer, 11);
+    Tensor<double> src = random_normal_tensor({2, 5, 8}, 12);
+    const Tensor<double> probe = random_normal_tensor({2, 5, 8}, 13);
+    EncoderForwardOptions training;
+    training.dropout_key = 2024;
+    const auto loss = [&] { return probed(layer.forward(src, padding(), training).output, probe); };
+    EncoderLayerCache<double> cache;
+    const Tensor<double> dropped = layer.forward(src, padding(), training, &cache).output;
+    // The masks are on: the training output is not the inference output.
+    EXPECT_FALSE(dropped == layer.forward(src, padding()).output);
+    TransformerEncoderLayer<double> gradient = zeros_like(layer);
+    const auto inputs = layer.backward(cache, probe, gradient);
+    testing::expect_parameter_gradients(layer, gradient, loss);
+    ATTNLENS_EXPECT_GRADIENT(loss, src.data(), src.size(), inputs.src.data(), 1e-6);
+  }
+}
+
 // Three layers: every piece of the stack's backward at once.
 void expect_encoder_gradients(const std::string& what, const EncoderOptions& options,
                               const AttentionMask<double>& mask) {
@@ -73,6 +99,30 @@ void expect_encoder_gradients(const std::string& what, const EncoderOptions& opt
   const auto loss = [&] { return probed(encoder.forward(src, mask).output, probe); };
   EncoderCache<double> cache;
   encoder.forward(src, mask, {}, &cache);
+  TransformerEncoder<double> gradient = zeros_like(encoder);
+  const Tensor<double> dsrc = encoder.backward(cache, probe, gradient);
+  testing::expect_parameter_gradients(encoder, gradient, loss);
+  ATTNLENS_EXPECT_GRADIENT(loss, src.data(), src.size(), dsrc.data(), 1e-6);
+}
+
+// Each layer of a stack draws its own masks from its part of the key.
+TEST(EncoderBackward, DropoutInEveryLayerMatchesDifferences) {
+  EncoderOptions o;
+  o.layer = small_layer_options(true, Activation::gelu);
+  o.layer.dropout = 0.25;
+  o.num_layers = 3;
+  o.final_norm = true;
+  TransformerEncoder<double> encoder(o);
+  perturb_parameters(encoder, 14);
+  Tensor<double> src = random_normal_tensor({2, 5, 8}, 15);
+  const Tensor<double> probe = random_normal_tensor({2, 5, 8}, 16);
+  EncoderForwardOptions training;
+  training.dropout_key = 7;
+  const auto loss = [&] { return probed(encoder.forward(src, padding(), training).output, probe); };
+  EncoderCache<double> cache;
+  encoder.forward(src, padding(), training, &cache);
+  for (std::size_t l = 1; l < cache.layers.size(); ++l)
+    EXPECT_NE(cache.layers[l].dropout.key(), cache.layers[0].dropout.key()) << l;
   TransformerEncoder<double> gradient = zeros_like(encoder);
   const Tensor<double> dsrc = encoder.backward(cache, probe, gradient);
   testing::expect_parameter_gradients(encoder, gradient, loss);

@@ -102,6 +102,7 @@ TEST_F(VitModel, DefaultsFollowTimm) {
   EXPECT_TRUE(o.class_token);
   EXPECT_EQ(o.pooling, VitPooling::token);
   EXPECT_EQ(o.position, VitPosition::learned);
+  EXPECT_EQ(o.encoder.layer.dropout, 0.0);
   EXPECT_TRUE(config.mean.empty());
   // A ratio whose product lands a rounding below an integer gives that integer.
   const auto ratio = io::parse_vit_config(
@@ -137,6 +138,21 @@ TEST_F(VitModel, MalformedConfigNamesTheProblem) {
   expect_load_error("mlp_ratio");
   write_config([](auto& j) { j["patch_embed"] = 1; });
   expect_load_error("unknown key 'patch_embed'");
+  write_config([](auto& j) { j["proj_drop_rate"] = 1.0; });
+  expect_load_error("proj_drop_rate: expected a probability in [0, 1)");
+  write_config([](auto& j) { j["attn_drop_rate"] = 0.1; });
+  expect_load_error("attn_drop_rate: expected 0 (dropout on the attention probabilities");
+}
+
+TEST_F(VitModel, DropoutRateIsKeptAndWrittenOnlyWhenSet) {
+  io::VitModelConfig config = io::parse_vit_config(
+      R"({"model_type": "vision_transformer", "img_size": 8, "patch_size": 4, "num_classes": 2,
+          "embed_dim": 8, "depth": 1, "num_heads": 2, "proj_drop_rate": 0.1,
+          "attn_drop_rate": 0.0})");
+  EXPECT_EQ(config.vit.encoder.layer.dropout, 0.1);
+  EXPECT_EQ(io::parse_vit_config(io::vit_config_json(config)).vit.encoder.layer.dropout, 0.1);
+  config.vit.encoder.layer.dropout = 0;
+  EXPECT_EQ(io::vit_config_json(config).find("drop"), std::string::npos);
 }
 
 TEST_F(VitModel, SizesAreCheckedAgainstTheWeightsBeforeAllocating) {

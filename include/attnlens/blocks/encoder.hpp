@@ -68,7 +68,8 @@ void attach_relative_positions(std::vector<TransformerEncoderLayer<T>>& layers,
 }  // namespace detail
 
 // The stack's forward pass: the layers with the residual variant between them, then the final
-// norm if any. Shared by TransformerEncoder and VisionTransformer, which name the same
+// norm if any; in a training forward, layer l's dropout masks come from part l of the key.
+// Shared by TransformerEncoder and VisionTransformer, which name the same
 // members differently (layers / blocks).
 template <class T>
 EncoderOutput<T> run_encoder_stack(const std::vector<TransformerEncoderLayer<T>>& layers,
@@ -85,7 +86,10 @@ EncoderOutput<T> run_encoder_stack(const std::vector<TransformerEncoderLayer<T>>
     StackValues<T> stack;
     if (first_values.size()) stack.first = &first_values;
     if (previous_values.size()) stack.previous = &previous_values;
-    auto out = layers[l].forward(x, mask, options, cache ? &cache->layers[l] : nullptr, stack);
+    EncoderForwardOptions layer_options = options;  // a training forward: each layer its own draw
+    if (options.dropout_key) layer_options.dropout_key = dropout_part_key(*options.dropout_key, l);
+    auto out =
+        layers[l].forward(x, mask, layer_options, cache ? &cache->layers[l] : nullptr, stack);
     if (l == 0 && out.values.size()) first_values = out.values;
     previous_values = std::move(out.values);
     const Index E = x.shape().back(), n = x.size() / E;

@@ -1,10 +1,14 @@
-// TransformerEncoderLayer<T>: torch.nn.TransformerEncoderLayer (batch_first, inference: dropout
-// off) with its parameter names. Post-norm: x = norm1(x + sa(x)); x = norm2(x + ff(x)).
-// Pre-norm (norm_first): x = x + sa(norm1(x)); x = x + ff(norm2(x)). sa is docs/math.md section 1,
-// with the layer's relative position encoding, if any, attached to it, and with the attention
-// variant of EncoderLayerOptions::attention (docs/math.md section 2; softmax is PyTorch's).
+// TransformerEncoderLayer<T>: torch.nn.TransformerEncoderLayer (batch_first) with its parameter
+// names. Post-norm: x = norm1(x + drop(sa(x))); x = norm2(x + drop(ff(x))).
+// Pre-norm (norm_first): x = x + drop(sa(norm1(x))); x = x + drop(ff(norm2(x))). Dropout (also
+// inside ff) is on only in a training forward (EncoderForwardOptions::dropout_key). sa is
+// docs/math.md section 1, with the layer's relative position encoding, if any, attached to it,
+// and with the attention variant of EncoderLayerOptions::attention (docs/math.md section 2;
+// softmax is PyTorch's).
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -18,13 +22,14 @@
 #include "attnlens/core/types.hpp"
 #include "attnlens/kernel/mask.hpp"
 #include "attnlens/layers/activations.hpp"
+#include "attnlens/layers/dropout.hpp"
 #include "attnlens/layers/feed_forward.hpp"
 #include "attnlens/layers/layer_norm.hpp"
 #include "attnlens/layers/linear.hpp"
 
 namespace attnlens {
 
-// The constructor arguments of nn.TransformerEncoderLayer (dropout aside), same defaults.
+// The constructor arguments of nn.TransformerEncoderLayer, same defaults but dropout's.
 struct EncoderLayerOptions {
   Index d_model = 0;
   Index nhead = 1;
@@ -35,6 +40,11 @@ struct EncoderLayerOptions {
   bool bias = true;  // every Linear's bias and self_attn's in_proj_bias
   // attnlens addition: self_attn's kernel (softmax: nn.MultiheadAttention's) and boosting.
   AttentionVariantOptions attention = {};
+  // nn.TransformerEncoderLayer's dropout on the attention block's output, the feed-forward's
+  // hidden layer and its output (timm's proj_drop_rate; PyTorch's default is 0.1, attnlens's 0:
+  // a loaded model runs as it was exported). Not on the attention probabilities (PyTorch also
+  // applies it there; attnlens does not yet).
+  double dropout = 0;
 };
 
 struct EncoderForwardOptions {
@@ -44,6 +54,9 @@ struct EncoderForwardOptions {
   // takes the reference engine when weights are returned or a cache is filled.
   AttentionEngine engine = AttentionEngine::automatic;
   FusedTiling tiling = {};
+  // Set: a training forward, dropout on with the layers' rates and masks drawn from this key
+  // (layers/dropout.hpp; a stack gives each layer a part of it). Unset: inference.
+  std::optional<std::uint64_t> dropout_key = std::nullopt;
 };
 
 template <class T>
@@ -63,6 +76,7 @@ struct EncoderLayerCache {
   MultiHeadCache<T> self_attn;
   LayerNormCache<T> norm1, norm2;
   FeedForwardCache<T> feed_forward;
+  Dropout dropout = {};  // the forward's draw (off at inference)
 };
 
 struct EncoderBackwardOptions {
@@ -188,6 +202,7 @@ class TransformerEncoderLayer {
                              o.dim_feedforward);
     detail::require_argument(o.layer_norm_eps > 0, "EncoderLayerOptions::layer_norm_eps", "> 0",
                              o.layer_norm_eps);
+    check_dropout_probability(o.dropout, "EncoderLayerOptions::dropout");
     check_variant_options(o.attention, "EncoderLayerOptions::attention");
     return o;
   }
@@ -219,6 +234,18 @@ EncoderLayerOutput<T> TransformerEncoderLayer<T>::forward(const Tensor<T>& src,
   MultiHeadCache<T>* attention_cache = cache ? &cache->self_attn : nullptr;
   if (cache) cache->input = x;
 
+  // The layer's draw and its three sites: the attention block's output, the feed-forward's
+  // hidden layer, the feed-forward's output.
+  const Dropout dropout = options.dropout_key && options_.dropout > 0
+                              ? Dropout(options_.dropout, *options.dropout_key)
+                              : Dropout();
+  if (cache) cache->dropout = dropout;
+  const auto attention_output = [&](Tensor<T>& output) {
+    MatrixMap<T> sa(output.data(), n, d_model());
+    dropout.part(0).apply<T>(sa);
+    return sa;
+  };
+
   EncoderLayerOutput<T> result;
   result.output = Tensor<T>(src.shape());
   MatrixMap<T> y(result.output.data(), n, d_model());
@@ -229,19 +256,21 @@ EncoderLayerOutput<T> TransformerEncoderLayer<T>::forward(const Tensor<T>& src,
     auto attention = self_attn.forward(normed, mask, attention_options, attention_cache, stack);
     result.weights = std::move(attention.weights);
     result.values = std::move(attention.values);
-    hidden = x + ConstMatrixMap<T>(attention.output.data(), n, d_model());
+    hidden = x + attention_output(attention.output);
     const Matrix<T> normed2 = norm2.forward(hidden, cache ? &cache->norm2 : nullptr);
     feed_forward<T>(linear1, options_.activation, linear2, normed2, y,
-                    cache ? &cache->feed_forward : nullptr, options.parallel);
+                    cache ? &cache->feed_forward : nullptr, options.parallel, dropout.part(1));
+    dropout.part(2).apply<T>(y);
     y += hidden;
   } else {
     auto attention = self_attn.forward(src, mask, attention_options, attention_cache, stack);
     result.weights = std::move(attention.weights);
     result.values = std::move(attention.values);
-    hidden = x + ConstMatrixMap<T>(attention.output.data(), n, d_model());
+    hidden = x + attention_output(attention.output);
     norm1.forward(hidden, hidden, cache ? &cache->norm1 : nullptr);
     feed_forward<T>(linear1, options_.activation, linear2, hidden, y,
-                    cache ? &cache->feed_forward : nullptr, options.parallel);
+                    cache ? &cache->feed_forward : nullptr, options.parallel, dropout.part(1));
+    dropout.part(2).apply<T>(y);
     y += hidden;
     norm2.forward(y, y, cache ? &cache->norm2 : nullptr);
   }
@@ -262,12 +291,20 @@ EncoderLayerInputGradients<T> TransformerEncoderLayer<T>::backward(
   const ConstMatrixMap<T> dy(doutput.data(), n, E);
   MultiHeadBackwardOptions attention_options;
   attention_options.parallel = options.parallel;
-  // self_attn's backward on a token-row gradient shaped like src.
+  // self_attn's backward on a token-row gradient shaped like src, through the forward's
+  // dropout of the attention block's output.
   const auto attention_backward = [&](const Matrix<T>& dattention) {
     Tensor<T> d(doutput.shape());
-    MatrixMap<T>(d.data(), n, E) = dattention;
+    MatrixMap<T> dsa(d.data(), n, E);
+    dsa = dattention;
+    cache.dropout.part(0).template apply<T>(dsa);
     return self_attn.backward(cache.self_attn, d, gradient.self_attn, attention_options, stack,
                               value_gradient);
+  };
+  // The gradient of the feed-forward's output, through the forward's dropout there.
+  const auto feed_forward_output = [&](Matrix<T> d) {
+    cache.dropout.part(2).template apply<T>(d);
+    return d;
   };
   EncoderLayerInputGradients<T> result;
   result.src = Tensor<T>(doutput.shape());
@@ -279,9 +316,9 @@ EncoderLayerInputGradients<T> TransformerEncoderLayer<T>::backward(
     if (norm2.elementwise_affine())
       normed2 = (normed2.array().rowwise() * norm2.weight.transpose().array()).rowwise() +
                 norm2.bias.transpose().array();
-    const Matrix<T> dnormed2 =
-        feed_forward_backward<T>(linear1, options_.activation, linear2, normed2, cache.feed_forward,
-                                 dy, gradient.linear1, gradient.linear2, options.parallel);
+    const Matrix<T> dnormed2 = feed_forward_backward<T>(
+        linear1, options_.activation, linear2, normed2, cache.feed_forward, feed_forward_output(dy),
+        gradient.linear1, gradient.linear2, options.parallel);
     const Matrix<T> dh = dy + norm2.backward(cache.norm2, dnormed2, gradient.norm2);
     auto attention = attention_backward(dh);
     dx = dh + norm1.backward(cache.norm1, attention.query, gradient.norm1);
@@ -292,8 +329,8 @@ EncoderLayerInputGradients<T> TransformerEncoderLayer<T>::backward(
   const Matrix<T> dz = norm2.backward(cache.norm2, dy, gradient.norm2);
   const Matrix<T> dh =
       dz + feed_forward_backward<T>(linear1, options_.activation, linear2, cache.hidden,
-                                    cache.feed_forward, dz, gradient.linear1, gradient.linear2,
-                                    options.parallel);
+                                    cache.feed_forward, feed_forward_output(dz), gradient.linear1,
+                                    gradient.linear2, options.parallel);
   const Matrix<T> du = norm1.backward(cache.norm1, dh, gradient.norm1);
   auto attention = attention_backward(du);
   dx = du + attention.query;

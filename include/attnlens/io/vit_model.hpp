@@ -139,6 +139,17 @@ inline VitModelConfig parse_vit_config(const std::string& text,
   layer.layer_norm_eps = config.get<double>("layer_norm_eps", 1e-6);  // timm's
   layer.norm_first = config.get<bool>("norm_first", true);
   layer.bias = config.get<bool>("bias", true);
+  // timm's dropout rates (training only): proj_drop_rate on the attention block's output and
+  // in and after the MLP; attention-probability dropout is not implemented, so a nonzero
+  // attn_drop_rate is refused rather than ignored.
+  layer.dropout = config.get<double>("proj_drop_rate", 0.0);
+  if (!(layer.dropout >= 0 && layer.dropout < 1))
+    config.fail("proj_drop_rate", "a probability in [0, 1)", concat(layer.dropout));
+  const double attn_drop_rate = config.get<double>("attn_drop_rate", 0.0);
+  if (attn_drop_rate != 0)
+    config.fail("attn_drop_rate",
+                "0 (dropout on the attention probabilities is not implemented; proj_drop_rate is)",
+                concat(attn_drop_rate));
   o.encoder.final_norm = config.get<bool>("final_norm", true);
   o.class_token = config.get<bool>("class_token", true);
   const auto pool = config.get<std::string>("global_pool", o.class_token ? "token" : "avg");
@@ -191,6 +202,7 @@ inline std::string vit_config_json(const VitModelConfig& config) {
   json["layer_norm_eps"] = layer.layer_norm_eps;
   json["norm_first"] = layer.norm_first;
   json["bias"] = layer.bias;
+  if (layer.dropout > 0) json["proj_drop_rate"] = layer.dropout;  // the default 0 left out
   json["final_norm"] = o.encoder.final_norm;
   json["class_token"] = o.class_token;
   json["global_pool"] = o.pooling == VitPooling::token ? "token" : "avg";

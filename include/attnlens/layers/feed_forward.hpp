@@ -11,6 +11,7 @@
 #include "attnlens/core/init.hpp"
 #include "attnlens/core/types.hpp"
 #include "attnlens/layers/activations.hpp"
+#include "attnlens/layers/dropout.hpp"
 #include "attnlens/layers/linear.hpp"
 
 namespace attnlens {
@@ -22,30 +23,38 @@ struct FeedForwardOptions {
   bool bias = true;  // linear1.bias and linear2.bias
 };
 
-// What a backward pass needs: linear1's output before and after the activation.
+// What a backward pass needs: linear1's output before the activation, linear2's input, and the
+// dropout drawn between them.
 template <class T>
 struct FeedForwardCache {
   Matrix<T> pre_activation;  // n x dim_feedforward
-  Matrix<T> hidden;          // n x dim_feedforward
+  Matrix<T> hidden;          // n x dim_feedforward: after the activation and the dropout
+  Dropout hidden_dropout = {};
 };
 
-// y = linear2(activation(linear1(x))): shared by FeedForward and TransformerEncoderLayer, which
-// holds linear1 and linear2 itself to keep PyTorch's state_dict names. The products run on
-// `parallel`'s threads.
+// y = linear2(dropout(activation(linear1(x)))): shared by FeedForward and
+// TransformerEncoderLayer, which holds linear1 and linear2 itself to keep PyTorch's state_dict
+// names. hidden_dropout is nn.TransformerEncoderLayer's `dropout` and timm's Mlp.drop1 (off by
+// default: inference). The products run on `parallel`'s threads.
 template <class T>
 void feed_forward(const Linear<T>& linear1, Activation activation, const Linear<T>& linear2,
                   ConstMatrixRef<T> x, MatrixRef<T> y, FeedForwardCache<T>* cache = nullptr,
-                  const ParallelOptions& parallel = {}) {
+                  const ParallelOptions& parallel = {}, const Dropout& hidden_dropout = {}) {
   Matrix<T> hidden = linear1.forward(x, parallel);
   if (cache) cache->pre_activation = hidden;
   apply_activation<T>(activation, hidden);
+  hidden_dropout.apply<T>(hidden);
   linear2.forward(hidden, y, parallel);
-  if (cache) cache->hidden = std::move(hidden);
+  if (cache) {
+    cache->hidden = std::move(hidden);
+    cache->hidden_dropout = hidden_dropout;
+  }
 }
 
 // The backward pass of feed_forward(linear1, activation, linear2, x, y, &cache) given
 // dy = dL/dy: returns dx and accumulates the parameter gradients of linear1 and linear2 into
-// grad1 and grad2 (Linear::backward through each layer, activation_backward between them).
+// grad1 and grad2 (Linear::backward through each layer, the forward's dropout and
+// activation_backward between them).
 template <class T>
 Matrix<T> feed_forward_backward(const Linear<T>& linear1, Activation activation,
                                 const Linear<T>& linear2, ConstMatrixRef<T> x,
@@ -59,6 +68,7 @@ Matrix<T> feed_forward_backward(const Linear<T>& linear1, Activation activation,
   detail::require_matrix(cache.hidden, n, hidden, "feed_forward_backward cache.hidden");
   detail::require_matrix(dy, n, linear2.out_features(), "feed_forward_backward dy");
   Matrix<T> dhidden = linear2.backward(cache.hidden, dy, grad2, parallel);
+  cache.hidden_dropout.template apply<T>(dhidden);
   activation_backward<T>(activation, cache.pre_activation, dhidden);
   return linear1.backward(x, dhidden, grad1, parallel);
 }

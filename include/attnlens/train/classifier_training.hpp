@@ -14,6 +14,7 @@
 #include "attnlens/core/parameters.hpp"
 #include "attnlens/core/portable_rng.hpp"
 #include "attnlens/image/augment.hpp"
+#include "attnlens/layers/dropout.hpp"
 #include "attnlens/train/clip_gradient.hpp"
 #include "attnlens/train/cross_entropy.hpp"
 #include "attnlens/train/data_order.hpp"
@@ -58,6 +59,12 @@ inline PortableRng augmentation_rng(std::uint64_t seed, Index epoch, Index batch
                          static_cast<std::uint64_t>(batch));
 }
 
+// The dropout key of optimizer step `step` (layers/dropout.hpp): part `step` of the seed's own.
+inline std::uint64_t dropout_key(std::uint64_t seed, std::int64_t step) {
+  constexpr std::uint64_t k_dropout_seed = 0xbb67ae8584caa73bu;  // sqrt(3)'s bits
+  return dropout_part_key(seed ^ k_dropout_seed, static_cast<std::uint64_t>(step));
+}
+
 template <class T>
 void check_training_data(const ImageDataset<T>& data, const VisionTransformer<T>& model,
                          const char* what) {
@@ -80,7 +87,8 @@ void check_training_data(const ImageDataset<T>& data, const VisionTransformer<T>
 
 // Runs epoch `epoch` (0 for the first) from progress.next_batch on. Batch b holds the examples
 // DataOrder(data.size(), {batch_size, shuffle, no drop_last, seed}) puts there, each image
-// augmented with its own draws. Each step: forward with cache, mean cross-entropy, backward,
+// augmented with its own draws. Each step: a training forward with cache (dropout at the
+// model's rates, masks keyed by the seed and the step count), mean cross-entropy, backward,
 // clipping (options.clip_norm), and optimizer.step at learning_rate(optimizer.steps()); a step
 // whose gradient norm is not finite is left out (counted in progress.skipped_steps). After each
 // step, after_step(progress) is called: returning false stops the epoch there (progress then
@@ -119,6 +127,9 @@ bool train_epoch(VisionTransformer<T>& model, VisionTransformer<T>& gradient, Op
 
     set_zero(gradient);
     VitCache<T> cache;
+    // The step's dropout masks: a function of the seed and the optimizer's step count, which a
+    // resumed run restores.
+    forward.dropout_key = detail::dropout_key(options.seed, optimizer.steps());
     const VitOutput<T> out = model.forward(images, forward, &cache);
     const CrossEntropy<T> loss = softmax_cross_entropy<T>(out.logits.matrix(), labels);
     model.backward(cache, Tensor<T>::from_matrix(loss.grad_logits), gradient, backward);
