@@ -10,6 +10,7 @@
 
 #include "attnlens/blocks/encoder.hpp"
 #include "attnlens/blocks/vision_transformer.hpp"
+#include "attnlens/io/model.hpp"
 #include "attnlens/io/torch_masks.hpp"
 #include "support/expect_error.hpp"
 #include "support/fixtures.hpp"
@@ -53,10 +54,12 @@ inline EncoderOptions encoder_options(const nlohmann::json& c) {
   o.final_norm = c["final_norm"];
   o.residual.type = residual_type_from_name(c.value("residual", "standard"));
   o.residual.lambda = c.value("fidelity_lambda", std::vector<double>{});
+  o.residual.learned = c.value("fidelity_learned", false);
   return o;
 }
 
-// The VisionTransformerOptions of a case of the vit fixture (oracles/blocks.py, VitCase).
+// The VisionTransformerOptions of a case of the vit fixture (oracles/blocks.py, VitCase) or of
+// grad_vit (oracles/gradients.py, VitGradCase: also config.json's "attention" object).
 inline VisionTransformerOptions vit_options(const nlohmann::json& c) {
   VisionTransformerOptions o;
   o.image_height = c["image_height"];
@@ -71,6 +74,9 @@ inline VisionTransformerOptions vit_options(const nlohmann::json& c) {
   o.relative_position.type = position_type_from_name(c.value("relative", "none"));
   o.relative_position.max_position = c.value("max_position", 0);
   o.relative_position.dim = c.value("relative_dim", 0);
+  if (c.contains("attention"))
+    o.encoder.layer.attention = io::detail::parse_attention_config(
+        io::detail::ConfigReader(c["attention"], c["name"].get<std::string>() + " attention"));
   return o;
 }
 

@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <type_traits>
 
@@ -29,31 +31,49 @@ constexpr GradientTolerance gradient_tolerance() {
                                  ::attnlens::testing::gradient_tolerance<T>().relative, \
                                  ::attnlens::testing::gradient_tolerance<T>().absolute)
 
+// The error that tolerance bounds, in its relative units: the largest |actual - expected| /
+// max(absolute / relative, |expected|), i.e. relative above magnitude 0.1 and absolute / 0.1
+// below; at most gradient_tolerance<T>().relative where ATTNLENS_EXPECT_GRADIENT_MATCHES passes.
+// For reports of the largest error.
+template <class T, class A, class E>
+double gradient_error(const A& actual, const E& expected) {
+  constexpr GradientTolerance tol = gradient_tolerance<T>();
+  return static_cast<double>(
+      compare(actual, expected, ErrorScale{tol.absolute / tol.relative, 1}).max_error);
+}
+
 // Every named parameter of `gradient` (filled by a backward pass) against the fixture tensor
 // `<names><name>` (`<case>.grad.` in the layer and mha fixtures, nothing in the model ones),
-// read with the module's own loader (which checks the shapes).
+// read with the module's own loader (which checks the shapes). Returns the largest
+// gradient_error.
 template <template <class> class Module, class T>
-void expect_parameter_gradients_match(const io::SafeTensors& file, const std::string& names,
-                                      Module<T>& gradient) {
+double expect_parameter_gradients_match(const io::SafeTensors& file, const std::string& names,
+                                        Module<T>& gradient) {
   Module<T> expected = zeros_like(gradient);
   io::load_parameters(file, names, expected);
   const auto actual = named_parameters(gradient), wanted = named_parameters(expected);
-  ASSERT_EQ(actual.size(), wanted.size());
+  EXPECT_EQ(actual.size(), wanted.size());
+  if (actual.size() != wanted.size()) return NAN;
+  double worst = 0;
   for (std::size_t n = 0; n < actual.size(); ++n) {
     SCOPED_TRACE(actual[n].name);
-    ATTNLENS_EXPECT_GRADIENT_MATCHES(T,
-                                     (Eigen::Map<const Vector<T>>(actual[n].data, actual[n].size)),
-                                     (Eigen::Map<const Vector<T>>(wanted[n].data, wanted[n].size)));
+    const Eigen::Map<const Vector<T>> a(actual[n].data, actual[n].size);
+    const Eigen::Map<const Vector<T>> e(wanted[n].data, wanted[n].size);
+    ATTNLENS_EXPECT_GRADIENT_MATCHES(T, a, e);
+    worst = std::max(worst, gradient_error<T>(a, e));
   }
+  return worst;
 }
 
 // A backward pass's input gradient `dx` against `<prefix>grad_input` and its parameter gradients
-// as above: what each case of a gradient fixture checks.
+// as above: what each case of a gradient fixture checks. Returns the largest gradient_error.
 template <template <class> class Module, class T>
-void expect_gradients_match(const io::SafeTensors& file, const std::string& prefix,
-                            const Tensor<T>& dx, Module<T>& gradient) {
-  ATTNLENS_EXPECT_GRADIENT_MATCHES(T, dx, file.get<T>(prefix + "grad_input"));
-  expect_parameter_gradients_match(file, prefix + "grad.", gradient);
+double expect_gradients_match(const io::SafeTensors& file, const std::string& prefix,
+                              const Tensor<T>& dx, Module<T>& gradient) {
+  const Tensor<T> expected = file.get<T>(prefix + "grad_input");
+  ATTNLENS_EXPECT_GRADIENT_MATCHES(T, dx, expected);
+  return std::max(gradient_error<T>(dx, expected),
+                  expect_parameter_gradients_match(file, prefix + "grad.", gradient));
 }
 
 // A tensor of tokens (B x L x E, or any rank) as the matrix of its last axis, one token per row.

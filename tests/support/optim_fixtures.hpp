@@ -134,14 +134,17 @@ void apply_fixture_schedule(const nlohmann::json& c, const io::SafeTensors& file
 }
 
 // Runs every case of `optimizer` ("sgd" / "adamw") of optim_{f32,f64}: the weight-decay groups
-// of the default rule, each step's lr, the parameters after every step and the final state.
-// Returns the number of cases and sets the largest parameter and state errors.
+// of the default rule, each step's lr, the parameters after every step (the first one alone is
+// a single step against torch.optim's, from the initial parameters) and the final state.
+// Returns the number of cases and sets the largest parameter errors (over every step, and of
+// the first step) and state errors.
 template <class T, class Optimizer, class MakeOptions>
 int check_optimizer_fixture(const std::string& optimizer, MakeOptions make_options,
-                            double& parameter_error, double& state_error) {
+                            double& parameter_error, double& state_error,
+                            double& first_step_error) {
   const io::SafeTensors file = load_fixture(
       std::string("optim_") + (std::is_same_v<T, float> ? "f32" : "f64") + ".safetensors");
-  parameter_error = state_error = 0;
+  parameter_error = state_error = first_step_error = 0;
   int cases = 0;
   for (const nlohmann::json& c : fixture_cases(file)) {
     if (c["optimizer"] != optimizer) continue;
@@ -176,6 +179,7 @@ int check_optimizer_fixture(const std::string& optimizer, MakeOptions make_optio
             params.tensors.at(p), file.get<T>(name + ".param." + std::to_string(k) + "." + p));
         EXPECT_LE(error, optimizer_tolerance<T>()) << "step " << k << " " << p;
         parameter_error = std::max(parameter_error, error);
+        if (k == 0) first_step_error = std::max(first_step_error, error);
       }
     }
     EXPECT_EQ(opt.steps(), steps);

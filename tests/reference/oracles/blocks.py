@@ -557,15 +557,22 @@ def vit_relative_bias(case: VitCase, attn: nn.Module, prefix: int, grid) -> torc
 
 class VitAttention(nn.Module):
     """timm's Attention: qkv (E -> 3E, split as (3, heads, head_dim)), softmax(q k^T / sqrt(d)
-    + bias) v per head, proj."""
+    + bias) v per head, proj. With `variant` (oracles/variants.py's settings) the attention is
+    variants.variant_forward instead, in float64, on the same qkv and proj, the block's own
+    parameters (rho, fourier_r) and the relative bias added to the log kernel."""
 
-    def __init__(self, e: int, heads: int):
+    def __init__(self, e: int, heads: int, variant: Optional[dict] = None):
         super().__init__()
         self.heads = heads
+        self.variant = variant
         self.qkv = nn.Linear(e, 3 * e, dtype=torch.float64)
         self.proj = nn.Linear(e, e, dtype=torch.float64)
 
-    def forward(self, x, bias=None):
+    def forward(self, x, bias=None, first=None, previous=None):
+        """The output and the block's values V^l (B x N x E; None for softmax, where no block
+        reads them). first / previous: V^0 and V^{l-1} for NeuTRENO and elliptical."""
+        if self.variant is not None:
+            return self.variant_forward(x, bias, first, previous)
         b, n, e = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, e // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # B x H x N x d each
@@ -573,19 +580,33 @@ class VitAttention(nn.Module):
         if bias is not None:
             scores = scores + bias
         out = scores.softmax(dim=-1) @ v
-        return self.proj(out.transpose(1, 2).reshape(b, n, e))
+        return self.proj(out.transpose(1, 2).reshape(b, n, e)), None
+
+    def variant_forward(self, x, bias, first, previous):
+        from oracles import variants
+        if x.dtype != torch.float64:
+            raise TypeError("the variant oracle computes in float64")
+        # qkv's rows are q, k, v, each head's d rows in order: nn.MultiheadAttention's in_proj.
+        params = {"in_proj_weight": self.qkv.weight, "in_proj_bias": self.qkv.bias,
+                  "out_proj.weight": self.proj.weight, "out_proj.bias": self.proj.bias,
+                  **dict(self.named_parameters(recurse=False))}
+        key_keep = torch.ones(x.shape[:2], dtype=torch.bool)
+        out, _, values = variants.variant_forward(self.variant, params, x, key_keep, first,
+                                                  previous, num_heads=self.heads,
+                                                  score_bias=bias)
+        return out, values
 
 
 class VitBlock(nn.Module):
     """timm's Block (norm1, attn, norm2, mlp.fc1 / act / mlp.fc2), pre-norm as timm or
     post-norm as a hand-written nn.TransformerEncoderLayer ViT."""
 
-    def __init__(self, case: VitCase):
+    def __init__(self, case: VitCase, variant: Optional[dict] = None):
         super().__init__()
         e = case.d_model
         self.norm_first = case.norm_first
         self.norm1 = nn.LayerNorm(e, eps=case.layer_norm_eps, dtype=torch.float64)
-        self.attn = VitAttention(e, case.nhead)
+        self.attn = VitAttention(e, case.nhead, variant)
         self.norm2 = nn.LayerNorm(e, eps=case.layer_norm_eps, dtype=torch.float64)
         self.mlp = nn.Module()
         self.mlp.fc1 = nn.Linear(e, case.dim_feedforward, dtype=torch.float64)
@@ -595,16 +616,27 @@ class VitBlock(nn.Module):
     def mlp_forward(self, x):
         return self.mlp.fc2(self.act(self.mlp.fc1(x)))
 
-    def forward(self, x, bias=None):
+    def forward(self, x, bias=None, first=None, previous=None):
+        """The block's output and its attention's values (VitAttention.forward)."""
         if self.norm_first:
-            x = x + self.attn(self.norm1(x), bias)
-            return x + self.mlp_forward(self.norm2(x))
-        x = self.norm1(x + self.attn(x, bias))
-        return self.norm2(x + self.mlp_forward(x))
+            attended, values = self.attn(self.norm1(x), bias, first, previous)
+            x = x + attended
+            return x + self.mlp_forward(self.norm2(x)), values
+        attended, values = self.attn(x, bias, first, previous)
+        x = self.norm1(x + attended)
+        return self.norm2(x + self.mlp_forward(x)), values
 
 
 class ReferenceViT(nn.Module):
-    def __init__(self, case: VitCase):
+    """attention, residual: config.json's objects (docs/model-format.md) of an attention variant
+    in every block (on the patch grid: a bilateral domain kernel's leading tokens are the CLS
+    token, as attnlens's ViT sets them) and of a fidelity residual around the blocks, or None
+    (softmax written out; standard residual). Their parameters are registered last, under
+    blocks.{i}.attn. after the relative tables (rho, fourier_r) and at the top after the head
+    (fidelity_lambda), so that the cases without them draw the same numbers as before."""
+
+    def __init__(self, case: VitCase, attention: Optional[dict] = None,
+                 residual: Optional[dict] = None):
         super().__init__()
         e, p = case.d_model, case.patch_size
         n = (case.image_height // p) * (case.image_width // p)
@@ -616,14 +648,17 @@ class ReferenceViT(nn.Module):
             self.cls_token = nn.Parameter(torch.zeros(1, 1, e, dtype=torch.float64))
         if case.position == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, prefix + n, e, dtype=torch.float64))
-        self.blocks = nn.ModuleList(VitBlock(case) for _ in range(case.num_layers))
+        self.grid = (case.image_height // p, case.image_width // p)
+        variant = None
+        if attention is not None:
+            variant = dict(variant_case(attention), grid=[*self.grid, prefix])
+        self.blocks = nn.ModuleList(VitBlock(case, variant) for _ in range(case.num_layers))
         self.norm = (nn.LayerNorm(e, eps=case.layer_norm_eps, dtype=torch.float64)
                      if case.final_norm else None)
         if case.num_classes:
             self.head = nn.Linear(e, case.num_classes, dtype=torch.float64)
-        self.grid = (case.image_height // p, case.image_width // p)
         h = case.nhead
-        for block in self.blocks:  # the relative tables live under blocks.{i}.attn.
+        for l, block in enumerate(self.blocks):  # the relative tables live under blocks.{i}.attn.
             attn = block.attn
             if case.relative == "quadratic":
                 attn.alpha = nn.Parameter(0.3 + 0.2 * torch.rand(h, dtype=torch.float64))
@@ -635,6 +670,21 @@ class ReferenceViT(nn.Module):
                 attn.col_embeddings = nn.Embedding(rows, dim, dtype=torch.float64)
                 attn.head_keys_row = nn.Linear(dim, h, bias=False, dtype=torch.float64)
                 attn.head_keys_col = nn.Linear(dim, h, bias=False, dtype=torch.float64)
+            # Far from their inits, as in the blocks_model encoders (add_position_parameters).
+            if variant is not None and variant["type"] == "bilateral":
+                attn.rho = nn.Parameter(torch.linspace(0.5, 2.9, h, dtype=torch.float64) + 0.2 * l)
+            elif variant is not None and variant["type"] == "fourier":
+                attn.fourier_r = nn.Parameter(torch.tensor([0.6 + 0.3 * l], dtype=torch.float64))
+        self.residual = residual or {"type": "standard"}
+        if self.residual.get("learned"):
+            self.fidelity_lambda = nn.Parameter(
+                torch.full((case.num_layers,), 0.3, dtype=torch.float64))
+
+    def fidelity_lambdas(self):
+        if self.residual.get("learned"):
+            return self.fidelity_lambda
+        lambdas = self.residual["lambda"]
+        return lambdas * len(self.blocks) if len(lambdas) == 1 else lambdas
 
     def forward(self, images):
         w = self.patch_embed.proj
@@ -646,21 +696,33 @@ class ReferenceViT(nn.Module):
             prefix = 1
         if self.case.position == "learned":
             x = x + self.pos_embed
-        for block in self.blocks:
+        # docs/math.md section 2: x_{l+1} = block_l(x_l) + lambda_l (x_0 - x_l) with a fidelity
+        # residual; block l's variant sees V^0 (NeuTRENO) and V^{l-1} (elliptical).
+        x0, first, previous = x, None, None
+        for l, block in enumerate(self.blocks):
             bias = None
             if self.case.relative != "none":  # H x L x L, the same for every image
                 bias = vit_relative_bias(self.case, block.attn, prefix, self.grid)
-            x = block(x, bias)
+            y, values = block(x, bias, first, previous)
+            if l == 0:
+                first = values
+            previous = values
+            if self.residual["type"] == "fidelity":
+                y = y + self.fidelity_lambdas()[l] * (x0 - x)
+            x = y
         if self.norm is not None:
             x = self.norm(x)
         pooled = x[:, 0] if self.case.pooling == "token" else x[:, prefix:].mean(dim=1)
         return (self.head(pooled) if self.case.num_classes else pooled), x
 
 
-def vit_case(case: VitCase, dtype) -> Tensors:
+def make_vit_case(case: VitCase, dtype, attention: Optional[dict] = None,
+                  residual: Optional[dict] = None):
+    """The case's ReferenceViT (seeded, perturbed, in eval mode) and images (B x C x H x W),
+    drawn in float64 and rounded to dtype. Also used by oracles/gradients.py."""
     seed = seed_of(case.name)
     torch.manual_seed(seed)
-    model = ReferenceViT(case)
+    model = ReferenceViT(case, attention, residual)
     perturb(model, seed)
     with torch.no_grad():  # perturb() adds to zero-initialised tokens: make them O(0.5)
         for name in ("cls_token", "pos_embed"):
@@ -669,7 +731,11 @@ def vit_case(case: VitCase, dtype) -> Tensors:
     g = torch.Generator().manual_seed(seed + 1)
     images = torch.randn(case.batch, case.in_chans, case.image_height, case.image_width,
                          generator=g, dtype=torch.float64)
-    model, images = copy.deepcopy(model).to(dtype).eval(), images.to(dtype)
+    return copy.deepcopy(model).to(dtype).eval(), images.to(dtype)
+
+
+def vit_case(case: VitCase, dtype) -> Tensors:
+    model, images = make_vit_case(case, dtype)
     with torch.no_grad():
         logits, tokens = model(images)
     p = case.name + "."

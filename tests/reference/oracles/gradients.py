@@ -25,7 +25,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -690,3 +690,208 @@ def grad_cli() -> FixtureFiles:
     for case in GRADCHECK_CLI_CASES:
         gradcheck_cli(case)
     return files
+
+
+# ----------------------------------------------------------------------------------------------
+# grad_vit (grad_vit_{f32,f64}.safetensors): the training loss of a whole vision transformer,
+# mean F.cross_entropy of its logits and integer labels, differentiated with respect to the
+# images and every parameter of oracles/blocks.py's ReferenceViT (timm's state_dict names, the
+# relative tables, a variant's rho / fourier_r and a learned fidelity_lambda included).
+
+
+@dataclasses.dataclass(frozen=True)
+class VitGradCase:
+    vit: blocks.VitCase
+    attention: Optional[dict] = None  # config.json's "attention" object (None: softmax)
+    residual: Optional[dict] = None   # config.json's "residual" object (None: standard)
+
+    def metadata(self) -> dict:
+        """The VitCase fields, the attention object, and the residual in EncoderCase's
+        fields (residual, fidelity_lambda, fidelity_learned), as the C++ case loaders read
+        them."""
+        out = dataclasses.asdict(self.vit)
+        out["attention"] = self.attention or {"type": "softmax"}
+        residual = self.residual or {"type": "standard"}
+        out["residual"] = residual["type"]
+        out["fidelity_lambda"] = residual.get("lambda", [])
+        out["fidelity_learned"] = bool(residual.get("learned", False))
+        return out
+
+
+def small_vit(name, height, width, patch, chans, classes, e, heads, ff, **kw) -> blocks.VitCase:
+    return blocks.VitCase(name, height, width, patch, chans, classes, e, heads, ff, 2, **kw)
+
+
+# 8 x 8 images, two blocks of two heads; patch 4 (a 2 x 2 grid), or 2 (4 x 4) where positions
+# on the grid matter. Variants with a fixed (kde) or learned (bilateral) fidelity residual.
+VIT_GRAD_CASES = [
+    VitGradCase(small_vit("vg00_cls_learned_token", 8, 8, 4, 3, 5, 12, 2, 24,
+                         layer_norm_eps=1e-6, batch=3)),
+    VitGradCase(small_vit("vg01_nocls_mean_post_relu", 8, 8, 4, 1, 4, 12, 2, 24,
+                         activation="relu", norm_first=False, final_norm=False,
+                         class_token=False, position="none", pooling="mean", batch=3)),
+    VitGradCase(small_vit("vg02_cls_learned_quadratic_mean", 8, 8, 2, 2, 3, 8, 2, 16,
+                         pooling="mean", relative="quadratic")),
+    VitGradCase(small_vit("vg03_nocls_learned_2d_post_tanh", 8, 8, 2, 1, 3, 12, 2, 24,
+                         activation="gelu_tanh", norm_first=False, class_token=False,
+                         position="none", pooling="mean", relative="learned_2d",
+                         max_position=5, relative_dim=6)),
+    VitGradCase(small_vit("vg04_twicing_quadratic", 8, 8, 2, 1, 3, 8, 2, 16,
+                         relative="quadratic"), attention={"type": "twicing"}),
+    VitGradCase(small_vit("vg05_bilateral_laplacian_fidelity_learned", 8, 8, 2, 1, 3, 8, 2, 16),
+                attention={"type": "bilateral", "kernel": "laplacian"},
+                residual={"type": "fidelity", "learned": True}),
+    VitGradCase(small_vit("vg06_bilateral_learned_2d_boost2", 8, 8, 2, 1, 3, 8, 2, 16,
+                         relative="learned_2d", pooling="mean"),
+                attention={"type": "bilateral", "boost": 2}),
+    VitGradCase(small_vit("vg07_kde_fidelity", 8, 8, 4, 1, 3, 8, 2, 16, batch=3),
+                attention={"type": "kde"}, residual={"type": "fidelity", "lambda": [0.3, 0.5]}),
+    VitGradCase(small_vit("vg08_robust_kde", 8, 8, 2, 1, 3, 8, 2, 16, norm_first=False,
+                         activation="relu"), attention={"type": "robust_kde", "huber_a": 0.3}),
+    VitGradCase(small_vit("vg09_fourier", 8, 8, 4, 1, 3, 8, 2, 16, batch=3),
+                attention={"type": "fourier"}),
+    VitGradCase(small_vit("vg10_elliptical", 8, 8, 4, 1, 3, 8, 2, 16, batch=3),
+                attention={"type": "elliptical", "delta": 2.0}),
+    VitGradCase(small_vit("vg11_neutreno_quadratic", 8, 8, 2, 1, 3, 8, 2, 16,
+                         relative="quadratic", final_norm=False),
+                attention={"type": "neutreno", "lambda": 0.6}),
+]
+
+
+def vit_labels(case: blocks.VitCase) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed_of("grad_vit_labels_" + case.name))
+    return torch.randint(case.num_classes, (case.batch,), generator=g)
+
+
+def vit_loss(model: blocks.ReferenceViT, images, labels):
+    logits, _ = model(images)
+    return F.cross_entropy(logits, labels), logits
+
+
+def vit_autograd(model: blocks.ReferenceViT, images, labels):
+    """Gradients of the loss with respect to the images and every parameter (state_dict
+    names), the loss and the logits."""
+    x = images.detach().clone().requires_grad_()
+    leaves = {"images": x, **dict(model.named_parameters())}
+    with torch.enable_grad():
+        loss, logits = vit_loss(model, x, labels)
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    unused = [name for name, g in zip(leaves, grads) if g is None]
+    assert not unused, f"{model.case.name}: parameters without a gradient: {unused}"
+    return dict(zip(leaves, grads)), loss.detach(), logits.detach()
+
+
+def running_variant(model: blocks.ReferenceViT, attention: dict) -> blocks.ReferenceViT:
+    """A copy of the model whose blocks run the attention object's variant."""
+    other = copy.deepcopy(model)
+    settings = dict(blocks.variant_case(attention),
+                    grid=[*other.grid, 1 if other.case.class_token else 0])
+    for block in other.blocks:
+        block.attn.variant = settings
+    return other
+
+
+def check_attention_paths(c: VitGradCase, model64, images64, labels, grads64,
+                          logits64) -> None:
+    """Softmax cases: ReferenceViT's written-out softmax attention and oracles/variants.py's
+    variant_forward with softmax (the code every variant case runs) give the same gradients.
+    Variant cases: the variant is not silently softmax: it moves the logits by more than
+    1e-3, far above rounding (less than the encoders' 1e-2: with CLS pooling a bilateral term
+    reaches the logits only through the patch tokens of the earlier block)."""
+    where = f"grad_vit {c.vit.name}"
+    softmax = running_variant(model64, {"type": "softmax"})
+    if c.attention is None:
+        check_close(vit_autograd(softmax, images64, labels)[0], grads64, 1e-12, where,
+                    "written-out softmax against variants.variant_forward")
+        return
+    with torch.no_grad():
+        moved = (vit_loss(softmax, images64, labels)[1] - logits64).abs().max().item()
+    note(where, "the variant moves the logits from softmax's by", moved)
+    if moved < 1e-3:
+        raise AssertionError(f"{where}: the variant moves the logits by {moved:g} only")
+
+
+def grad_vit_case(c: VitGradCase, dtype: torch.dtype) -> Tuple[Tensors, str]:
+    """The case's tensors, and its compute dtype: the file's, or float64 from the numbers
+    rounded to float32 for the variants (variant_forward computes in float64), as for the
+    blocks_model encoders."""
+    case = c.vit
+    where = f"grad_vit {case.name} {str(dtype)[6:]}"
+    model, images = blocks.make_vit_case(case, dtype, c.attention, c.residual)
+    labels = vit_labels(case)
+    state = model.state_dict()
+    assert sorted(state) == sorted(n for n, _ in model.named_parameters()), \
+        f"{where}: a state_dict entry that is not a parameter"
+    model64, images64 = copy.deepcopy(model).double(), images.double()
+    frozen = FrozenEllipticalMetric()
+    with frozen.installed():  # records elliptical's m, block by block
+        grads64, loss64, logits64 = vit_autograd(model64, images64, labels)
+    frozen.replaying = True
+    assert bool(frozen.recorded) == ((c.attention or {}).get("type") == "elliptical")
+    compute = F64 if dtype == F64 or c.attention is not None else torch.float32
+    if compute == F64:
+        grads, loss, logits = grads64, loss64, logits64
+    else:
+        grads, loss, logits = vit_autograd(model, images, labels)
+        check_close({k: v.double() for k, v in grads.items()}, grads64, 1e-5, where,
+                    "float32 against float64 autograd")
+    assert_finite(grads, where)
+    check_attention_paths(c, model64, images64, labels, grads64, logits64)
+    x = images64.clone()
+    tensors = {"images": x, **dict(model64.named_parameters())}
+    g = torch.Generator().manual_seed(seed_of("grad_vit_check_" + case.name))
+    with frozen.installed(), torch.no_grad():
+        central_differences(lambda: vit_loss(model64, x, labels)[0], tensors, grads64, g, where)
+
+    p = case.name + "."
+    out: Tensors = {p + name: t.detach().clone() for name, t in state.items()}
+    out[p + "images"], out[p + "labels"] = images, labels
+    out[p + "logits"] = logits.to(dtype)
+    out[p + "loss"] = loss.to(dtype).reshape(1)
+    out[p + "grad_input"] = grads["images"].to(dtype)
+    for name, grad in grads.items():
+        if name != "images":
+            out[p + "grad." + name] = grad.to(dtype)
+    return out, str(compute)[6:]
+
+
+def gradcheck_vit_case(c: VitGradCase) -> None:
+    """gradcheck on every coordinate, on the case shrunk to 4 x 4 images of one channel in
+    patches of 2, E = 4, FF = 4 (same code path, other numbers)."""
+    small = dataclasses.replace(c.vit, name=c.vit.name + "_gradcheck", image_height=4,
+                                image_width=4, patch_size=2, in_chans=1, d_model=4,
+                                dim_feedforward=4, batch=2)
+    model, images = blocks.make_vit_case(small, F64, c.attention, c.residual)
+    labels = vit_labels(small)
+    frozen = FrozenEllipticalMetric()
+    with frozen.installed():
+        with torch.no_grad():
+            vit_loss(model, images, labels)  # records m
+        frozen.replaying = True
+
+        def loss(images, **params):
+            with parameters_replaced(model, params):
+                return vit_loss(model, images, labels)[0]
+
+        gradcheck(f"grad_vit {small.name}", loss,
+                  {"images": images, **dict(model.named_parameters())})
+
+
+def grad_vit_fixture(dtype: torch.dtype) -> Tuple[Tensors, Metadata]:
+    tensors: Tensors = {}
+    cases = []
+    for c in VIT_GRAD_CASES:
+        case_tensors, compute = grad_vit_case(c, dtype)
+        tensors.update(case_tensors)
+        cases.append(dict(c.metadata(), compute_dtype=compute))
+        if dtype == F64:
+            gradcheck_vit_case(c)
+    metadata = file_metadata(loss="F.cross_entropy(logits, labels) (mean over the batch)")
+    metadata["cases"] = json.dumps(cases, sort_keys=True, separators=(",", ":"))
+    return tensors, metadata
+
+
+@fixture("grad_vit")
+def grad_vit() -> FixtureFiles:
+    return {"grad_vit_f32.safetensors": grad_vit_fixture(torch.float32),
+            "grad_vit_f64.safetensors": grad_vit_fixture(F64)}
