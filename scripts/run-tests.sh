@@ -47,7 +47,9 @@ configure_and_build "$repo_root/build/sanitize" -DCMAKE_BUILD_TYPE=None \
   -DCMAKE_CXX_FLAGS="-O0 -g1 $sanitize" -DCMAKE_EXE_LINKER_FLAGS="$sanitize" \
   -DATTNLENS_BUILD_BENCHMARKS=OFF -DATTNLENS_BUILD_DEMO=OFF -DATTNLENS_BUILD_COMPILED=OFF
 step "Sanitizer tests"
+# tests/lsan.supp: fontconfig's font cache (under PLplot's text), reported once per process.
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  LSAN_OPTIONS=suppressions="$repo_root/tests/lsan.supp" \
   run_ctest "$repo_root/build/sanitize" "$logs/sanitize.log" --label-exclude "package|python"
 
 step "Fuzzer build (clang, libFuzzer)"

@@ -1,8 +1,8 @@
 // attnlens train: trains a vision transformer on Fashion-MNIST from a TRAIN.json
 // (docs/training.md): a progress line per step on a terminal, per-epoch metrics appended to
-// DIR/metrics.jsonl, a checkpoint per epoch under DIR/checkpoints (DIR/latest names the newest),
-// the best model so far in DIR/best, and Ctrl-C leaving a checkpoint that --resume continues
-// exactly.
+// DIR/metrics.jsonl and drawn as loss and accuracy curves in DIR/curves.png, a checkpoint per
+// epoch under DIR/checkpoints (DIR/latest names the newest), the best model so far in DIR/best,
+// and Ctrl-C leaving a checkpoint that --resume continues exactly.
 #pragma once
 
 #include <unistd.h>
@@ -32,6 +32,7 @@
 #include "attnlens/train/classifier_training.hpp"
 #include "attnlens/train/sgd.hpp"
 #include "cli/errors.hpp"
+#include "cli/training_curves.hpp"
 
 namespace attnlens::cli {
 
@@ -85,6 +86,17 @@ inline std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw IoError(detail::concat("cannot open '", path, "'"));
   return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Redraws DIR/curves.png from every epoch in DIR/metrics.jsonl (a resumed run's too). A picture
+// that cannot be drawn is a warning: the run and its checkpoints matter more.
+inline void draw_curves(const std::string& out) {
+  try {
+    write_training_curves(out + "/metrics.jsonl", out + "/curves.png");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "attnlens train: warning: cannot draw %s/curves.png: %s\n", out.c_str(),
+                 e.what());
+  }
 }
 
 // The run's configuration: a new run's TRAIN.json with the command line's overrides, or the
@@ -247,6 +259,7 @@ void train(const TrainArguments& args, const io::TrainConfig& config, Optimizer 
     state.progress = {};
     save(detail::concat("epoch-", state.epoch));
     if (best) io::save_vit_model(config.model, model, args.out + "/best");
+    draw_curves(args.out);
   }
   std::printf("done: best test accuracy %.2f%% (epoch %ld); model in %s/best\n",
               100 * state.best_accuracy, static_cast<long>(state.best_epoch), args.out.c_str());
@@ -270,8 +283,9 @@ inline void add_train_command(CLI::App& app) {
   cmd->add_option("--config", args->config,
                   "TRAIN.json: model, data, optimizer, schedule, epochs, batch size, seed "
                   "(docs/training.md; e.g. examples/configs/vit_fmnist.json)");
-  cmd->add_option("--out", args->out,
-                  "Run directory: train.json, metrics.jsonl, checkpoints/, latest, best/")
+  cmd->add_option(
+         "--out", args->out,
+         "Run directory: train.json, metrics.jsonl, curves.png, checkpoints/, latest, best/")
       ->required();
   cmd->add_option("--epochs", args->epochs, "Epochs (overrides the config's)")
       ->check(CLI::PositiveNumber);

@@ -22,8 +22,11 @@ ensure_packages() {
 }
 
 # The packages every build needs (README.md, "Use it from CMake", and docs/architecture.md).
-build_packages=(g++ cmake make libeigen3-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev
-                libcli11-dev libstb-dev zlib1g-dev)
+# PLplot draws the training curves (attnlens::plot, found through pkg-config); its PNG device
+# is in the cairo driver, a package of its own.
+build_packages=(g++ cmake make pkg-config libeigen3-dev libgtest-dev libbenchmark-dev
+                nlohmann-json3-dev libcli11-dev libstb-dev zlib1g-dev libplplot-dev
+                plplot-driver-cairo)
 
 # configure_and_build BUILD_DIR [CMAKE_ARGS...]
 configure_and_build() {

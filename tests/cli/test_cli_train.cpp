@@ -1,7 +1,7 @@
 // `attnlens train` on a slice of Fashion-MNIST (Debian's dataset-fashion-mnist) with a tiny ViT:
-// the run directory's files, a run stopped after one epoch and resumed giving the weights of an
-// uninterrupted run (1 thread) bitwise, the checkpoint loading in attnlens classify, and bad
-// input named in one line with exit code 2.
+// the run directory's files (curves.png a PNG of the curves' size), a run stopped after one epoch
+// and resumed giving the weights bitwise and the curves of an uninterrupted run (1 thread), the
+// checkpoint loading in attnlens classify, and bad input named in one line with exit code 2.
 //
 // Bitwise across processes holds because every buffer Eigen reduces over starts at a 64-byte
 // boundary (core/aligned_allocator.hpp): with 16-byte aligned storage a different heap layout
@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "attnlens/io/png.hpp"
 #include "attnlens/io/safetensors.hpp"
 #include "support/cli_test.hpp"
 
@@ -63,8 +64,9 @@ TEST_F(CliTrain, StoppedAndResumedRunEndsWhereAnUninterruptedOneDoes) {
   const auto straight = run_cli(train("straight"));
   ASSERT_EQ(straight.exit_code, 0) << straight.output;
   for (const char* file :
-       {"train.json", "metrics.jsonl", "latest", "best/config.json", "best/model.safetensors",
-        "checkpoints/epoch-2/optimizer.safetensors", "checkpoints/epoch-2/trainer.json"})
+       {"train.json", "metrics.jsonl", "curves.png", "latest", "best/config.json",
+        "best/model.safetensors", "checkpoints/epoch-2/optimizer.safetensors",
+        "checkpoints/epoch-2/trainer.json"})
     EXPECT_TRUE(std::filesystem::exists(path("straight/") + file)) << file;
   EXPECT_EQ(read(path("straight/latest")), "epoch-2");
   // Two metrics lines, one per epoch.
@@ -77,6 +79,11 @@ TEST_F(CliTrain, StoppedAndResumedRunEndsWhereAnUninterruptedOneDoes) {
     EXPECT_GT(m["test_accuracy"].get<double>(), 0.0);
   }
   EXPECT_EQ(lines, 2);
+  // The loss and accuracy curves, two panels in LinePlotOptions' default size.
+  const Matrix<double> curves = io::read_png_gray(path("straight/curves.png"));
+  EXPECT_EQ(curves.cols(), 1200);
+  EXPECT_EQ(curves.rows(), 480);
+  EXPECT_FALSE(std::filesystem::exists(path("straight/curves.png.tmp")));
 
   const auto first = run_cli(train("resumed", "--stop-after 1"));
   ASSERT_EQ(first.exit_code, 0) << first.output;
@@ -84,6 +91,12 @@ TEST_F(CliTrain, StoppedAndResumedRunEndsWhereAnUninterruptedOneDoes) {
   const auto second = run_cli("train --out " + path("resumed") + " --threads 1 --resume");
   ASSERT_EQ(second.exit_code, 0) << second.output;
   EXPECT_NE(second.output.find("resuming epoch-1"), std::string::npos) << second.output;
+  // The resumed run draws both epochs from metrics.jsonl, not only the one it ran: the curves
+  // of the uninterrupted run, up to the rounding of the metrics (far below a pixel).
+  const Matrix<double> resumed_curves = io::read_png_gray(path("resumed/curves.png"));
+  ASSERT_EQ(resumed_curves.rows(), curves.rows());
+  ASSERT_EQ(resumed_curves.cols(), curves.cols());
+  EXPECT_LT((resumed_curves - curves).cwiseAbs().mean(), 1e-3);
   const auto straight_model =
       io::SafeTensors::load(path("straight/checkpoints/epoch-2/model.safetensors"));
   const auto resumed_model =

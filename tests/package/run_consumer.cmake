@@ -21,6 +21,7 @@ run(${CMAKE_COMMAND_PATH} ${args})
 run(${CMAKE_COMMAND_PATH} --build ${WORK_DIR}/build)
 run(${WORK_DIR}/build/consumer)
 run(${WORK_DIR}/build/consumer_data)  # attnlens::data: the tests need zlib, so the package has it
+run(${WORK_DIR}/build/consumer_plot)  # attnlens::plot: the tests need PLplot, so the package has it
 if(MODE STREQUAL "find_package")  # the installed package has attnlens::compiled
   run(${WORK_DIR}/build/consumer_compiled)
   run(${WORK_DIR}/build/consumer_stack)
