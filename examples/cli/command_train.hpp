@@ -16,7 +16,6 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <numeric>
 #include <optional>
 #include <string>
 #include <vector>
@@ -51,17 +50,6 @@ inline std::atomic<bool> interrupted{false};
 inline void on_interrupt(int) { interrupted = true; }
 
 namespace fs = std::filesystem;
-
-// The first `limit` examples of a data set (all of them for limit 0).
-template <class T>
-ImageDataset<T> first_examples(ImageDataset<T> data, Index limit) {
-  if (limit == 0 || limit >= data.size()) return data;
-  std::vector<Index> first(static_cast<std::size_t>(limit));
-  std::iota(first.begin(), first.end(), Index(0));
-  data.images = gather_first_axis(data.images, first);
-  data.labels.resize(static_cast<std::size_t>(limit));
-  return data;
-}
 
 inline std::string duration(double seconds) {
   const long s = static_cast<long>(seconds + 0.5);

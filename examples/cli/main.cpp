@@ -12,6 +12,7 @@
 #include "cli/command_conv.hpp"
 #include "cli/command_denoise.hpp"
 #include "cli/command_encode.hpp"
+#include "cli/command_eval.hpp"
 #include "cli/command_grad.hpp"
 #include "cli/command_info.hpp"
 #include "cli/command_mha.hpp"
@@ -34,6 +35,7 @@ int main(int argc, char** argv) {
   attnlens::cli::add_conv_command(app);
   attnlens::cli::add_denoise_command(app);
   attnlens::cli::add_encode_command(app);
+  attnlens::cli::add_eval_command(app);
   attnlens::cli::add_grad_command(app);
   attnlens::cli::add_info_command(app);
   attnlens::cli::add_mha_command(app);

@@ -1,9 +1,10 @@
 // PortableRng: a seeded generator whose every draw is defined here, so a seed gives the same
-// shuffles, crops and flips with libstdc++, libc++ and MSVC. The std:: distributions
+// shuffles, crops, flips and noise with libstdc++, libc++ and MSVC. The std:: distributions
 // (uniform_int_distribution, the engine std::shuffle takes) are implementation-defined, and
 // attnlens::Rng uses them; data order and augmentation use this generator instead.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "attnlens/core/errors.hpp"
@@ -38,6 +39,15 @@ class PortableRng {
 
   // Uniform on [0, 1) with 53 random bits: k / 2^53.
   double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
+
+  // Standard normal, by Box-Muller from two draws: sqrt(-2 log(1 - u1)) cos(2 pi u2). Only the
+  // cosine half is used, so that the state stays one integer; 1 - u1 is in (0, 1], so the log is
+  // finite. The same on every platform up to the last bits of its log and cos.
+  double normal() {
+    const double radius = std::sqrt(-2.0 * std::log(1.0 - uniform()));
+    const double angle = 2.0 * 3.14159265358979323846 * uniform();
+    return radius * std::cos(angle);
+  }
 
   // True with probability p (p <= 0 never, p >= 1 always); one draw either way.
   bool bernoulli(double p) { return uniform() < p; }

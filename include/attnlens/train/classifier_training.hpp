@@ -160,13 +160,28 @@ struct ClassifierEvaluation {
   std::vector<Index> predictions;
   // classes x classes: row = the label, column = the prediction (counts).
   Matrix<Index> confusion;
+
+  // Per class: the fraction of its images predicted as it (0 for a class without images).
+  std::vector<double> class_accuracies() const {
+    std::vector<double> accuracies;
+    for (Index c = 0; c < confusion.rows(); ++c) {
+      const Index images = confusion.row(c).sum();
+      accuracies.push_back(images > 0 ? static_cast<double>(confusion(c, c)) /
+                                            static_cast<double>(images)
+                                      : 0.0);
+    }
+    return accuracies;
+  }
 };
 
-// Evaluates `model` on `data` in batches of batch_size (no augmentation, no cache).
-template <class T>
+// Evaluates `model` on `data` in batches of batch_size (no augmentation, no cache). Each batch
+// goes through model_input(images, labels, first) before the model sees it, `first` being the
+// index of the batch's first image in `data`: that is how a condition (train/adversarial.hpp:
+// noise, an attack, each image with its own random stream) changes the input and nothing else.
+template <class T, class ModelInput>
 ClassifierEvaluation evaluate_classifier(const VisionTransformer<T>& model,
                                          const ImageDataset<T>& data, Index batch_size,
-                                         const ParallelOptions& parallel = {}) {
+                                         const ParallelOptions& parallel, ModelInput&& model_input) {
   detail::check_training_data(data, model, "evaluation");
   detail::require_argument(batch_size >= 1, "evaluate_classifier batch_size", ">= 1", batch_size);
   const Index classes = model.options().num_classes;
@@ -181,7 +196,8 @@ ClassifierEvaluation evaluate_classifier(const VisionTransformer<T>& model,
         static_cast<std::size_t>(std::min(batch_size, data.size() - begin)));
     for (std::size_t i = 0; i < examples.size(); ++i) examples[i] = begin + static_cast<Index>(i);
     const std::vector<Index> labels = gather_first_axis(data.labels, examples);
-    const VitOutput<T> out = model.forward(gather_first_axis(data.images, examples), forward);
+    const VitOutput<T> out = model.forward(
+        model_input(gather_first_axis(data.images, examples), labels, begin), forward);
     const CrossEntropy<T> loss = softmax_cross_entropy<T>(out.logits.matrix(), labels);
     loss_sum += loss.loss * static_cast<double>(labels.size());
     for (std::size_t i = 0; i < labels.size(); ++i) {
@@ -196,6 +212,17 @@ ClassifierEvaluation evaluate_classifier(const VisionTransformer<T>& model,
     result.accuracy = static_cast<double>(correct) / static_cast<double>(data.size());
   }
   return result;
+}
+
+// Evaluates `model` on `data` as it is: the images are the model's input.
+template <class T>
+ClassifierEvaluation evaluate_classifier(const VisionTransformer<T>& model,
+                                         const ImageDataset<T>& data, Index batch_size,
+                                         const ParallelOptions& parallel = {}) {
+  return evaluate_classifier(model, data, batch_size, parallel,
+                             [](Tensor<T> images, const std::vector<Index>&, Index) {
+                               return images;
+                             });
 }
 
 }  // namespace attnlens

@@ -18,4 +18,18 @@ struct ImageDataset {
   Index size() const { return static_cast<Index>(labels.size()); }
 };
 
+// The first `count` examples of a data set (all of them for count 0 or count >= its size):
+// quick runs and tests on a slice.
+template <class T>
+ImageDataset<T> first_examples(ImageDataset<T> data, Index count) {
+  if (count <= 0 || count >= data.size()) return data;
+  Shape shape = data.images.shape();
+  const Index per_example = data.images.size() / shape[0];
+  shape[0] = count;
+  data.images = Tensor<T>(shape, std::vector<T>(data.images.data(),
+                                                 data.images.data() + count * per_example));
+  data.labels.resize(static_cast<std::size_t>(count));
+  return data;
+}
+
 }  // namespace attnlens

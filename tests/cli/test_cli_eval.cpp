@@ -1,0 +1,148 @@
+// `attnlens eval` with a tiny ViT directory on the first images of Fashion-MNIST's test split
+// (Debian's dataset-fashion-mnist): the clean JSON is the library's evaluation; FGSM at eps 0
+// equals the clean run and FGSM at 8/255 raises the loss; the noise follows its seed; the text
+// output has the per-class table and the confusion matrix; bad input is one line naming the
+// option, exit code 2.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "attnlens/io/fashion_mnist.hpp"
+#include "attnlens/io/vit_model.hpp"
+#include "attnlens/train/adversarial.hpp"
+#include "support/cli_test.hpp"
+
+namespace attnlens {
+namespace {
+
+using testing::run_cli;
+
+class CliEval : public testing::CliTest {
+ protected:
+  void SetUp() override {
+    testing::CliTest::SetUp();
+    if (IsSkipped()) return;
+    config_.vit.image_height = config_.vit.image_width = 28;
+    config_.vit.patch_size = 7;
+    config_.vit.in_chans = 1;
+    config_.vit.num_classes = 10;
+    config_.vit.encoder.layer = {16, 2, 32, Activation::gelu, 1e-6, true, true};
+    config_.vit.encoder.num_layers = 1;
+    config_.vit.encoder.final_norm = true;
+    config_.mean = {io::k_fashion_mnist_mean};
+    config_.std = {io::k_fashion_mnist_std};
+    config_.class_names.assign(io::k_fashion_mnist_class_names.begin(),
+                               io::k_fashion_mnist_class_names.end());
+    Rng rng(41);
+    io::save_vit_model(config_, VisionTransformer<float>(config_.vit, rng), model());
+  }
+
+  std::string model() const { return path("vit"); }
+  std::string eval(const std::string& extra, int batch_size = 25) const {
+    return "eval --model " + model() + " --limit 60 --threads 1 --batch-size " +
+           std::to_string(batch_size) + " " + extra;
+  }
+  static nlohmann::json run_json(const std::string& args) {
+    const auto run = run_cli(args + " --json");
+    EXPECT_EQ(run.exit_code, 0) << run.output;
+    return run.exit_code == 0 ? nlohmann::json::parse(run.output) : nlohmann::json::object();
+  }
+
+  io::VitModelConfig config_;
+};
+
+TEST_F(CliEval, CleanJsonIsTheLibrarysEvaluation) {
+  const nlohmann::json json = run_json(eval(""));
+  ASSERT_TRUE(json.contains("accuracy"));
+  const ImageDataset<float> data =
+      first_examples(io::load_fashion_mnist<float>(io::FashionMnistSplit::test), 60);
+  const VisionTransformer<float> vit = io::load_vit_model<float>(model());
+  const PixelClassifier<float> classifier{vit, {config_.mean, config_.std}, {1}};
+  const ClassifierEvaluation expected =
+      evaluate_perturbed(classifier, data, PerturbationOptions::clean(), 25);
+  EXPECT_EQ(json["images"].get<Index>(), 60);
+  EXPECT_EQ(json["condition"]["type"], "none");
+  EXPECT_EQ(json["accuracy"].get<double>(), expected.accuracy);
+  EXPECT_EQ(json["correct"].get<Index>(), expected.confusion.trace());
+  // Another process may sum in another order (docs/training.md, resuming): rounding only.
+  EXPECT_NEAR(json["loss"].get<double>(), expected.loss, 1e-6 * expected.loss);
+  ASSERT_EQ(json["confusion"].size(), 10u);
+  ASSERT_EQ(json["classes"].size(), 10u);
+  for (Index r = 0; r < 10; ++r) {
+    const auto& item = json["classes"][static_cast<std::size_t>(r)];
+    EXPECT_EQ(item["name"], config_.class_names[static_cast<std::size_t>(r)]);
+    EXPECT_EQ(item["images"].get<Index>(), expected.confusion.row(r).sum());
+    for (Index c = 0; c < 10; ++c)
+      EXPECT_EQ(json["confusion"][static_cast<std::size_t>(r)][static_cast<std::size_t>(c)]
+                    .get<Index>(),
+                expected.confusion(r, c));
+  }
+}
+
+TEST_F(CliEval, FgsmAtEpsilonZeroIsCleanAndAtEightGreyLevelsRaisesTheLoss) {
+  const nlohmann::json clean = run_json(eval(""));
+  const nlohmann::json zero = run_json(eval("--attack fgsm --eps 0"));
+  ASSERT_TRUE(clean.contains("accuracy") && zero.contains("accuracy"));
+  EXPECT_EQ(zero["condition"]["epsilon"].get<double>(), 0.0);
+  EXPECT_EQ(zero["accuracy"], clean["accuracy"]);
+  EXPECT_EQ(zero["confusion"], clean["confusion"]);
+  EXPECT_NEAR(zero["loss"].get<double>(), clean["loss"].get<double>(),
+              1e-6 * clean["loss"].get<double>());
+  const nlohmann::json fgsm = run_json(eval("--attack fgsm --eps 8/255"));
+  ASSERT_TRUE(fgsm.contains("loss"));
+  EXPECT_DOUBLE_EQ(fgsm["condition"]["epsilon"].get<double>(), 8.0 / 255);
+  EXPECT_GT(fgsm["loss"].get<double>(), clean["loss"].get<double>() + 0.01);
+  EXPECT_LE(fgsm["accuracy"].get<double>(), clean["accuracy"].get<double>());
+
+  // The text output: the condition, the accuracy line, the per-class table and the matrix.
+  const auto text = run_cli(eval("--attack pgd --eps 4/255 --steps 2 --random-start --seed 3"));
+  ASSERT_EQ(text.exit_code, 0) << text.output;
+  for (const char* part : {"60 Fashion-MNIST test images, pgd-2 eps 0.0156863 step 0.0196078 "
+                           "random start, seed 3",
+                           "accuracy ", "9 Ankle boot", "confusion matrix (rows: label"})
+    EXPECT_NE(text.output.find(part), std::string::npos) << part << "\n" << text.output;
+}
+
+TEST_F(CliEval, NoiseFollowsItsSeed) {
+  const nlohmann::json first = run_json(eval("--noise 0.2 --seed 1"));
+  const nlohmann::json again = run_json(eval("--noise 0.2 --seed 1", 7));
+  const nlohmann::json other = run_json(eval("--noise 0.2 --seed 2"));
+  ASSERT_TRUE(first.contains("loss") && again.contains("loss") && other.contains("loss"));
+  EXPECT_EQ(first["condition"]["sigma"].get<double>(), 0.2);
+  // Image i draws from stream i: the batch size does not change the noise.
+  EXPECT_EQ(again["confusion"], first["confusion"]);
+  EXPECT_NEAR(again["loss"].get<double>(), first["loss"].get<double>(),
+              1e-6 * first["loss"].get<double>());
+  EXPECT_NE(other["loss"].get<double>(), first["loss"].get<double>());
+}
+
+TEST_F(CliEval, BadInputNamesTheOption) {
+  expect_bad_input("eval --model " + path("nothing"), "nothing/config.json");
+  expect_bad_input(eval("--attack fgsm --eps -1"), "--eps: expected a finite number >= 0");
+  expect_bad_input(eval("--attack fgsm --eps nan"), "--eps");
+  expect_bad_input(eval("--attack fgsm --eps 1/0"), "--eps");
+  expect_bad_input(eval("--attack fgsm --eps two"), "--eps");
+  expect_bad_input(eval("--attack cw --eps 0.1"), "--attack");
+  expect_bad_input(eval("--attack fgsm"), "--attack fgsm needs --eps");
+  expect_bad_input(eval("--eps 0.1"), "--eps needs --attack");
+  expect_bad_input(eval("--attack pgd --eps 0.1 --steps 0"), "--steps");
+  expect_bad_input(eval("--attack pgd --eps 0.1 --step-size 0"), "--step-size");
+  expect_bad_input(eval("--attack fgsm --eps 0.1 --steps 3"), "--steps applies to --attack pgd");
+  expect_bad_input(eval("--attack fgsm --eps 0.1 --random-start"), "--random-start");
+  expect_bad_input(eval("--noise 0.1 --attack fgsm --eps 0.1"), "exclude each other");
+  expect_bad_input(eval("--noise -0.1"), "--noise");
+  expect_bad_input(eval("--seed 3"), "--seed needs --noise or --random-start");
+  expect_bad_input(eval("--split validation"), "--split");
+  expect_bad_input(eval("--batch-size 0"), "--batch-size");
+  expect_bad_input(eval("--data " + path("nowhere")), "nowhere");
+  // A model for other images than Fashion-MNIST's.
+  io::VitModelConfig wide = config_;
+  wide.vit.image_height = wide.vit.image_width = 14;
+  Rng rng(42);
+  io::save_vit_model(wide, VisionTransformer<float>(wide.vit, rng), path("wide"));
+  expect_bad_input("eval --model " + path("wide"), "Fashion-MNIST's are 1 x 28 x 28");
+}
+
+}  // namespace
+}  // namespace attnlens
