@@ -11,6 +11,21 @@
 
 namespace attnlens {
 
+namespace detail {
+
+// SplitMix64's output function: a bijection of 64-bit words whose outputs for consecutive
+// inputs pass BigCrush (Steele, Lea and Flood, OOPSLA 2014). PortableRng's mixer, and the
+// counter-based draws of dropout (layers/dropout.hpp).
+constexpr std::uint64_t mix64(std::uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+  return z ^ (z >> 31);
+}
+
+constexpr std::uint64_t k_golden_gamma = 0x9e3779b97f4a7c15u;  // SplitMix64's increment
+
+}  // namespace detail
+
 // SplitMix64 (Steele, Lea and Flood 2014, the seeding generator of xoshiro): a 64-bit state
 // advanced by a Weyl constant and finalized by a bijective mixer. Its whole state is one
 // integer, so a run can save and restore it exactly. A (seed, stream) pair names a sequence:
@@ -66,13 +81,9 @@ class PortableRng {
   friend bool operator!=(const PortableRng& a, const PortableRng& b) { return !(a == b); }
 
  private:
-  static constexpr std::uint64_t k_golden = 0x9e3779b97f4a7c15u;
+  static constexpr std::uint64_t k_golden = detail::k_golden_gamma;
 
-  static constexpr std::uint64_t mix(std::uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
-    return z ^ (z >> 31);
-  }
+  static constexpr std::uint64_t mix(std::uint64_t z) { return detail::mix64(z); }
 
   std::uint64_t state_ = 0;
 };

@@ -9,23 +9,10 @@
 #include <cstdint>
 
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/portable_rng.hpp"
 #include "attnlens/core/types.hpp"
 
 namespace attnlens {
-
-namespace detail {
-
-// SplitMix64's output function: a bijection of 64-bit words whose outputs for consecutive
-// inputs pass BigCrush (Steele, Lea and Flood, OOPSLA 2014).
-constexpr std::uint64_t mix64(std::uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
-  return z ^ (z >> 31);
-}
-
-constexpr std::uint64_t k_golden_gamma = 0x9e3779b97f4a7c15u;  // SplitMix64's increment
-
-}  // namespace detail
 
 // The key of part `index` of the draw keyed `key` (a layer of a stack, a site of a layer, a step
 // of a run): its own mask, unrelated to its siblings'.
