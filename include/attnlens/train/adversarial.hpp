@@ -22,6 +22,7 @@
 #include "attnlens/core/portable_rng.hpp"
 #include "attnlens/core/tensor.hpp"
 #include "attnlens/image/augment.hpp"
+#include "attnlens/image/corruption.hpp"
 #include "attnlens/train/classifier_training.hpp"
 #include "attnlens/train/cross_entropy.hpp"
 #include "attnlens/train/image_dataset.hpp"
@@ -178,46 +179,14 @@ PixelLossGradient<T> pixel_loss_gradient(const PixelClassifier<T>& classifier,
 
 namespace detail {
 
-// Each image's own random stream: image i of a data set draws from stream i of the condition's
-// seed (mixed with a constant per use), so its noise or random start does not depend on the
-// batch it is in, on --limit or on the thread count.
-inline PortableRng perturbation_rng(std::uint64_t seed, std::uint64_t use, Index image) {
-  return PortableRng(seed ^ use, static_cast<std::uint64_t>(image));
-}
-inline constexpr std::uint64_t k_noise_stream = 0xbb67ae8584caa73bu;         // sqrt(3)'s bits
+// PGD's random start draws from image i's own stream (detail::image_rng, image/corruption.hpp),
+// so it does not depend on the batch the image is in, on --limit or on the thread count.
 inline constexpr std::uint64_t k_random_start_stream = 0x3c6ef372fe94f82bu;  // sqrt(5)'s bits
-
-template <class T>
-void check_pixels(const Tensor<T>& pixels) {
-  check_image_batch(pixels.shape(), "perturbed pixels");
-  for (Index i = 0; i < pixels.size(); ++i) {
-    const T x = pixels.data()[i];
-    require_argument(x >= T(0) && x <= T(1), concat("pixels (flat index ", i, ")"),
-                     "a value in [0, 1] (pixel units, before normalization)", x);
-  }
-}
-
-template <class T>
-T clamp_pixel(T x, T lower, T upper) {
-  return std::min(std::max(x, lower), upper);
-}
 
 // sign(g) with sign(0) = 0 and NaN treated as 0: a pixel without gradient information stays.
 template <class T>
 T gradient_sign(T g) {
   return static_cast<T>((g > T(0)) - (g < T(0)));
-}
-
-// Calls draw(rng, value) for every pixel of every image, each image with its own stream.
-template <class T, class Draw>
-void for_each_image_pixel(Tensor<T>& pixels, std::uint64_t seed, std::uint64_t use,
-                          Index first_image, Draw&& draw) {
-  const Index images = pixels.dim(0), per_image = pixels.size() / std::max<Index>(images, 1);
-  for (Index b = 0; b < images; ++b) {
-    PortableRng rng = perturbation_rng(seed, use, first_image + b);
-    T* x = pixels.data() + b * per_image;
-    for (Index i = 0; i < per_image; ++i) x[i] = draw(rng, x[i]);
-  }
 }
 
 // PGD (Madry et al. 2018, their equation (2)) on the L-infinity ball of radius epsilon around
@@ -265,7 +234,8 @@ Tensor<T> linf_attack(const PixelClassifier<T>& classifier, const Tensor<T>& pix
 // data set, with their labels) under the condition `options`:
 //   none:            the pixels as they are (any values);
 //   gaussian_noise:  clamp(x + sigma z, 0, 1), z ~ N(0, 1) from PortableRng::normal, drawn pixel
-//                    by pixel in C, H, W order from image i's own stream of `seed`;
+//                    by pixel in C, H, W order from image i's own stream of `seed`: the
+//                    corruption CorruptionOptions::noise(sigma, seed) of image/corruption.hpp;
 //   fgsm, pgd:       detail::linf_attack above, the loss being the batch's mean cross-entropy
 //                    against `labels` (the signs do not depend on the mean's 1 / B).
 // The result stays within [0, 1] and, for the attacks, within epsilon of x in every pixel.
@@ -276,16 +246,10 @@ Tensor<T> perturb_images(const PixelClassifier<T>& classifier, const Tensor<T>& 
   check_perturbation_options(options);
   detail::require_argument(first_image >= 0, "perturb_images first_image", ">= 0", first_image);
   if (options.type == PerturbationType::none) return pixels;
-  detail::check_pixels(pixels);
-  if (options.type == PerturbationType::gaussian_noise) {
-    Tensor<T> noisy = pixels;
-    detail::for_each_image_pixel(noisy, options.seed, detail::k_noise_stream, first_image,
-                                 [&](PortableRng& rng, T value) {
-                                   const T z = static_cast<T>(options.sigma * rng.normal());
-                                   return detail::clamp_pixel(value + z, T(0), T(1));
-                                 });
-    return noisy;
-  }
+  if (options.type == PerturbationType::gaussian_noise)  // checks the pixels itself
+    return corrupt_images(pixels, CorruptionOptions::noise(options.sigma, options.seed),
+                          first_image);
+  detail::check_unit_pixels(pixels, "perturbed pixels");
   return detail::linf_attack(classifier, pixels, labels, options, first_image);
 }
 
