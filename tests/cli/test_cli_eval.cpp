@@ -65,9 +65,9 @@ TEST_F(CliEval, CleanJsonIsTheLibrarysEvaluation) {
   EXPECT_EQ(json["condition"]["type"], "none");
   EXPECT_EQ(json["accuracy"].get<double>(), expected.accuracy);
   EXPECT_EQ(json["correct"].get<Index>(), expected.confusion.trace());
-  // Bitwise across processes: Tensor's storage is 64-byte aligned, so Eigen's reductions sum in
-  // the same order whatever the heap layout (docs/training.md, "Resuming").
-  EXPECT_EQ(json["loss"].get<double>(), expected.loss);
+  // Rounding only: the CLI is another binary, built with -march=native while the tests are not,
+  // so the Eigen code it runs (all of it under ATTNLENS_NO_AVX512=1) may sum in another order.
+  EXPECT_NEAR(json["loss"].get<double>(), expected.loss, 1e-6 * expected.loss);
   ASSERT_EQ(json["confusion"].size(), 10u);
   ASSERT_EQ(json["classes"].size(), 10u);
   for (Index r = 0; r < 10; ++r) {
@@ -88,7 +88,7 @@ TEST_F(CliEval, FgsmAtEpsilonZeroIsCleanAndAtEightGreyLevelsRaisesTheLoss) {
   EXPECT_EQ(zero["condition"]["epsilon"].get<double>(), 0.0);
   EXPECT_EQ(zero["accuracy"], clean["accuracy"]);
   EXPECT_EQ(zero["confusion"], clean["confusion"]);
-  EXPECT_EQ(zero["loss"].get<double>(), clean["loss"].get<double>());
+  EXPECT_EQ(zero["loss"].get<double>(), clean["loss"].get<double>());  // one binary: bitwise
   const nlohmann::json fgsm = run_json(eval("--attack fgsm --eps 8/255"));
   ASSERT_TRUE(fgsm.contains("loss"));
   EXPECT_DOUBLE_EQ(fgsm["condition"]["epsilon"].get<double>(), 8.0 / 255);

@@ -266,12 +266,15 @@ TEST(Corruption, BadOptionsAndPixelsAreNamed) {
   expect_error_naming<ArgumentError>(corrupt(CorruptionOptions::blur(1001)),
                                      "CorruptionOptions::sigma");
   expect_error_naming<ArgumentError>(corrupt(CorruptionOptions::contrast(-0.5)),
-                                     "CorruptionOptions::factor: expected a finite value >= 0");
+                                     "CorruptionOptions::factor: expected a value in [0, 1e+06]");
   expect_error_naming<ArgumentError>(corrupt(CorruptionOptions::contrast(std::nan(""))),
                                      "CorruptionOptions::factor");
   expect_error_naming<ArgumentError>(corrupt(CorruptionOptions::noise(-0.1)),
-                                     "CorruptionOptions::sigma: expected a finite value >= 0");
+                                     "CorruptionOptions::sigma: expected a value in [0, 1e+06]");
   expect_error_naming<ArgumentError>(corrupt(CorruptionOptions::noise(INFINITY)),
+                                     "CorruptionOptions::sigma");
+  // Out of float's range, sigma z would not convert: refused, not undefined.
+  expect_error_naming<ArgumentError>(corrupt(CorruptionOptions::noise(1e300)),
                                      "CorruptionOptions::sigma");
   expect_error_naming<ArgumentError>(
       [&] { corrupt_images(images, CorruptionOptions::blur(1), -1); },

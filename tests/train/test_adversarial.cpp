@@ -251,9 +251,11 @@ TEST(Adversarial, BadOptionsAndPixelsAreNamed) {
     };
   };
   expect_error_naming<ArgumentError>(perturb(PerturbationOptions::fgsm(-0.01)),
-                                     "PerturbationOptions::epsilon: expected a finite value >= 0, "
+                                     "PerturbationOptions::epsilon: expected a value in [0, 1e+06], "
                                      "got -0.01");
   expect_error_naming<ArgumentError>(perturb(PerturbationOptions::fgsm(std::nan(""))),
+                                     "PerturbationOptions::epsilon");
+  expect_error_naming<ArgumentError>(perturb(PerturbationOptions::fgsm(1e300)),
                                      "PerturbationOptions::epsilon");
   expect_error_naming<ArgumentError>(perturb(PerturbationOptions::pgd(INFINITY)),
                                      "PerturbationOptions::epsilon");

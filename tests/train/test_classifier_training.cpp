@@ -126,6 +126,30 @@ TEST(ClassifierTraining, AnEpochResumedAfterAnyStepEndsBitwiseWhereAnUninterrupt
   EXPECT_EQ(resumed_optimizer.steps(), straight_optimizer.steps());
 }
 
+TEST(ClassifierTraining, DropoutIsOnInTrainingAndDrawsNewMasksEachBatch) {
+  const ImageDataset<float> train = quadrant_images(32, 4);
+  const auto one_epoch = [&](double dropout) {
+    VisionTransformerOptions options = tiny_vit();
+    options.encoder.layer.dropout = dropout;
+    Rng rng(5);
+    VisionTransformer<float> model(options, rng);
+    VisionTransformer<float> gradient = zeros_like(model);
+    AdamW<float> optimizer(AdamWOptions{});
+    EpochProgress progress;
+    train_epoch(model, gradient, optimizer, train, tiny_training(), 0, progress, constant_lr,
+                never_stop);
+    return std::pair{named_parameters(model)[0].data[0], progress.loss_sum};
+  };
+  // The same initial weights and batches: only the masks differ.
+  const auto [weight_without, loss_without] = one_epoch(0.0);
+  const auto [weight_with, loss_with] = one_epoch(0.2);
+  EXPECT_NE(loss_with, loss_without);
+  EXPECT_NE(weight_with, weight_without);
+  // Two batches' keys differ (the masks of a batch are a function of the epoch and the batch).
+  EXPECT_NE(detail::dropout_key(7, 0, 2, 0), detail::dropout_key(7, 0, 2, 1));
+  EXPECT_NE(detail::dropout_key(7, 0, 2, 1), detail::dropout_key(7, 1, 2, 1));
+}
+
 TEST(ClassifierTraining, BadDataIsNamed) {
   ImageDataset<float> data = quadrant_images(8, 6);
   Rng rng(1);

@@ -17,6 +17,7 @@ inline constexpr std::size_t k_storage_alignment = 64;
 
 template <class T>
 struct AlignedAllocator {
+  static_assert(alignof(T) <= k_storage_alignment, "AlignedAllocator: T needs a stricter alignment");
   using value_type = T;
 
   AlignedAllocator() noexcept = default;

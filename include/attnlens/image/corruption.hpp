@@ -35,6 +35,12 @@ inline constexpr Named<CorruptionType> k_corruption_names[] = {
     {CorruptionType::contrast, "contrast"},
     {CorruptionType::gaussian_noise, "noise"}};
 
+// The largest noise width and contrast factor accepted (and, in train/adversarial.hpp, attack
+// radius): far past any meaningful length for pixels in [0, 1], and small enough that the value
+// times a normal draw still converts to float (a double out of float's range would be undefined
+// behaviour in the conversion).
+inline constexpr double k_max_pixel_length = 1e6;
+
 // A blur wider than this many pixels is refused: its kernel has 2 ceil(3 sigma) + 1 taps and each
 // pass costs that many multiply-adds per pixel. ImageNet-C's strongest blur is sigma 6 on 224 x 224
 // images; at 1000 a 28 x 28 image is a constant to far below 8-bit precision.
@@ -83,12 +89,14 @@ inline void check_corruption_options(const CorruptionOptions& options) {
           detail::concat("a blur width in [0, ", k_max_blur_sigma, "] pixels"), options.sigma);
       break;
     case CorruptionType::contrast:
-      require_argument(std::isfinite(options.factor) && options.factor >= 0,
-                       "CorruptionOptions::factor", "a finite value >= 0", options.factor);
+      require_argument(options.factor >= 0 && options.factor <= k_max_pixel_length,
+                       "CorruptionOptions::factor",
+                       detail::concat("a value in [0, ", k_max_pixel_length, "]"), options.factor);
       break;
     case CorruptionType::gaussian_noise:
-      require_argument(std::isfinite(options.sigma) && options.sigma >= 0,
-                       "CorruptionOptions::sigma", "a finite value >= 0", options.sigma);
+      require_argument(options.sigma >= 0 && options.sigma <= k_max_pixel_length,
+                       "CorruptionOptions::sigma",
+                       detail::concat("a value in [0, ", k_max_pixel_length, "]"), options.sigma);
       break;
   }
 }

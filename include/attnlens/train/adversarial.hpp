@@ -88,8 +88,8 @@ inline double pgd_step_size(const PerturbationOptions& options) {
 // Throws ArgumentError naming the first field of `type` out of its domain.
 inline void check_perturbation_options(const PerturbationOptions& options) {
   const auto finite_non_negative = [](double value, const char* what) {
-    detail::require_argument(std::isfinite(value) && value >= 0, what, "a finite value >= 0",
-                             value);
+    detail::require_argument(value >= 0 && value <= k_max_pixel_length, what,
+                             detail::concat("a value in [0, ", k_max_pixel_length, "]"), value);
   };
   switch (options.type) {
     case PerturbationType::none:

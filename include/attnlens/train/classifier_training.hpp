@@ -59,10 +59,14 @@ inline PortableRng augmentation_rng(std::uint64_t seed, Index epoch, Index batch
                          static_cast<std::uint64_t>(batch));
 }
 
-// The dropout key of optimizer step `step` (layers/dropout.hpp): part `step` of the seed's own.
-inline std::uint64_t dropout_key(std::uint64_t seed, std::int64_t step) {
-  constexpr std::uint64_t k_dropout_seed = 0xbb67ae8584caa73bu;  // sqrt(3)'s bits
-  return dropout_part_key(seed ^ k_dropout_seed, static_cast<std::uint64_t>(step));
+// The dropout key of batch `batch` of epoch `epoch` (layers/dropout.hpp): part epoch * batches +
+// batch of the seed's own. Counted in batches, not optimizer steps, so that a step skipped for a
+// non-finite gradient does not hand its masks to the next batch.
+inline std::uint64_t dropout_key(std::uint64_t seed, Index epoch, Index batches, Index batch) {
+  constexpr std::uint64_t k_dropout_seed = 0xa54ff53a5f1d36f1u;  // sqrt(7)'s bits
+  return dropout_part_key(seed ^ k_dropout_seed,
+                          static_cast<std::uint64_t>(epoch) * static_cast<std::uint64_t>(batches) +
+                              static_cast<std::uint64_t>(batch));
 }
 
 template <class T>
@@ -127,9 +131,9 @@ bool train_epoch(VisionTransformer<T>& model, VisionTransformer<T>& gradient, Op
 
     set_zero(gradient);
     VitCache<T> cache;
-    // The step's dropout masks: a function of the seed and the optimizer's step count, which a
-    // resumed run restores.
-    forward.dropout_key = detail::dropout_key(options.seed, optimizer.steps());
+    // The batch's dropout masks: a function of the seed, the epoch and the batch, which a resumed
+    // run restores.
+    forward.dropout_key = detail::dropout_key(options.seed, epoch, batches, progress.next_batch);
     const VitOutput<T> out = model.forward(images, forward, &cache);
     const CrossEntropy<T> loss = softmax_cross_entropy<T>(out.logits.matrix(), labels);
     model.backward(cache, Tensor<T>::from_matrix(loss.grad_logits), gradient, backward);

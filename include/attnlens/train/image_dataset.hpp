@@ -23,11 +23,15 @@ struct ImageDataset {
 template <class T>
 ImageDataset<T> first_examples(ImageDataset<T> data, Index count) {
   if (count <= 0 || count >= data.size()) return data;
+  detail::require_shape(data.images.rank() >= 1 && data.images.dim(0) == data.size(),
+                        "first_examples images",
+                        detail::concat("one image per label (", data.size(), " x ...)"),
+                        shape_string(data.images.shape()));
   Shape shape = data.images.shape();
   const Index per_example = data.images.size() / shape[0];
   shape[0] = count;
-  data.images = Tensor<T>(shape, std::vector<T>(data.images.data(),
-                                                 data.images.data() + count * per_example));
+  data.images = Tensor<T>(shape, typename Tensor<T>::Storage(
+                                     data.images.data(), data.images.data() + count * per_example));
   data.labels.resize(static_cast<std::size_t>(count));
   return data;
 }
