@@ -26,7 +26,7 @@ ImageDataset<T> first_examples(ImageDataset<T> data, Index count) {
   detail::require_shape(data.images.rank() >= 1 && data.images.dim(0) == data.size(),
                         "first_examples images",
                         detail::concat("one image per label (", data.size(), " x ...)"),
-                        shape_string(data.images.shape()));
+                        detail::shape_string(data.images.shape()));
   Shape shape = data.images.shape();
   const Index per_example = data.images.size() / shape[0];
   shape[0] = count;
