@@ -89,16 +89,18 @@ TEST(EncoderLayerBackward, DropoutMatchesDifferences) {
 }
 
 // Three layers: every piece of the stack's backward at once.
+// `forward`: a training forward when it has a dropout key.
 void expect_encoder_gradients(const std::string& what, const EncoderOptions& options,
-                              const AttentionMask<double>& mask) {
+                              const AttentionMask<double>& mask,
+                              const EncoderForwardOptions& forward = {}) {
   SCOPED_TRACE(what);
   TransformerEncoder<double> encoder(options);
   perturb_parameters(encoder, 4);
   Tensor<double> src = random_normal_tensor({2, 5, 8}, 5);
   const Tensor<double> probe = random_normal_tensor({2, 5, 8}, 6);
-  const auto loss = [&] { return probed(encoder.forward(src, mask).output, probe); };
+  const auto loss = [&] { return probed(encoder.forward(src, mask, forward).output, probe); };
   EncoderCache<double> cache;
-  encoder.forward(src, mask, {}, &cache);
+  encoder.forward(src, mask, forward, &cache);
   TransformerEncoder<double> gradient = zeros_like(encoder);
   const Tensor<double> dsrc = encoder.backward(cache, probe, gradient);
   testing::expect_parameter_gradients(encoder, gradient, loss);
@@ -112,21 +114,14 @@ TEST(EncoderBackward, DropoutInEveryLayerMatchesDifferences) {
   o.layer.dropout = 0.25;
   o.num_layers = 3;
   o.final_norm = true;
-  TransformerEncoder<double> encoder(o);
-  perturb_parameters(encoder, 14);
-  Tensor<double> src = random_normal_tensor({2, 5, 8}, 15);
-  const Tensor<double> probe = random_normal_tensor({2, 5, 8}, 16);
   EncoderForwardOptions training;
   training.dropout_key = 7;
-  const auto loss = [&] { return probed(encoder.forward(src, padding(), training).output, probe); };
   EncoderCache<double> cache;
-  encoder.forward(src, padding(), training, &cache);
+  TransformerEncoder<double>(o).forward(random_normal_tensor({2, 5, 8}, 15), padding(), training,
+                                        &cache);
   for (std::size_t l = 1; l < cache.layers.size(); ++l)
     EXPECT_NE(cache.layers[l].dropout.key(), cache.layers[0].dropout.key()) << l;
-  TransformerEncoder<double> gradient = zeros_like(encoder);
-  const Tensor<double> dsrc = encoder.backward(cache, probe, gradient);
-  testing::expect_parameter_gradients(encoder, gradient, loss);
-  ATTNLENS_EXPECT_GRADIENT(loss, src.data(), src.size(), dsrc.data(), 1e-6);
+  expect_encoder_gradients("dropout 0.25 in every layer", o, padding(), training);
 }
 
 TEST(EncoderBackward, FidelityResidualFinalNormAndLearnedPositionsMatchDifferences) {

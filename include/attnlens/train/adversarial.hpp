@@ -115,8 +115,8 @@ inline std::string perturbation_label(const PerturbationOptions& options) {
   switch (options.type) {
     case PerturbationType::none:
       return "clean";
-    case PerturbationType::gaussian_noise:
-      return concat("noise sigma ", options.sigma, " seed ", options.seed);
+    case PerturbationType::gaussian_noise:  // the noise is that corruption
+      return corruption_label(CorruptionOptions::noise(options.sigma, options.seed));
     case PerturbationType::fgsm:
       return concat("fgsm eps ", options.epsilon);
     case PerturbationType::pgd:
