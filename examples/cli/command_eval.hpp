@@ -28,7 +28,7 @@ namespace attnlens::cli {
 
 struct EvalArguments {
   std::string model, data = io::k_fashion_mnist_directory, split = "test";
-  std::string noise, attack, eps, step_size;  // lengths as given: "0.1" or "2/255"
+  std::string noise, corruption, attack, eps, step_size;  // lengths as given: "0.1" or "2/255"
   Index steps = 10, limit = 0, batch_size = 500;
   bool random_start = false, json = false;
   std::uint64_t seed = 0;
@@ -41,29 +41,6 @@ namespace detail_eval {
 
 inline bool given(const EvalArguments& args, const std::string& name) {
   return args.given.at(name)->count() > 0;
-}
-
-// A length in pixel units: a number or a fraction "a/b" (2/255: two grey levels), finite and
-// >= 0 (`positive`: > 0).
-inline double pixel_length(const std::string& text, const std::string& option, bool positive) {
-  const auto fail = [&] {
-    throw ArgumentError(detail::concat(option, ": expected a finite number ",
-                                       positive ? "> 0" : ">= 0",
-                                       " in pixel units (the image in [0, 1]) or a fraction "
-                                       "like 2/255, got '",
-                                       text, "'"));
-  };
-  const auto number = [&](const std::string& part) {
-    double value = 0;
-    if (part.empty() || !CLI::detail::lexical_cast(part, value)) fail();
-    return value;
-  };
-  const std::size_t slash = text.find('/');
-  const double value = slash == std::string::npos
-                           ? number(text)
-                           : number(text.substr(0, slash)) / number(text.substr(slash + 1));
-  if (!std::isfinite(value) || value < 0 || (positive && value == 0)) fail();
-  return value;
 }
 
 // The condition the options describe; throws ArgumentError for options it does not read and
@@ -80,21 +57,31 @@ inline PerturbationOptions perturbation(const EvalArguments& args) {
     reject("--step-size", why);
     reject("--random-start", why);
   }
-  if (!given(args, "--noise") && !args.random_start)
-    reject("--seed", "needs --noise or --random-start (it seeds their draws)");
+  if (!given(args, "--noise") && !given(args, "--corruption") && !args.random_start)
+    reject("--seed", "needs --noise, --corruption or --random-start (it seeds their draws)");
+  const char* one = "exclude each other: one condition per run";
   PerturbationOptions options;
   if (given(args, "--noise")) {
-    reject("--attack", "and --noise exclude each other: one condition per run");
-    options = PerturbationOptions::noise(pixel_length(args.noise, "--noise", false), args.seed);
+    reject("--attack", detail::concat("and --noise ", one));
+    reject("--corruption", detail::concat("and --noise ", one));
+    options = PerturbationOptions::noise(parse_pixel_length(args.noise, "--noise"), args.seed);
+  } else if (given(args, "--corruption")) {
+    reject("--attack", detail::concat("and --corruption ", one));
+    options = parse_perturbation(args.corruption, "--corruption", args.seed);
+    if (options.type != PerturbationType::corruption)
+      throw ArgumentError(
+          detail::concat("--corruption: expected noise:SIGMA, salt-and-pepper:FRACTION, "
+                         "blur:SIGMA or contrast:FACTOR, got '",
+                         args.corruption, "' (attacks: --attack)"));
   } else if (given(args, "--attack")) {
     if (!given(args, "--eps"))
-      throw ArgumentError(
-          "--attack " + args.attack +
-          " needs --eps, the L-infinity radius in pixel units (e.g. --eps 2/255)");
-    const double epsilon = pixel_length(args.eps, "--eps", false);
+      throw ArgumentError("--attack " + args.attack +
+                          " needs --eps, the L-infinity radius in pixel units (e.g. --eps 2/255)");
+    const double epsilon = parse_pixel_length(args.eps, "--eps");
     if (pgd) {
-      const double step =
-          given(args, "--step-size") ? pixel_length(args.step_size, "--step-size", true) : 0.0;
+      const double step = given(args, "--step-size")
+                              ? parse_pixel_length(args.step_size, "--step-size", true)
+                              : 0.0;
       options = PerturbationOptions::pgd(epsilon, args.steps, step);
       options.random_start = args.random_start;
       options.seed = args.seed;
@@ -112,10 +99,29 @@ inline nlohmann::ordered_json condition_json(const PerturbationOptions& options)
   switch (options.type) {
     case PerturbationType::none:
       break;
-    case PerturbationType::gaussian_noise:
-      json["sigma"] = options.sigma;
-      json["seed"] = options.seed;
+    case PerturbationType::corruption: {
+      const CorruptionOptions& c = options.corruption;
+      json["corruption"] = name_of(k_corruption_names, c.type);
+      switch (c.type) {
+        case CorruptionType::none:
+          break;
+        case CorruptionType::salt_and_pepper:
+          json["fraction"] = c.fraction;
+          json["seed"] = c.seed;
+          break;
+        case CorruptionType::gaussian_blur:
+          json["sigma"] = c.sigma;
+          break;
+        case CorruptionType::contrast:
+          json["factor"] = c.factor;
+          break;
+        case CorruptionType::gaussian_noise:
+          json["sigma"] = c.sigma;
+          json["seed"] = c.seed;
+          break;
+      }
       break;
+    }
     case PerturbationType::fgsm:
       json["epsilon"] = options.epsilon;
       break;
@@ -229,7 +235,7 @@ inline void add_eval_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "eval",
       "Test accuracy of a vision transformer on Fashion-MNIST, clean, under Gaussian noise or "
-      "under an FGSM / PGD attack (docs/training.md)");
+      "another corruption, or under an FGSM / PGD attack (docs/training.md)");
   auto& given = args->given;
   cmd->add_option("--model", args->model,
                   "ViT model directory: config.json (with the mean and std that normalize the "
@@ -239,6 +245,12 @@ inline void add_eval_command(CLI::App& app) {
                                      "Add Gaussian noise of standard deviation SIGMA in pixel "
                                      "units (0.1, or 25/255), clamped to [0, 1]")
                          ->type_name("SIGMA");
+  given["--corruption"] =
+      cmd->add_option("--corruption", args->corruption,
+                      "Corrupt the images (image/corruption.hpp, docs/data.md): "
+                      "salt-and-pepper:FRACTION, blur:SIGMA (pixels), contrast:FACTOR or "
+                      "noise:SIGMA, e.g. salt-and-pepper:0.05")
+          ->type_name("NAME:VALUE");
   given["--attack"] = cmd->add_option("--attack", args->attack,
                                       "L-infinity attack on the cross-entropy: fgsm or pgd")
                           ->check(CLI::IsMember(std::vector<std::string>{"fgsm", "pgd"}));
@@ -254,7 +266,8 @@ inline void add_eval_command(CLI::App& app) {
       cmd->add_flag("--random-start", args->random_start,
                     "PGD starts at a uniform draw from the E ball (default: at the image)");
   given["--seed"] = cmd->add_option("--seed", args->seed,
-                                    "Seed of the noise or of PGD's random start (default 0); "
+                                    "Seed of the noise, of salt and pepper or of PGD's random "
+                                    "start (default 0); "
                                     "image i draws from its own stream i");
   cmd->add_option("--data", args->data,
                   "Directory of the Fashion-MNIST files (default Debian's dataset-fashion-mnist)");

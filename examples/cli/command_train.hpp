@@ -87,6 +87,18 @@ inline void draw_curves(const std::string& out) {
   }
 }
 
+// The data's normalization travels with the model (attnlens classify applies the same), and so
+// do the class names: Fashion-MNIST's unless the configuration names them.
+inline void add_dataset_defaults(io::TrainConfig& config) {
+  if (config.model.mean.empty()) {
+    config.model.mean = {io::k_fashion_mnist_mean};
+    config.model.std = {io::k_fashion_mnist_std};
+  }
+  if (config.model.class_names.empty())
+    config.model.class_names.assign(io::k_fashion_mnist_class_names.begin(),
+                                    io::k_fashion_mnist_class_names.end());
+}
+
 // The run's configuration: a new run's TRAIN.json with the command line's overrides, or the
 // configuration a resumed run kept in DIR/train.json.
 inline io::TrainConfig run_config(const TrainArguments& args) {
@@ -113,14 +125,7 @@ inline io::TrainConfig run_config(const TrainArguments& args) {
                                          config.seed, "; a resumed run keeps its seed"));
     config.seed = static_cast<std::uint64_t>(args.seed);
   }
-  // The data's normalization travels with the model: attnlens classify applies the same.
-  if (config.model.mean.empty()) {
-    config.model.mean = {io::k_fashion_mnist_mean};
-    config.model.std = {io::k_fashion_mnist_std};
-  }
-  if (config.model.class_names.empty())
-    config.model.class_names.assign(io::k_fashion_mnist_class_names.begin(),
-                                    io::k_fashion_mnist_class_names.end());
+  add_dataset_defaults(config);
   return config;
 }
 
@@ -253,13 +258,18 @@ void train(const TrainArguments& args, const io::TrainConfig& config, Optimizer 
               100 * state.best_accuracy, static_cast<long>(state.best_epoch), args.out.c_str());
 }
 
+// Trains the run `config` describes in args.out, from its latest checkpoint with args.resume.
 template <class T>
-void run(const TrainArguments& args) {
-  const io::TrainConfig config = run_config(args);
+void train_run(const TrainArguments& args, const io::TrainConfig& config) {
   if (config.optimizer == io::OptimizerType::adamw)
     train<T>(args, config, AdamW<T>(config.adamw));
   else
     train<T>(args, config, Sgd<T>(config.sgd));
+}
+
+template <class T>
+void run(const TrainArguments& args) {
+  train_run<T>(args, run_config(args));
 }
 
 }  // namespace detail_train

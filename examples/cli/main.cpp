@@ -17,6 +17,7 @@
 #include "cli/command_info.hpp"
 #include "cli/command_mha.hpp"
 #include "cli/command_plot.hpp"
+#include "cli/command_study.hpp"
 #include "cli/command_train.hpp"
 #include "cli/errors.hpp"
 
@@ -40,6 +41,7 @@ int main(int argc, char** argv) {
   attnlens::cli::add_info_command(app);
   attnlens::cli::add_mha_command(app);
   attnlens::cli::add_plot_command(app);
+  attnlens::cli::add_study_command(app);
   attnlens::cli::add_train_command(app);
   try {
     app.parse(argc, argv);

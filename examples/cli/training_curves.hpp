@@ -20,6 +20,7 @@ struct EpochMetrics {
   double epoch = 0;
   double train_loss = 0, train_accuracy = 0;  // accuracies as fractions, as in the file
   double test_loss = 0, test_accuracy = 0;
+  double train_seconds = 0;  // the epoch's training time (0 when the line has none)
 };
 
 namespace detail_curves {
@@ -80,6 +81,8 @@ inline std::vector<EpochMetrics> read_epoch_metrics(const std::string& path) {
     epoch.train_accuracy = detail_curves::metric(line, "train_accuracy", where);
     epoch.test_loss = detail_curves::metric(line, "test_loss", where);
     epoch.test_accuracy = detail_curves::metric(line, "test_accuracy", where);
+    if (line.contains("train_seconds"))
+      epoch.train_seconds = detail_curves::metric(line, "train_seconds", where);
     if (!std::isfinite(epoch.epoch)) throw IoError(where + ": 'epoch' is not a finite number");
     by_epoch[epoch.epoch] = epoch;
   }

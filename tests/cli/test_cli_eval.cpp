@@ -75,9 +75,9 @@ TEST_F(CliEval, CleanJsonIsTheLibrarysEvaluation) {
     EXPECT_EQ(item["name"], config_.class_names[static_cast<std::size_t>(r)]);
     EXPECT_EQ(item["images"].get<Index>(), expected.confusion.row(r).sum());
     for (Index c = 0; c < 10; ++c)
-      EXPECT_EQ(json["confusion"][static_cast<std::size_t>(r)][static_cast<std::size_t>(c)]
-                    .get<Index>(),
-                expected.confusion(r, c));
+      EXPECT_EQ(
+          json["confusion"][static_cast<std::size_t>(r)][static_cast<std::size_t>(c)].get<Index>(),
+          expected.confusion(r, c));
   }
 }
 
@@ -118,9 +118,36 @@ TEST_F(CliEval, NoiseFollowsItsSeed) {
   EXPECT_NE(other["loss"].get<double>(), first["loss"].get<double>());
 }
 
+// --corruption is the library's corrupt_images on the same images: the CLI's run equals
+// evaluate_perturbed with the same condition, and salt and pepper follows its seed.
+TEST_F(CliEval, CorruptionIsTheLibrarysCorruption) {
+  const nlohmann::json json = run_json(eval("--corruption salt-and-pepper:0.3 --seed 4"));
+  ASSERT_TRUE(json.contains("condition"));
+  EXPECT_EQ(json["condition"]["type"], "corruption");
+  EXPECT_EQ(json["condition"]["corruption"], "salt-and-pepper");
+  EXPECT_EQ(json["condition"]["fraction"].get<double>(), 0.3);
+  EXPECT_EQ(json["condition"]["seed"].get<int>(), 4);
+  const ImageDataset<float> data =
+      first_examples(io::load_fashion_mnist<float>(io::FashionMnistSplit::test), 60);
+  const VisionTransformer<float> vit = io::load_vit_model<float>(model());
+  const PixelClassifier<float> classifier{vit, {config_.mean, config_.std}, {1}};
+  const ClassifierEvaluation expected = evaluate_perturbed(
+      classifier, data, PerturbationOptions::corrupted(CorruptionOptions::salt_and_pepper(0.3, 4)),
+      25);
+  EXPECT_EQ(json["correct"].get<Index>(), expected.confusion.trace());
+  // Rounding only, as in CleanJsonIsTheLibrarysEvaluation.
+  EXPECT_NEAR(json["loss"].get<double>(), expected.loss, 1e-6 * expected.loss);
+  const nlohmann::json other = run_json(eval("--corruption salt-and-pepper:0.3 --seed 5"));
+  ASSERT_TRUE(other.contains("loss"));
+  EXPECT_NE(other["loss"].get<double>(), json["loss"].get<double>());
+  const nlohmann::json blur = run_json(eval("--corruption blur:1.5"));
+  ASSERT_TRUE(blur.contains("condition"));
+  EXPECT_EQ(blur["condition"]["label"], "blur sigma 1.5");
+}
+
 TEST_F(CliEval, BadInputNamesTheOption) {
   expect_bad_input("eval --model " + path("nothing"), "nothing/config.json");
-  expect_bad_input(eval("--attack fgsm --eps -1"), "--eps: expected a finite number >= 0");
+  expect_bad_input(eval("--attack fgsm --eps -1"), "--eps: expected a number >= 0");
   expect_bad_input(eval("--attack fgsm --eps nan"), "--eps");
   expect_bad_input(eval("--attack fgsm --eps 1/0"), "--eps");
   expect_bad_input(eval("--attack fgsm --eps two"), "--eps");
@@ -133,7 +160,12 @@ TEST_F(CliEval, BadInputNamesTheOption) {
   expect_bad_input(eval("--attack fgsm --eps 0.1 --random-start"), "--random-start");
   expect_bad_input(eval("--noise 0.1 --attack fgsm --eps 0.1"), "exclude each other");
   expect_bad_input(eval("--noise -0.1"), "--noise");
-  expect_bad_input(eval("--seed 3"), "--seed needs --noise or --random-start");
+  expect_bad_input(eval("--corruption fgsm:0.1"), "--corruption: expected noise:SIGMA");
+  expect_bad_input(eval("--corruption blur"), "--corruption: expected clean, noise:SIGMA");
+  expect_bad_input(eval("--corruption salt-and-pepper:1.5"), "CorruptionOptions::fraction");
+  expect_bad_input(eval("--corruption blur:1 --noise 0.1"), "exclude each other");
+  expect_bad_input(eval("--corruption blur:1 --attack fgsm --eps 0.1"), "exclude each other");
+  expect_bad_input(eval("--seed 3"), "--seed needs --noise, --corruption or --random-start");
   expect_bad_input(eval("--split validation"), "--split");
   expect_bad_input(eval("--batch-size 0"), "--batch-size");
   expect_bad_input(eval("--data " + path("nowhere")), "nowhere");

@@ -74,8 +74,9 @@ VisionTransformer<float> trained_attack_vit() {
   options.parallel.threads = 1;
   for (Index epoch = 0; epoch < 12; ++epoch) {
     EpochProgress progress;
-    train_epoch(model, gradient, optimizer, train, options, epoch, progress,
-                [](std::int64_t) { return 3e-3; }, [](const EpochProgress&) { return true; });
+    train_epoch(
+        model, gradient, optimizer, train, options, epoch, progress,
+        [](std::int64_t) { return 3e-3; }, [](const EpochProgress&) { return true; });
   }
   return model;
 }
@@ -138,10 +139,10 @@ TEST(Adversarial, AttacksStayInTheEpsilonBallAndThePixelRange) {
     EXPECT_GT(at_radius, attacked.size() / 2);
   }
   // PGD of one step of size epsilon from the clean image is FGSM.
-  EXPECT_TRUE(perturb_images(classifier, data.images, data.labels,
-                             PerturbationOptions::pgd(epsilon, 1, epsilon)) ==
-              perturb_images(classifier, data.images, data.labels,
-                             PerturbationOptions::fgsm(epsilon)));
+  EXPECT_TRUE(
+      perturb_images(classifier, data.images, data.labels,
+                     PerturbationOptions::pgd(epsilon, 1, epsilon)) ==
+      perturb_images(classifier, data.images, data.labels, PerturbationOptions::fgsm(epsilon)));
   // The random start is the seed's: the same seed gives the same images, another seed others.
   random_start.steps = 1;
   const Tensor<float> first = perturb_images(classifier, data.images, data.labels, random_start);
@@ -213,9 +214,9 @@ TEST(Adversarial, NoiseIsSeededPerImageAndHasTheAskedStandardDeviation) {
   // batch starting at image 40 get the same noise.
   std::vector<Index> last(24);
   for (Index i = 0; i < 24; ++i) last[static_cast<std::size_t>(i)] = 40 + i;
-  const Tensor<float> tail = perturb_images(classifier, gather_first_axis(grey, last),
-                                            std::vector<Index>(24, 0),
-                                            PerturbationOptions::noise(sigma, 7), 40);
+  const Tensor<float> tail =
+      perturb_images(classifier, gather_first_axis(grey, last), std::vector<Index>(24, 0),
+                     PerturbationOptions::noise(sigma, 7), 40);
   EXPECT_TRUE(tail == gather_first_axis(noisy, last));
 
   // 4096 draws: the sample mean within 4 standard errors of 0.5, the standard deviation within
@@ -241,6 +242,44 @@ TEST(Adversarial, NoiseIsSeededPerImageAndHasTheAskedStandardDeviation) {
   EXPECT_EQ(*std::max_element(loud.storage().begin(), loud.storage().end()), 1.0f);
 }
 
+TEST(Adversarial, ConditionsParseFromText) {
+  EXPECT_EQ(parse_pixel_length("0.25", "x"), 0.25);
+  EXPECT_EQ(parse_pixel_length("2/255", "x"), 2.0 / 255.0);
+  EXPECT_EQ(parse_perturbation("clean", "c").type, PerturbationType::none);
+  const PerturbationOptions noise = parse_perturbation("noise:0.1", "c", 9);
+  EXPECT_EQ(noise.type, PerturbationType::corruption);
+  EXPECT_EQ(noise.corruption.type, CorruptionType::gaussian_noise);
+  EXPECT_EQ(noise.corruption.sigma, 0.1);
+  EXPECT_EQ(noise.corruption.seed, 9u);
+  const PerturbationOptions salt = parse_perturbation("salt-and-pepper:0.05", "c", 3);
+  EXPECT_EQ(salt.corruption.type, CorruptionType::salt_and_pepper);
+  EXPECT_EQ(salt.corruption.fraction, 0.05);
+  EXPECT_EQ(salt.corruption.seed, 3u);
+  EXPECT_EQ(parse_perturbation("blur:1.5", "c").corruption.sigma, 1.5);
+  EXPECT_EQ(parse_perturbation("contrast:1/2", "c").corruption.factor, 0.5);
+  const PerturbationOptions fgsm = parse_perturbation("fgsm:8/255", "c");
+  EXPECT_EQ(fgsm.type, PerturbationType::fgsm);
+  EXPECT_EQ(fgsm.epsilon, 8.0 / 255.0);
+  const PerturbationOptions pgd = parse_perturbation("pgd:4/255", "c");
+  EXPECT_EQ(pgd.type, PerturbationType::pgd);
+  EXPECT_EQ(pgd.steps, 10);
+  EXPECT_EQ(pgd.epsilon, 4.0 / 255.0);
+  EXPECT_FALSE(pgd.random_start);
+  EXPECT_EQ(parse_perturbation("pgd-20:0.01", "c").steps, 20);
+
+  for (const char* bad : {"", "clean:0", "noise", "noise:", "noise:x", "noise: 0.1", "noise:0.1x",
+                          "noise:-1", "noise:nan", "noise:inf", "noise:1/0", "noise:1e7",
+                          "haze:0.1", "pgd-:0.1", "pgd-x:0.1", "pgd-1234567:0.1", "PGD:0.1"})
+    expect_error_naming<ArgumentError>([&] { parse_perturbation(bad, "conditions[3]"); },
+                                       "conditions[3]");
+  expect_error_naming<ArgumentError>([&] { parse_perturbation("pgd-0:0.1", "c"); },
+                                     "PerturbationOptions::steps");
+  expect_error_naming<ArgumentError>([&] { parse_perturbation("salt-and-pepper:2", "c"); },
+                                     "CorruptionOptions::fraction");
+  expect_error_naming<ArgumentError>([&] { parse_pixel_length("0", "--step", true); },
+                                     "--step: expected a number > 0");
+}
+
 TEST(Adversarial, BadOptionsAndPixelsAreNamed) {
   const VisionTransformer<float> model(attack_vit());
   const PixelClassifier<float> classifier{model, k_attack_normalization, {}};
@@ -250,9 +289,10 @@ TEST(Adversarial, BadOptionsAndPixelsAreNamed) {
       perturb_images(classifier, data.images, data.labels, options);
     };
   };
-  expect_error_naming<ArgumentError>(perturb(PerturbationOptions::fgsm(-0.01)),
-                                     "PerturbationOptions::epsilon: expected a value in [0, 1e+06], "
-                                     "got -0.01");
+  expect_error_naming<ArgumentError>(
+      perturb(PerturbationOptions::fgsm(-0.01)),
+      "PerturbationOptions::epsilon: expected a value in [0, 1e+06], "
+      "got -0.01");
   expect_error_naming<ArgumentError>(perturb(PerturbationOptions::fgsm(std::nan(""))),
                                      "PerturbationOptions::epsilon");
   expect_error_naming<ArgumentError>(perturb(PerturbationOptions::fgsm(1e300)),
@@ -264,7 +304,7 @@ TEST(Adversarial, BadOptionsAndPixelsAreNamed) {
   expect_error_naming<ArgumentError>(perturb(PerturbationOptions::pgd(0.1, 5, -1)),
                                      "PerturbationOptions::step_size");
   expect_error_naming<ArgumentError>(perturb(PerturbationOptions::noise(-0.1)),
-                                     "PerturbationOptions::sigma");
+                                     "CorruptionOptions::sigma");
   expect_error_naming<ArgumentError>(
       [&] { evaluate_perturbed(classifier, data, PerturbationOptions::fgsm(-1), 4); },
       "PerturbationOptions::epsilon");
@@ -272,9 +312,7 @@ TEST(Adversarial, BadOptionsAndPixelsAreNamed) {
   Tensor<float> normalized = data.images;
   normalize_images(normalized, k_attack_normalization);
   expect_error_naming<ArgumentError>(
-      [&] {
-        perturb_images(classifier, normalized, data.labels, PerturbationOptions::fgsm(0.1));
-      },
+      [&] { perturb_images(classifier, normalized, data.labels, PerturbationOptions::fgsm(0.1)); },
       "a value in [0, 1] (pixel units");
   expect_error_naming<ShapeError>(
       [&] {

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <locale>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -30,15 +32,15 @@
 namespace attnlens {
 
 enum class PerturbationType {
-  none,            // the clean input
-  gaussian_noise,  // x + sigma z, z ~ N(0, 1) per pixel, clamped to [0, 1]
-  fgsm,            // x + epsilon sign(dL/dx), clamped to [0, 1]
-  pgd,             // `steps` signed-gradient steps, each projected onto the epsilon ball and [0, 1]
+  none,        // the clean input
+  corruption,  // one of image/corruption.hpp's seeded corruptions (Gaussian noise among them)
+  fgsm,        // x + epsilon sign(dL/dx), clamped to [0, 1]
+  pgd,         // `steps` signed-gradient steps, each projected onto the epsilon ball and [0, 1]
 };
 
 inline constexpr Named<PerturbationType> k_perturbation_names[] = {
     {PerturbationType::none, "none"},
-    {PerturbationType::gaussian_noise, "noise"},
+    {PerturbationType::corruption, "corruption"},
     {PerturbationType::fgsm, "fgsm"},
     {PerturbationType::pgd, "pgd"}};
 
@@ -46,20 +48,23 @@ inline constexpr Named<PerturbationType> k_perturbation_names[] = {
 // image whatever the model's mean and std. Only the fields of `type` are read.
 struct PerturbationOptions {
   PerturbationType type = PerturbationType::none;
-  double sigma = 0;           // gaussian_noise: the noise's standard deviation
-  double epsilon = 0;         // fgsm, pgd: the L-infinity radius around the clean image
-  Index steps = 10;           // pgd: K >= 1
-  double step_size = 0;       // pgd: alpha; 0 stands for 2.5 epsilon / steps (below)
-  bool random_start = false;  // pgd: start at a uniform draw from the epsilon ball
-  std::uint64_t seed = 0;     // gaussian_noise, and pgd's random start
+  CorruptionOptions corruption;  // corruption: which one, with its own seed
+  double epsilon = 0;            // fgsm, pgd: the L-infinity radius around the clean image
+  Index steps = 10;              // pgd: K >= 1
+  double step_size = 0;          // pgd: alpha; 0 stands for 2.5 epsilon / steps (below)
+  bool random_start = false;     // pgd: start at a uniform draw from the epsilon ball
+  std::uint64_t seed = 0;        // pgd's random start
 
   static PerturbationOptions clean() { return {}; }
-  static PerturbationOptions noise(double sigma, std::uint64_t seed = 0) {
+  static PerturbationOptions corrupted(const CorruptionOptions& corruption) {
     PerturbationOptions o;
-    o.type = PerturbationType::gaussian_noise;
-    o.sigma = sigma;
-    o.seed = seed;
+    o.type = PerturbationType::corruption;
+    o.corruption = corruption;
     return o;
+  }
+  // Gaussian noise of standard deviation sigma, clamped to [0, 1]: CorruptionOptions::noise.
+  static PerturbationOptions noise(double sigma, std::uint64_t seed = 0) {
+    return corrupted(CorruptionOptions::noise(sigma, seed));
   }
   static PerturbationOptions fgsm(double epsilon) {
     PerturbationOptions o;
@@ -94,8 +99,8 @@ inline void check_perturbation_options(const PerturbationOptions& options) {
   switch (options.type) {
     case PerturbationType::none:
       break;
-    case PerturbationType::gaussian_noise:
-      finite_non_negative(options.sigma, "PerturbationOptions::sigma");
+    case PerturbationType::corruption:
+      check_corruption_options(options.corruption);
       break;
     case PerturbationType::pgd:
       detail::require_argument(options.steps >= 1, "PerturbationOptions::steps", ">= 1",
@@ -108,15 +113,15 @@ inline void check_perturbation_options(const PerturbationOptions& options) {
   }
 }
 
-// A short name for reports: "clean", "noise sigma 0.1", "fgsm eps 0.00784314",
+// A short name for reports: "clean", a corruption's label, "fgsm eps 0.00784314",
 // "pgd-10 eps 0.00784314 step 0.00196078" (+ " random start, seed 3").
 inline std::string perturbation_label(const PerturbationOptions& options) {
   using detail::concat;
   switch (options.type) {
     case PerturbationType::none:
       return "clean";
-    case PerturbationType::gaussian_noise:  // the noise is that corruption
-      return corruption_label(CorruptionOptions::noise(options.sigma, options.seed));
+    case PerturbationType::corruption:
+      return corruption_label(options.corruption);
     case PerturbationType::fgsm:
       return concat("fgsm eps ", options.epsilon);
     case PerturbationType::pgd:
@@ -125,6 +130,80 @@ inline std::string perturbation_label(const PerturbationOptions& options) {
                     options.random_start ? concat(" random start, seed ", options.seed) : "");
   }
   return "?";
+}
+
+// A length in pixel units as text: a number, or a fraction "a/b" (2/255: two grey levels);
+// finite, >= 0 (> 0 when `positive`) and at most k_max_pixel_length. Throws ArgumentError naming
+// `what` otherwise.
+inline double parse_pixel_length(const std::string& text, const std::string& what,
+                                 bool positive = false) {
+  const auto fail = [&]() -> double {
+    throw ArgumentError(detail::concat(
+        what, ": expected a number ", positive ? "> 0" : ">= 0", " and <= ", k_max_pixel_length,
+        " in pixel units (the image in [0, 1]) or a fraction like 2/255, got '", text, "'"));
+  };
+  const auto number = [&](const std::string& part) {
+    std::istringstream in(part);
+    in.imbue(std::locale::classic());
+    double value = 0;
+    if (part.empty() || std::isspace(static_cast<unsigned char>(part[0])) || !(in >> value) ||
+        in.peek() != std::char_traits<char>::eof())
+      fail();
+    return value;
+  };
+  const std::size_t slash = text.find('/');
+  const double value = slash == std::string::npos
+                           ? number(text)
+                           : number(text.substr(0, slash)) / number(text.substr(slash + 1));
+  if (!(value >= 0 && value <= k_max_pixel_length) || (positive && value == 0)) fail();
+  return value;
+}
+
+// A condition written as text, as `attnlens eval --condition` and study configurations take it:
+//   clean
+//   noise:SIGMA  salt-and-pepper:FRACTION  blur:SIGMA  contrast:FACTOR   (image/corruption.hpp;
+//                the random ones draw from `seed`)
+//   fgsm:EPS  pgd:EPS  pgd-K:EPS                                         (K steps, default 10)
+// every value a pixel length (parse_pixel_length: 0.1, 2/255). Throws ArgumentError naming `what`.
+inline PerturbationOptions parse_perturbation(const std::string& text, const std::string& what,
+                                              std::uint64_t seed = 0) {
+  if (text == "clean") return PerturbationOptions::clean();
+  const std::size_t colon = text.find(':');
+  const std::string kind = text.substr(0, colon);
+  const auto fail = [&]() -> PerturbationOptions {
+    throw ArgumentError(
+        detail::concat(what,
+                       ": expected clean, noise:SIGMA, salt-and-pepper:FRACTION, blur:SIGMA, "
+                       "contrast:FACTOR, fgsm:EPS, pgd:EPS or pgd-K:EPS (e.g. pgd-10:2/255), got '",
+                       text, "'"));
+  };
+  if (colon == std::string::npos) return fail();
+  const double value = parse_pixel_length(text.substr(colon + 1), what);
+  PerturbationOptions options;
+  if (kind == "noise") {
+    options = PerturbationOptions::noise(value, seed);
+  } else if (kind == "salt-and-pepper") {
+    options = PerturbationOptions::corrupted(CorruptionOptions::salt_and_pepper(value, seed));
+  } else if (kind == "blur") {
+    options = PerturbationOptions::corrupted(CorruptionOptions::blur(value));
+  } else if (kind == "contrast") {
+    options = PerturbationOptions::corrupted(CorruptionOptions::contrast(value));
+  } else if (kind == "fgsm") {
+    options = PerturbationOptions::fgsm(value);
+  } else if (kind == "pgd") {
+    options = PerturbationOptions::pgd(value);
+  } else if (kind.rfind("pgd-", 0) == 0 && kind.size() > 4 && kind.size() <= 10 &&
+             kind.find_first_not_of("0123456789", 4) == std::string::npos) {
+    options = PerturbationOptions::pgd(value, std::stol(kind.substr(4)));
+  } else {
+    return fail();
+  }
+  try {
+    check_perturbation_options(options);
+  } catch (const ArgumentError& e) {
+    throw ArgumentError(detail::concat(what, ": '", text, "': ", e.what()));
+  }
+  return options;
 }
 
 // A classifier seen from pixel space: images in [0, 1] are normalized per channel before the
@@ -233,9 +312,8 @@ Tensor<T> linf_attack(const PixelClassifier<T>& classifier, const Tensor<T>& pix
 // The batch `pixels` (B x C x H x W in [0, 1]: images first_image, first_image + 1, ... of a
 // data set, with their labels) under the condition `options`:
 //   none:            the pixels as they are (any values);
-//   gaussian_noise:  clamp(x + sigma z, 0, 1), z ~ N(0, 1) from PortableRng::normal, drawn pixel
-//                    by pixel in C, H, W order from image i's own stream of `seed`: the
-//                    corruption CorruptionOptions::noise(sigma, seed) of image/corruption.hpp;
+//   corruption:      corrupt_images (image/corruption.hpp): image i draws from its own stream
+//                    of the corruption's seed;
 //   fgsm, pgd:       detail::linf_attack above, the loss being the batch's mean cross-entropy
 //                    against `labels` (the signs do not depend on the mean's 1 / B).
 // The result stays within [0, 1] and, for the attacks, within epsilon of x in every pixel.
@@ -246,9 +324,8 @@ Tensor<T> perturb_images(const PixelClassifier<T>& classifier, const Tensor<T>& 
   check_perturbation_options(options);
   detail::require_argument(first_image >= 0, "perturb_images first_image", ">= 0", first_image);
   if (options.type == PerturbationType::none) return pixels;
-  if (options.type == PerturbationType::gaussian_noise)  // checks the pixels itself
-    return corrupt_images(pixels, CorruptionOptions::noise(options.sigma, options.seed),
-                          first_image);
+  if (options.type == PerturbationType::corruption)  // checks the pixels itself
+    return corrupt_images(pixels, options.corruption, first_image);
   detail::check_unit_pixels(pixels, "perturbed pixels");
   return detail::linf_attack(classifier, pixels, labels, options, first_image);
 }

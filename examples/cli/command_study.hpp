@@ -1,0 +1,217 @@
+// attnlens study: trains every model of a STUDY.json with every seed on the same budget, evaluates
+// each trained model under every condition, and keeps the results in DIR/results.csv with their
+// summary (DIR/summary.md) and plot (DIR/robustness.png) redrawn as rows arrive
+// (docs/experiments.md, "The study runner"). The same command continues a stopped study: finished
+// rows are kept, a run stopped mid-training resumes from its latest checkpoint, and models, seeds
+// and conditions may be added to the configuration in between.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "attnlens/io/fashion_mnist.hpp"
+#include "attnlens/io/vit_model.hpp"
+#include "attnlens/train/adversarial.hpp"
+#include "cli/command_train.hpp"
+#include "cli/errors.hpp"
+#include "cli/study_config.hpp"
+#include "cli/study_report.hpp"
+#include "cli/training_curves.hpp"
+
+namespace attnlens::cli {
+
+struct StudyArguments {
+  std::string config, out;
+  std::vector<std::string> models;  // empty: every model of the configuration
+  int threads = 0;
+};
+
+namespace detail_study {
+
+namespace fs = std::filesystem;
+
+// A study already in DIR must be this one: the keys that decide finished rows (the base
+// configuration, the epochs, the attack subset, the corruptions' seed, each kept model's patch)
+// must not change; models, seeds and conditions may be added.
+inline void check_same_study(const nlohmann::json& kept, const nlohmann::json& given,
+                             const std::string& out) {
+  const auto differ = [&](const std::string& what) {
+    throw ArgumentError(detail::concat(
+        "--config: the study in '", out, "' has another ", what,
+        " (study.json): finished rows would mix two studies; use another --out, or restore the "
+        "configuration"));
+  };
+  for (const char* key : {"train", "epochs", "attack_images", "condition_seed"})
+    if (!kept.contains(key) || kept[key] != given[key]) differ(detail::concat("'", key, "'"));
+  for (const nlohmann::json& old_model : kept.value("models", nlohmann::json::array()))
+    for (const nlohmann::json& model : given["models"])
+      if (model["name"] == old_model.value("name", "") && model["model"] != old_model["model"])
+        differ(detail::concat("model '", model["name"].get<std::string>(), "'"));
+}
+
+// The minutes of training of a run so far: the sum of its epochs' training times.
+inline double training_seconds(const std::string& run) {
+  double seconds = 0;
+  for (const EpochMetrics& epoch : read_epoch_metrics(run + "/metrics.jsonl"))
+    seconds += epoch.train_seconds;
+  return seconds;
+}
+
+// Rewrites summary.md and robustness.png from every row so far; a plot that cannot be drawn is
+// a warning (the rows matter more).
+inline void write_reports(const StudyConfig& study, const std::string& out) {
+  const std::vector<StudyRow> rows = read_study_results(out + "/results.csv");
+  detail_train::write_file(out + "/summary.md", study_summary_markdown(study, rows));
+  const std::vector<io::LinePlot> panels = study_plot_panels(study, rows);
+  if (panels.empty()) return;
+  try {
+    io::LinePlotOptions options;
+    options.width = 560 * static_cast<int>(panels.size());
+    options.height = 520;
+    io::write_line_plot_png(out + "/robustness.png", panels, options);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "attnlens study: warning: cannot draw %s/robustness.png: %s\n",
+                 out.c_str(), e.what());
+  }
+}
+
+inline void run(const StudyArguments& args) {
+  // Ctrl-C stops at the next training step or condition, leaving the study to continue.
+  detail_train::interrupted = false;
+  std::signal(SIGINT, detail_train::on_interrupt);
+  const StudyConfig study = load_study_config(args.config);
+  std::vector<const StudyModel*> chosen;
+  for (const std::string& name : args.models) {
+    const auto found = std::find_if(study.models.begin(), study.models.end(),
+                                    [&](const StudyModel& m) { return m.name == name; });
+    if (found == study.models.end())
+      throw ArgumentError(
+          detail::concat("--models: '", name, "' is not a model of '", args.config, "'"));
+    chosen.push_back(&*found);
+  }
+  if (args.models.empty())
+    for (const StudyModel& model : study.models) chosen.push_back(&model);
+
+  const nlohmann::json given = nlohmann::json::parse(study_config_json(study).dump());
+  const std::string kept_path = args.out + "/study.json";
+  if (fs::exists(kept_path))
+    check_same_study(
+        io::parse_json_text(io::detail::read_text_file(kept_path, io::detail::k_max_config_bytes),
+                            {kept_path, io::detail::k_max_config_levels}),
+        given, args.out);
+  fs::create_directories(args.out);
+  detail_train::write_file(kept_path, study_config_json(study).dump(2) + "\n");
+
+  const std::string results = args.out + "/results.csv";
+  drop_unfinished_row(results);
+  std::set<std::tuple<std::string, std::uint64_t, std::string>> finished;
+  for (const StudyRow& row : read_study_results(results))
+    finished.emplace(row.model, row.seed, row.condition);
+
+  io::FashionMnistOptions data_options;  // pixels in [0, 1]: conditions act before normalizing
+  const io::TrainConfig first = study_train_config(study, study.models.front(), 0, args.config);
+  if (!first.data_directory.empty()) data_options.directory = first.data_directory;
+  const ImageDataset<float> test = first_examples(
+      io::load_fashion_mnist<float>(io::FashionMnistSplit::test, data_options), first.test_limit);
+  const ImageDataset<float> attacked = first_examples(test, study.attack_images);
+
+  const std::size_t cells = chosen.size() * study.seeds.size();
+  std::size_t cell = 0;
+  for (const StudyModel* chosen_model : chosen)
+    for (const std::uint64_t seed : study.seeds) {
+      const StudyModel& model = *chosen_model;
+      ++cell;
+      std::vector<const StudyCondition*> missing;
+      for (const StudyCondition& c : study.conditions)
+        if (!finished.count({model.name, seed, c.text})) missing.push_back(&c);
+      if (missing.empty()) continue;
+      io::TrainConfig config = study_train_config(study, model, seed, args.config);
+      detail_train::add_dataset_defaults(config);
+      const std::string run = detail::concat(args.out, "/runs/", model.name, "/seed-", seed);
+      const std::string trained = detail::concat(run, "/checkpoints/epoch-", config.epochs);
+      std::printf("study [%zu/%zu] %s seed %llu\n", cell, cells, model.name.c_str(),
+                  static_cast<unsigned long long>(seed));
+      if (!fs::exists(trained)) {
+        TrainArguments train;
+        train.out = run;
+        train.threads = args.threads;
+        // A run that never finished an epoch has no checkpoint to resume: it starts again.
+        train.resume = fs::exists(run + "/latest");
+        if (!train.resume) fs::remove_all(run);
+        std::fflush(stdout);
+        detail_train::train_run<float>(train, config);
+      }
+      const double train_seconds = training_seconds(run);
+      const VisionTransformer<float> vit = io::load_vit_model<float>(trained);
+      const PixelClassifier<float> classifier{
+          vit, {config.model.mean, config.model.std}, {args.threads}};
+      for (const StudyCondition* condition : missing) {
+        if (detail_train::interrupted) {
+          std::printf(
+              "interrupted: the finished rows are in %s; run the same command to "
+              "continue\n",
+              results.c_str());
+          std::exit(130);
+        }
+        const ImageDataset<float>& data = condition->attack() ? attacked : test;
+        const auto start = std::chrono::steady_clock::now();
+        const ClassifierEvaluation e =
+            evaluate_perturbed(classifier, data, condition->options, config.eval_batch_size);
+        StudyRow row;
+        row.model = model.name;
+        row.seed = seed;
+        row.condition = condition->text;
+        row.images = data.size();
+        row.accuracy = e.accuracy;
+        row.loss = e.loss;
+        row.eval_seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        row.train_seconds = train_seconds;
+        append_study_row(results, row);
+        std::printf("  %-24s %6.2f%%  (%ld images, %.1f s)\n", condition->text.c_str(),
+                    100 * e.accuracy, static_cast<long>(row.images), row.eval_seconds);
+        std::fflush(stdout);
+      }
+      write_reports(study, args.out);
+    }
+  write_reports(study, args.out);
+  std::printf("study done: %s/results.csv, %s/summary.md\n", args.out.c_str(), args.out.c_str());
+}
+
+}  // namespace detail_study
+
+inline void add_study_command(CLI::App& app) {
+  auto args = std::make_shared<StudyArguments>();
+  CLI::App* cmd = app.add_subcommand(
+      "study",
+      "Train a list of models over several seeds on one budget and evaluate each under every "
+      "condition (clean, corruptions, attacks): results.csv, summary.md, robustness.png "
+      "(docs/experiments.md)");
+  cmd->add_option("--config", args->config,
+                  "STUDY.json: base TRAIN.json, models, seeds, conditions (docs/experiments.md; "
+                  "e.g. examples/configs/study_vision.json)")
+      ->required();
+  cmd->add_option("--out", args->out,
+                  "Study directory: study.json, results.csv, summary.md, robustness.png, "
+                  "runs/MODEL/seed-S/ (the same command continues a stopped study)")
+      ->required();
+  cmd->add_option("--models", args->models,
+                  "Only these models (names from the configuration, comma-separated); two "
+                  "processes with disjoint --models may share --out")
+      ->delimiter(',');
+  cmd->add_option("--threads", args->threads, "Threads (0: OMP_NUM_THREADS or the core count)")
+      ->default_val(0)
+      ->check(CLI::NonNegativeNumber);
+  cmd->callback([args] { run_reporting_errors("study", [&] { detail_study::run(*args); }); });
+}
+
+}  // namespace attnlens::cli
