@@ -6,6 +6,7 @@
 #include "attnlens/interpret/attention_maps.hpp"
 #include "support/compare.hpp"
 #include "support/expect_error.hpp"
+#include "support/vit_models.hpp"
 
 namespace attnlens {
 namespace {
@@ -52,14 +53,8 @@ TEST(AttentionMaps, AGridRowIsTheQuerysRowOverThePatches) {
 }
 
 TEST(AttentionMaps, PatchMapsOfAViTForward) {
-  VisionTransformerOptions o;
-  o.image_height = 8;
+  VisionTransformerOptions o = testing::small_vit_config(/*image_size*/ 8, /*num_layers*/ 3).vit;
   o.image_width = 12;
-  o.patch_size = 4;
-  o.in_chans = 1;
-  o.num_classes = 3;
-  o.encoder.layer = {8, 2, 16, Activation::gelu, 1e-6, true, true};
-  o.encoder.num_layers = 3;
   Rng rng(11);
   const VisionTransformer<float> vit(o, rng);
   const Grid2d grid = vit_patch_grid(o);

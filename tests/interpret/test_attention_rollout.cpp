@@ -6,10 +6,10 @@
 
 #include <vector>
 
-#include "attnlens/blocks/vision_transformer.hpp"
 #include "attnlens/interpret/attention_rollout.hpp"
 #include "support/compare.hpp"
 #include "support/expect_error.hpp"
+#include "support/vit_models.hpp"
 
 namespace attnlens {
 namespace {
@@ -112,15 +112,8 @@ TEST(AttentionRollout, RowsSumToOneAndIdentityAttentionChangesNothing) {
 }
 
 TEST(AttentionRollout, MeanFusionIsTheEncodersAveragedWeights) {
-  VisionTransformerOptions o;
-  o.image_height = o.image_width = 8;
-  o.patch_size = 4;
-  o.in_chans = 1;
-  o.num_classes = 3;
-  o.encoder.layer = {8, 2, 16, Activation::gelu, 1e-6, true, true};
-  o.encoder.num_layers = 2;
   Rng rng(3);
-  const VisionTransformer<double> vit(o, rng);
+  const VisionTransformer<double> vit(testing::small_vit_config(/*image_size*/ 8, 2).vit, rng);
   Tensor<double> images({2, 1, 8, 8});
   for (Index i = 0; i < images.size(); ++i) images.data()[i] = rng.normal<double>(0, 1);
   EncoderForwardOptions per_head, averaged;

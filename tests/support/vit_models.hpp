@@ -1,4 +1,4 @@
-// The small gray ViT the CLI tests run on: image_size x image_size pixels in patches of 4, two
+// The small gray ViT the CLI and interpret tests run on: image_size x image_size pixels in patches of 4, two
 // heads of width 8, pre-norm GELU blocks and a final norm, three classes (circle, square,
 // line), images normalized with mean 0.3 and std 0.4.
 #pragma once
