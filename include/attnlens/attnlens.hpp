@@ -55,6 +55,8 @@
 #include "attnlens/blocks/residual.hpp"
 #include "attnlens/blocks/vision_transformer.hpp"
 
+#include "attnlens/interpret/attention_maps.hpp"
+#include "attnlens/interpret/attention_rollout.hpp"
 #include "attnlens/interpret/conv_as_attention.hpp"
 
 #include "attnlens/train/cross_entropy.hpp"

@@ -14,6 +14,7 @@
 #include "attnlens/io/vit_model.hpp"
 #include "support/cli_test.hpp"
 #include "support/compare.hpp"
+#include "support/vit_models.hpp"
 
 namespace attnlens {
 namespace {
@@ -25,19 +26,8 @@ class CliClassify : public testing::CliTest {
   void SetUp() override {
     testing::CliTest::SetUp();
     if (IsSkipped()) return;
-    config_.vit.image_height = 8;
-    config_.vit.image_width = 8;
-    config_.vit.patch_size = 4;
-    config_.vit.in_chans = 1;
-    config_.vit.num_classes = 3;
-    config_.vit.encoder.layer = {8, 2, 16, Activation::gelu, 1e-6, true, true};
-    config_.vit.encoder.num_layers = 2;
-    config_.vit.encoder.final_norm = true;
-    config_.mean = {0.3};
-    config_.std = {0.4};
-    config_.class_names = {"circle", "square", "line"};
-    Rng rng(17);
-    io::save_vit_model(config_, VisionTransformer<float>(config_.vit, rng), model());
+    config_ = testing::small_vit_config(/*image_size*/ 8, /*num_layers*/ 2);
+    testing::save_random_vit(config_, model(), 17);
     // Five 8 x 8 images of bytes, and their labels.
     Tensor<std::uint8_t> bytes({5, 8, 8});
     for (Index i = 0; i < bytes.size(); ++i) bytes.data()[i] = static_cast<std::uint8_t>(i * 37);

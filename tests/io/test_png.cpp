@@ -1,5 +1,5 @@
 // io/png.hpp: write_png_gray's picture read back with stb_image holds the intensities, scaled
-// up; read_png_gray / decode_png_gray give 8-bit / 255, 16-bit / 65535 and BT.709 luma for
+// up, write_png_rgb's its bytes; read_png_gray / decode_png_gray give 8-bit / 255, 16-bit / 65535 and BT.709 luma for
 // colour, interlaced or not, and reject hostile files (claimed sizes beyond the pixel limit or
 // beyond what the data can inflate to, data inflating past the header, truncation at every
 // byte, bad CRCs, other formats) with an IoError naming the file and the problem.
@@ -58,6 +58,36 @@ TEST(Png, WritesGrayIntensitiesScaledUp) {
     for (int x = 0; x < 6; ++x) EXPECT_EQ(pixels[y * 6 + x], expected[y / 2][x / 2]) << y << x;
   stbi_image_free(pixels);
   std::filesystem::remove(path);
+}
+
+TEST(Png, WritesRgbPixels) {
+  io::RgbImage image(2, 3, 0);
+  for (Index y = 0; y < 2; ++y)
+    for (Index x = 0; x < 3; ++x) {
+      std::uint8_t* p = image.pixel(y, x);
+      p[0] = static_cast<std::uint8_t>(10 * y + x);
+      p[1] = static_cast<std::uint8_t>(100 + x);
+      p[2] = static_cast<std::uint8_t>(200 + y);
+    }
+  const std::string path = png_temp_path("rgb.png");
+  io::write_png_rgb(path, image);
+  int width = 0, height = 0, channels = 0;
+  unsigned char* pixels = stbi_load(path.c_str(), &width, &height, &channels, 0);
+  std::filesystem::remove(path);
+  ASSERT_NE(pixels, nullptr);
+  EXPECT_EQ(width, 3);
+  EXPECT_EQ(height, 2);
+  EXPECT_EQ(channels, 3);
+  EXPECT_EQ(std::vector<std::uint8_t>(pixels, pixels + 18), image.pixels);
+  stbi_image_free(pixels);
+  io::RgbImage broken(2, 3);
+  broken.pixels.pop_back();
+  expect_error_naming<ArgumentError>([&] { io::write_png_rgb(path, broken); },
+                                     "write_png_rgb image");
+  expect_error_naming<ArgumentError>([&] { io::write_png_rgb(path, io::RgbImage()); },
+                                     "write_png_rgb image");
+  expect_error_naming<IoError>([&] { io::write_png_rgb("/nonexistent-dir/x.png", image); },
+                               "/nonexistent-dir/x.png");
 }
 
 TEST(Png, BadArgumentsAndPathsAreErrors) {

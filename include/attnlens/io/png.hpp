@@ -1,6 +1,6 @@
 // PNG files: reading a grayscale image with intensities in [0, 1], checked against hostile
-// files before anything is decoded, and writing grayscale pictures (attention maps, domain
-// kernels). Decoding is stb_image's and encoding stb_image_write's (Debian's libstb-dev), both
+// files before anything is decoded, and writing grayscale pictures (domain kernels) and RGB ones
+// (attention maps). Decoding is stb_image's and encoding stb_image_write's (Debian's libstb-dev), both
 // compiled static into each translation unit that includes this header: include it instead of
 // <stb/stb_image.h> (or before it) and do not define STB_IMAGE_IMPLEMENTATION yourself; stb's
 // functions are then available to the includer as well.
@@ -448,6 +448,37 @@ void write_png_gray(const std::string& path, const Eigen::MatrixBase<Derived>& i
     }
   if (!stbi_write_png(path.c_str(), static_cast<int>(width), static_cast<int>(height), 1,
                       pixels.data(), static_cast<int>(width)))
+    throw IoError("png: cannot write '" + path + "'");
+}
+
+// An 8-bit RGB picture: rows from the top, each pixel's red, green and blue bytes in turn.
+struct RgbImage {
+  Index height = 0, width = 0;
+  std::vector<std::uint8_t> pixels;  // height * width * 3
+
+  RgbImage() = default;
+  RgbImage(Index height_, Index width_, std::uint8_t fill = 255)
+      : height(height_), width(width_), pixels(static_cast<std::size_t>(height_ * width_ * 3), fill) {}
+  std::uint8_t* pixel(Index y, Index x) {
+    return pixels.data() + static_cast<std::size_t>((y * width + x) * 3);
+  }
+  const std::uint8_t* pixel(Index y, Index x) const {
+    return pixels.data() + static_cast<std::size_t>((y * width + x) * 3);
+  }
+};
+
+// Writes `image` as an 8-bit RGB PNG. Throws ArgumentError for an empty image or one whose
+// pixels do not match its size, IoError if the file cannot be written.
+inline void write_png_rgb(const std::string& path, const RgbImage& image) {
+  attnlens::detail::require_argument(
+      image.height > 0 && image.width > 0 && image.height <= INT_MAX / 3 &&
+          image.width <= INT_MAX / 3 &&
+          image.pixels.size() == static_cast<std::size_t>(image.height * image.width * 3),
+      "write_png_rgb image", "height x width >= 1 x 1 with height * width * 3 bytes",
+      attnlens::detail::concat(image.height, " x ", image.width, " with ", image.pixels.size(),
+                               " bytes"));
+  if (!stbi_write_png(path.c_str(), static_cast<int>(image.width), static_cast<int>(image.height),
+                      3, image.pixels.data(), static_cast<int>(image.width * 3)))
     throw IoError("png: cannot write '" + path + "'");
 }
 
