@@ -3,7 +3,7 @@
 # again on the portable kernels (ATTNLENS_NO_AVX512=1: an AVX-512 machine would otherwise never
 # run them); the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer; the four
 # fuzzers (safetensors, PNG, config.json, IDX) for ATTNLENS_FUZZ_SECONDS (default 40) seconds
-# each.
+# each, two at a time.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
@@ -37,34 +37,42 @@ step "Release tests, portable kernels (ATTNLENS_NO_AVX512=1)"
 ATTNLENS_NO_AVX512=1 run_ctest "$repo_root/build/release" "$logs/portable.log" \
   --label-exclude "package|python"
 
-step "Sanitizer build (address, undefined)"
+step "Sanitizer and fuzzer build (clang; address, undefined; libFuzzer)"
 sanitize="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 # clang -O0 -g1: about a third of the CPU time of g++ -O1 for these Eigen-heavy tests (the
 # tests themselves run slower unoptimized, far less than the compile saves); line numbers in
-# reports. The demo is run by no test, so it is left out here (the Release build has it).
+# reports. The demo is run by no test, so it is left out here (the Release build has it). The
+# fuzzers are built here too (their own -O1 and -fsanitize=fuzzer on top): one configuration
+# less.
 configure_and_build "$repo_root/build/sanitize" -DCMAKE_BUILD_TYPE=None \
   -DCMAKE_CXX_COMPILER=clang++ \
   -DCMAKE_CXX_FLAGS="-O0 -g1 $sanitize" -DCMAKE_EXE_LINKER_FLAGS="$sanitize" \
-  -DATTNLENS_BUILD_BENCHMARKS=OFF -DATTNLENS_BUILD_DEMO=OFF -DATTNLENS_BUILD_COMPILED=OFF
+  -DATTNLENS_BUILD_BENCHMARKS=OFF -DATTNLENS_BUILD_DEMO=OFF -DATTNLENS_BUILD_COMPILED=OFF \
+  -DATTNLENS_BUILD_FUZZERS=ON
 step "Sanitizer tests"
 # tests/lsan.supp: fontconfig's font cache (under PLplot's text), reported once per process.
+# ATTNLENS_GRADIENT_CHECK_ENTRIES: the finite-difference checks visit 8 entries per tensor here
+# (tests/support/gradient_check.hpp): every code path runs, and the Release passes above check
+# every entry's value.
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  LSAN_OPTIONS=suppressions="$repo_root/tests/lsan.supp" \
+  LSAN_OPTIONS=suppressions="$repo_root/tests/lsan.supp" ATTNLENS_GRADIENT_CHECK_ENTRIES=8 \
   run_ctest "$repo_root/build/sanitize" "$logs/sanitize.log" --label-exclude "package|python"
 
-step "Fuzzer build (clang, libFuzzer)"
-configure_and_build "$repo_root/build/fuzz" -DCMAKE_CXX_COMPILER=clang++ \
-  -DATTNLENS_BUILD_FUZZERS=ON -DATTNLENS_BUILD_TESTS=OFF -DATTNLENS_BUILD_BENCHMARKS=OFF \
-  -DATTNLENS_BUILD_EXAMPLES=OFF -DATTNLENS_BUILD_COMPILED=OFF
-
-# fuzz NAME DICT CORPUS: one fuzzer for fuzz_seconds, on a copy of its committed seed corpus.
+# fuzz NAME DICT CORPUS: one fuzzer for fuzz_seconds, on a copy of its committed seed corpus;
+# its log in $logs/fuzz_NAME.log and its exit status in $logs/fuzz_NAME.status.
 fuzz() {
   local name=$1 dict=$2 seeds=$3 status=0
-  step "Fuzzing $name for ${fuzz_seconds}s"
   mkdir "$logs/corpus_$name"
-  "$repo_root/build/fuzz/fuzz/fuzz_$name" -max_total_time="$fuzz_seconds" \
+  "$repo_root/build/sanitize/fuzz/fuzz_$name" -max_total_time="$fuzz_seconds" \
     -dict="$repo_root/fuzz/$dict" -print_final_stats=1 \
     "$logs/corpus_$name" "$repo_root/fuzz/$seeds" >"$logs/fuzz_$name.log" 2>&1 || status=$?
+  echo "$status" >"$logs/fuzz_$name.status"
+}
+# fuzz_report NAME: its statistics, or its log's end and a failure.
+fuzz_report() {
+  local name=$1 status
+  status=$(cat "$logs/fuzz_$name.status")
+  echo "fuzz_$name:"
   grep -E "^(stat::number_of_executed_units|Done [0-9]+ runs)" "$logs/fuzz_$name.log" || true
   if ((status != 0)); then
     tail -n 40 "$logs/fuzz_$name.log"
@@ -72,10 +80,15 @@ fuzz() {
     exit 1
   fi
 }
-fuzz safetensors safetensors.dict corpus
-fuzz png png.dict corpus_png
-fuzz model_config config.dict corpus_config
-fuzz idx idx.dict corpus_idx
+# Each fuzzer is one process on one core: two at a time.
+step "Fuzzing safetensors and png for ${fuzz_seconds}s"
+fuzz safetensors safetensors.dict corpus & fuzz png png.dict corpus_png & wait
+fuzz_report safetensors
+fuzz_report png
+step "Fuzzing model_config and idx for ${fuzz_seconds}s"
+fuzz model_config config.dict corpus_config & fuzz idx idx.dict corpus_idx & wait
+fuzz_report model_config
+fuzz_report idx
 
 step "All done"
 # Every ctest run passed (set -e and pipefail stop on a failure), so every test counted passed.

@@ -126,8 +126,9 @@ inline void run(const StudyArguments& args) {
 
   const std::size_t cells = chosen.size() * study.seeds.size();
   std::size_t cell = 0;
-  for (const StudyModel* chosen_model : chosen)
-    for (const std::uint64_t seed : study.seeds) {
+  // Seed by seed: a study stopped early has every model at its first seeds.
+  for (const std::uint64_t seed : study.seeds)
+    for (const StudyModel* chosen_model : chosen) {
       const StudyModel& model = *chosen_model;
       ++cell;
       std::vector<const StudyCondition*> missing;

@@ -73,6 +73,9 @@ TEST_F(CliStudy, EveryCellThenContinuedAndExtended) {
   EXPECT_EQ(rows[0], "model,seed,condition,images,accuracy,loss,eval_seconds,train_seconds");
   EXPECT_EQ(rows[1].rfind("softmax,1,clean,96,", 0), 0u) << rows[1];
   EXPECT_EQ(rows[4].rfind("softmax,1,fgsm:8/255,32,", 0), 0u) << rows[4];
+  // Seed by seed: every model at the first seed before the second.
+  EXPECT_EQ(rows[6].rfind("bilateral,1,clean,96,", 0), 0u) << rows[6];
+  EXPECT_EQ(rows[11].rfind("softmax,2,clean,96,", 0), 0u) << rows[11];
   EXPECT_EQ(rows[20].rfind("bilateral,2,pgd-2:8/255,32,", 0), 0u) << rows[20];
   for (const char* file : {"study.json", "summary.md", "robustness.png",
                            "runs/softmax/seed-1/checkpoints/epoch-1/model.safetensors",
