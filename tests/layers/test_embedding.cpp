@@ -88,12 +88,21 @@ TEST(EmbeddingBackward, ScatterAddsEqualCentralDifferencesAndSkipThePaddingRow) 
 }
 
 TEST(Embedding, BadInputIsNamed) {
-  expect_error_naming<ArgumentError>([] { (void)Embedding<float>(EmbeddingOptions{0, 4}); },
-                                     "EmbeddingOptions::num_embeddings: expected > 0, got 0");
-  expect_error_naming<ArgumentError>([] { (void)Embedding<float>(EmbeddingOptions{5, 0}); },
-                                     "EmbeddingOptions::embedding_dim");
-  expect_error_naming<ArgumentError>([] { (void)Embedding<float>(EmbeddingOptions{5, 4, 5}); },
-                                     "EmbeddingOptions::padding_idx: expected an id in [0, 5), got 5");
+  expect_error_naming<ArgumentError>(
+      [] {
+        (void)Embedding<float>(EmbeddingOptions{0, 4});
+      },
+      "EmbeddingOptions::num_embeddings: expected > 0, got 0");
+  expect_error_naming<ArgumentError>(
+      [] {
+        (void)Embedding<float>(EmbeddingOptions{5, 0});
+      },
+      "EmbeddingOptions::embedding_dim");
+  expect_error_naming<ArgumentError>(
+      [] {
+        (void)Embedding<float>(EmbeddingOptions{5, 4, 5});
+      },
+      "EmbeddingOptions::padding_idx: expected an id in [0, 5) or none, got 5");
   const Embedding<float> embedding(EmbeddingOptions{5, 4});
   Tensor<Index> ids({2, 3});
   ids.storage() = {0, 1, 2, 3, 7, 4};
@@ -104,11 +113,15 @@ TEST(Embedding, BadInputIsNamed) {
   ids.storage()[4] = 1;
   Embedding<float> gradient = zeros_like(embedding);
   expect_error_naming<ShapeError>(
-      [&] { embedding.backward(ids, Tensor<float>({2, 3, 5}), gradient); },
+      [&] {
+        embedding.backward(ids, Tensor<float>({2, 3, 5}), gradient);
+      },
       "Embedding backward doutput: expected [2, 3, 4], got [2, 3, 5]");
   Embedding<float> wrong(EmbeddingOptions{6, 4});
   expect_error_naming<ShapeError>(
-      [&] { embedding.backward(ids, Tensor<float>({2, 3, 4}), wrong); },
+      [&] {
+        embedding.backward(ids, Tensor<float>({2, 3, 4}), wrong);
+      },
       "Embedding backward gradient.weight");
 }
 

@@ -34,6 +34,14 @@ inline void check_ids(const Tensor<Index>& ids, Index vocabulary, const std::str
   }
 }
 
+// Throws ArgumentError naming `what` unless padding_idx is none or an id in [0, vocabulary).
+inline void check_padding_idx(const std::optional<Index>& padding_idx, Index vocabulary,
+                              const std::string& what) {
+  if (padding_idx)
+    require_argument(*padding_idx >= 0 && *padding_idx < vocabulary, what,
+                     concat("an id in [0, ", vocabulary, ") or none"), *padding_idx);
+}
+
 }  // namespace detail
 
 struct EmbeddingOptions {
@@ -108,11 +116,7 @@ class Embedding {
                              o.num_embeddings);
     detail::require_argument(o.embedding_dim > 0, "EmbeddingOptions::embedding_dim", "> 0",
                              o.embedding_dim);
-    if (o.padding_idx)
-      detail::require_argument(*o.padding_idx >= 0 && *o.padding_idx < o.num_embeddings,
-                               "EmbeddingOptions::padding_idx",
-                               detail::concat("an id in [0, ", o.num_embeddings, ")"),
-                               *o.padding_idx);
+    detail::check_padding_idx(o.padding_idx, o.num_embeddings, "EmbeddingOptions::padding_idx");
     return o;
   }
 
