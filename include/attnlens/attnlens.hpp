@@ -14,6 +14,7 @@
 #include "attnlens/core/types.hpp"
 
 #include "attnlens/layers/activations.hpp"
+#include "attnlens/layers/embedding.hpp"
 #include "attnlens/layers/feed_forward.hpp"
 #include "attnlens/layers/layer_norm.hpp"
 #include "attnlens/layers/linear.hpp"
@@ -53,6 +54,7 @@
 #include "attnlens/blocks/encoder_layer.hpp"
 #include "attnlens/blocks/position_encoding.hpp"
 #include "attnlens/blocks/residual.hpp"
+#include "attnlens/blocks/sequence_classifier.hpp"
 #include "attnlens/blocks/vision_transformer.hpp"
 
 #include "attnlens/interpret/attention_maps.hpp"

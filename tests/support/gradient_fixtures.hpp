@@ -8,11 +8,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <ostream>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "attnlens/core/parameters.hpp"
 #include "attnlens/io/encoder_state_dict.hpp"
+#include "attnlens/train/cross_entropy.hpp"
 #include "support/fixtures.hpp"
 
 namespace attnlens::testing {
@@ -74,6 +78,32 @@ double expect_gradients_match(const io::SafeTensors& file, const std::string& pr
   ATTNLENS_EXPECT_GRADIENT_MATCHES(T, dx, expected);
   return std::max(gradient_error<T>(dx, expected),
                   expect_parameter_gradients_match(file, prefix + "grad.", gradient));
+}
+
+// An I64 tensor of the fixture (labels, lengths, token ids) as Index values, in storage order.
+inline std::vector<Index> fixture_indices(const io::SafeTensors& file, const std::string& name) {
+  const Tensor<std::int64_t> t = file.get<std::int64_t>(name);
+  return std::vector<Index>(t.storage().begin(), t.storage().end());
+}
+
+// A classifier's training loss against a fixture of oracles/gradients.py or oracles/sequence.py:
+// `logits` against `<prefix>logits` and their mean cross-entropy on `<prefix>labels` against
+// `<prefix>loss`, at the gradient tolerance. Writes "<prefix> largest error (...): loss e,
+// logits e" to `report` and returns the cross-entropy, whose grad_logits the backward pass takes.
+template <class T>
+CrossEntropy<T> expect_training_loss_matches(const io::SafeTensors& file, const std::string& prefix,
+                                             const Tensor<T>& logits, std::ostream& report) {
+  const Tensor<T> expected_logits = file.get<T>(prefix + "logits");
+  ATTNLENS_EXPECT_GRADIENT_MATCHES(T, logits, expected_logits);
+  CrossEntropy<T> loss =
+      softmax_cross_entropy<T>(logits.matrix(), fixture_indices(file, prefix + "labels"));
+  const Vector<T> loss_value = Vector<T>::Constant(1, static_cast<T>(loss.loss));
+  const Tensor<T> expected_loss = file.get<T>(prefix + "loss");
+  ATTNLENS_EXPECT_GRADIENT_MATCHES(T, loss_value, expected_loss.matrix());
+  report << prefix << " largest error (|a - e| / max(0.1, |e|)): loss "
+         << gradient_error<T>(loss_value, expected_loss.matrix()) << ", logits "
+         << gradient_error<T>(logits, expected_logits);
+  return loss;
 }
 
 // A tensor of tokens (B x L x E, or any rank) as the matrix of its last axis, one token per row.

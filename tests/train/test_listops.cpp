@@ -213,6 +213,20 @@ TEST(ListOps, BatchesPadAndMask) {
   EXPECT_EQ(listops_batch(7, 2, options).labels,
             (std::vector<Index>(batch.labels.begin() + 3, batch.labels.begin() + 5)));
   EXPECT_EQ(listops_batch(0, 0, options).tokens.shape(), (Shape{0, 0}));
+  // Examples held in memory (a fixed set that DataOrder cuts into batches) make the same batch.
+  const std::vector<ListOpsExample> held = listops_examples(4, 6, options);
+  ASSERT_EQ(held.size(), 6u);
+  const ListOpsBatch from_held = listops_batch(held);
+  EXPECT_EQ(from_held.tokens.storage(), batch.tokens.storage());
+  EXPECT_EQ(from_held.keep.storage(), batch.keep.storage());
+  EXPECT_EQ(from_held.lengths, batch.lengths);
+  EXPECT_EQ(from_held.labels, batch.labels);
+  EXPECT_EQ(listops_batch(held, 64).tokens.storage(), wide.tokens.storage());
+  expect_error_naming<ArgumentError>(
+      [&] { listops_batch(held, longest - 1); },
+      detail::concat("listops_batch padded_length: expected 0 (the batch's longest) or >= the "
+                     "longest example (",
+                     longest, ")"));
   // The vocabulary reads back.
   EXPECT_EQ(listops_text({k_listops_max, 5, 4, k_listops_min, 3, 4, k_listops_close, 2, 1,
                           k_listops_close, k_listops_padding}),
@@ -255,6 +269,8 @@ TEST(ListOps, BadOptionsAreNamed) {
                                      "listops_batch padded_length");
   expect_error_naming<ArgumentError>([] { listops_batch(0, -1, ListOpsOptions{}); },
                                      "listops_batch count");
+  expect_error_naming<ArgumentError>([] { listops_examples(-1, 2, ListOpsOptions{}); },
+                                     "listops_examples first: expected >= 0, got -1");
   expect_error_naming<ArgumentError>(
       [] {
         listops_text({3, 16});

@@ -187,6 +187,12 @@ class TransformerEncoder {
   // Each layer initialised independently. (PyTorch deep-copies one initialised layer, so
   // its layers start equal; that matters for training only.)
   TransformerEncoder(const EncoderOptions& options, Rng& rng) : TransformerEncoder(options) {
+    reset_parameters(rng);
+  }
+
+  // The learned positions, then each layer in order (the final norm and a learned fidelity
+  // lambda keep their values).
+  void reset_parameters(Rng& rng) {
     position.reset_parameters(rng);
     for (auto& layer : layers) layer.reset_parameters(rng);
   }

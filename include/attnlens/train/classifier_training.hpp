@@ -15,9 +15,9 @@
 #include "attnlens/core/portable_rng.hpp"
 #include "attnlens/image/augment.hpp"
 #include "attnlens/layers/dropout.hpp"
-#include "attnlens/train/clip_gradient.hpp"
 #include "attnlens/train/cross_entropy.hpp"
 #include "attnlens/train/data_order.hpp"
+#include "attnlens/train/gradient_step.hpp"
 #include "attnlens/train/image_dataset.hpp"
 
 namespace attnlens {
@@ -102,9 +102,7 @@ bool train_epoch(VisionTransformer<T>& model, VisionTransformer<T>& gradient, Op
                  const ImageDataset<T>& data, const ClassifierTrainingOptions& options, Index epoch,
                  EpochProgress& progress, LearningRate&& learning_rate, AfterStep&& after_step) {
   detail::check_training_data(data, model, "training");
-  detail::require_argument(options.clip_norm >= 0 && std::isfinite(options.clip_norm),
-                           "ClassifierTrainingOptions::clip_norm", "a finite value >= 0",
-                           options.clip_norm);
+  check_clip_norm(options.clip_norm, "ClassifierTrainingOptions::clip_norm");
   DataOrderOptions order_options;
   order_options.batch_size = options.batch_size;
   order_options.seed = options.seed;
@@ -137,14 +135,9 @@ bool train_epoch(VisionTransformer<T>& model, VisionTransformer<T>& gradient, Op
     const VitOutput<T> out = model.forward(images, forward, &cache);
     const CrossEntropy<T> loss = softmax_cross_entropy<T>(out.logits.matrix(), labels);
     model.backward(cache, Tensor<T>::from_matrix(loss.grad_logits), gradient, backward);
-    const double norm = options.clip_norm > 0 ? clip_gradient_norm(gradient, options.clip_norm)
-                                              : parameter_norm(gradient);
-    if (std::isfinite(norm)) {
-      optimizer.set_learning_rate(learning_rate(optimizer.steps()));
-      optimizer.step(model, gradient);
-    } else {
+    if (!std::isfinite(
+            clipped_gradient_step(model, gradient, optimizer, options.clip_norm, learning_rate)))
       ++progress.skipped_steps;
-    }
     const auto count = static_cast<Index>(labels.size());
     progress.loss_sum += loss.loss * static_cast<double>(count);
     for (Index i = 0; i < count; ++i)

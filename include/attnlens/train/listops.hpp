@@ -201,26 +201,44 @@ struct ListOpsBatch {
   std::vector<Index> labels;   // B: each expression's value 0..9
 };
 
-// padded_length 0 pads to the batch's longest expression; otherwise it is L, at least
-// options.max_length so that every example fits whatever the seed.
-inline ListOpsBatch listops_batch(Index first, Index count, const ListOpsOptions& options,
-                                  Index padded_length = 0) {
+namespace detail {
+
+// Examples first..first + count - 1; `what` names the caller in the errors.
+inline std::vector<ListOpsExample> listops_examples(Index first, Index count,
+                                                    const ListOpsOptions& options,
+                                                    const std::string& what) {
   check_listops_options(options);
-  detail::require_argument(first >= 0, "listops_batch first", ">= 0", first);
-  detail::require_argument(count >= 0, "listops_batch count", ">= 0", count);
-  detail::checked_add(first, count, "listops_batch first + count");
-  detail::require_argument(
-      padded_length == 0 || padded_length >= options.max_length, "listops_batch padded_length",
-      detail::concat("0 (the batch's longest) or >= ListOpsOptions::max_length (",
-                     options.max_length, ")"),
-      padded_length);
+  require_argument(first >= 0, what + " first", ">= 0", first);
+  require_argument(count >= 0, what + " count", ">= 0", count);
+  checked_add(first, count, what + " first + count");
   std::vector<ListOpsExample> examples;
   examples.reserve(static_cast<std::size_t>(count));
+  for (Index i = 0; i < count; ++i) examples.push_back(listops_example(first + i, options));
+  return examples;
+}
+
+}  // namespace detail
+
+// Examples first..first + count - 1 of the data set options.seed names (a training or test
+// set held in memory).
+inline std::vector<ListOpsExample> listops_examples(Index first, Index count,
+                                                    const ListOpsOptions& options) {
+  return detail::listops_examples(first, count, options, "listops_examples");
+}
+
+// The examples as one batch, in their order, padded at the end to a common length L:
+// padded_length, or the longest example's length when it is 0 (a batch that DataOrder
+// gathered from a fixed set: listops_batch(gather_first_axis(examples, indices))).
+inline ListOpsBatch listops_batch(const std::vector<ListOpsExample>& examples,
+                                  Index padded_length = 0) {
   Index longest = 0;
-  for (Index i = 0; i < count; ++i) {
-    examples.push_back(listops_example(first + i, options));
-    longest = std::max(longest, static_cast<Index>(examples.back().tokens.size()));
-  }
+  for (const ListOpsExample& example : examples)
+    longest = std::max(longest, static_cast<Index>(example.tokens.size()));
+  detail::require_argument(
+      padded_length == 0 || padded_length >= longest, "listops_batch padded_length",
+      detail::concat("0 (the batch's longest) or >= the longest example (", longest, ")"),
+      padded_length);
+  const auto count = static_cast<Index>(examples.size());
   const Index length = padded_length > 0 ? padded_length : longest;
   ListOpsBatch batch;
   batch.tokens = Tensor<Index>({count, length});
@@ -234,6 +252,21 @@ inline ListOpsBatch listops_batch(Index first, Index count, const ListOpsOptions
     batch.labels.push_back(example.label);
   }
   return batch;
+}
+
+// Examples first..first + count - 1 as a batch. padded_length 0 pads to the batch's longest
+// expression; otherwise it is L, at least options.max_length so that every example fits
+// whatever the seed.
+inline ListOpsBatch listops_batch(Index first, Index count, const ListOpsOptions& options,
+                                  Index padded_length = 0) {
+  check_listops_options(options);
+  detail::require_argument(
+      padded_length == 0 || padded_length >= options.max_length, "listops_batch padded_length",
+      detail::concat("0 (the batch's longest) or >= ListOpsOptions::max_length (",
+                     options.max_length, ")"),
+      padded_length);
+  return listops_batch(detail::listops_examples(first, count, options, "listops_batch"),
+                       padded_length);
 }
 
 }  // namespace attnlens
