@@ -15,8 +15,11 @@ started=$SECONDS
 step() { printf '\n== %s (%ds)\n' "$1" $((SECONDS - started)); }
 
 step "Release build"
-# With attnlens::compiled: the package test links a program against it.
-configure_and_build "$repo_root/build/release" -DATTNLENS_BUILD_COMPILED=ON
+# With attnlens::compiled: the package test links a program against it, and the tests link it
+# (tests/CMakeLists.txt). The benchmarks run in no test: the sanitizer build below compiles them,
+# at a third of the cost of g++ -O3.
+configure_and_build "$repo_root/build/release" -DATTNLENS_BUILD_COMPILED=ON \
+  -DATTNLENS_BUILD_BENCHMARKS=OFF
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 # run_ctest BUILD_DIR LOG [CTEST_ARGS...]: ctest with its output kept for the summary.
@@ -37,18 +40,19 @@ step "Release tests, portable kernels (ATTNLENS_NO_AVX512=1)"
 ATTNLENS_NO_AVX512=1 run_ctest "$repo_root/build/release" "$logs/portable.log" \
   --label-exclude "package|python"
 
-step "Sanitizer and fuzzer build (clang; address, undefined; libFuzzer)"
+step "Sanitizer build (clang; address, undefined), fuzzers, benchmarks"
 sanitize="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 # clang -O0 -g1: about a third of the CPU time of g++ -O1 for these Eigen-heavy tests (the
 # tests themselves run slower unoptimized, far less than the compile saves); line numbers in
-# reports. The demo is run by no test, so it is left out here (the Release build has it). The
-# fuzzers are built here too (their own -O1 and -fsanitize=fuzzer on top): one configuration
-# less.
+# reports. The tests link attnlens::compiled here too (built with the same flags), so the
+# templates it instantiates are compiled once; the header-only use is what the CLI, the fuzzers
+# and the package test's consumer build. The fuzzers are built here (their own -O1 and
+# -fsanitize=fuzzer on top), and the benchmarks, which nothing runs, are compiled for the
+# check. The demo is run by no test either; the Release build has it.
 configure_and_build "$repo_root/build/sanitize" -DCMAKE_BUILD_TYPE=None \
   -DCMAKE_CXX_COMPILER=clang++ \
   -DCMAKE_CXX_FLAGS="-O0 -g1 $sanitize" -DCMAKE_EXE_LINKER_FLAGS="$sanitize" \
-  -DATTNLENS_BUILD_BENCHMARKS=OFF -DATTNLENS_BUILD_DEMO=OFF -DATTNLENS_BUILD_COMPILED=OFF \
-  -DATTNLENS_BUILD_FUZZERS=ON
+  -DATTNLENS_BUILD_DEMO=OFF -DATTNLENS_BUILD_COMPILED=ON -DATTNLENS_BUILD_FUZZERS=ON
 step "Sanitizer tests"
 # tests/lsan.supp: fontconfig's font cache (under PLplot's text), reported once per process.
 # ATTNLENS_GRADIENT_CHECK_ENTRIES: the finite-difference checks visit 8 entries per tensor here
