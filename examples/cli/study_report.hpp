@@ -191,7 +191,7 @@ struct PlotAxis {
 // these panels; blur, contrast and salt and pepper have one strength each in a study).
 inline bool plot_axis(const StudyConfig& study, const StudyCondition& c, PlotAxis& axis) {
   if (study.task == StudyTask::listops) {
-    axis = {k_listops_group, "expression length (tokens; the bucket's midpoint)",
+    axis = {k_listops_group, "length in tokens (bucket midpoint)",
             0.5 * static_cast<double>(c.min_length + c.max_length)};
     return c.length_bucket();
   }
