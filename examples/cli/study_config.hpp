@@ -1,9 +1,11 @@
-// STUDY.json, the configuration of `attnlens study` (docs/experiments.md, "The study runner"): a
-// base training configuration (a TRAIN.json, inline or by path), the models to compare (each a
-// name and a JSON merge patch of the base's "model" object: its attention variant, residual,
-// position encoding), the seeds, and the evaluation conditions (parse_perturbation's text:
-// "clean", "noise:0.1", "salt-and-pepper:0.05", "fgsm:2/255", "pgd-10:2/255"). Every key is
-// checked and every model's configuration is parsed before anything runs.
+// STUDY.json, the configuration of `attnlens study` (docs/experiments.md, "The study runner"): its
+// task (Fashion-MNIST or ListOps), a base training configuration (a TRAIN.json, or a ListOps
+// training configuration; inline or by path), the models to compare (each a name and a JSON merge
+// patch of the base's "model" object: its attention variant, residual, position encoding), the
+// seeds, and for Fashion-MNIST the evaluation conditions (parse_perturbation's text: "clean",
+// "noise:0.1", "salt-and-pepper:0.05", "fgsm:2/255", "pgd-10:2/255"); a ListOps study's conditions
+// are its length buckets. Every key is checked and every model's configuration is parsed before
+// anything runs.
 #pragma once
 
 #include <cctype>
@@ -20,6 +22,8 @@
 #include "attnlens/io/model.hpp"
 #include "attnlens/io/train_config.hpp"
 #include "attnlens/train/adversarial.hpp"
+#include "attnlens/train/sequence_training.hpp"
+#include "cli/listops_config.hpp"
 
 namespace attnlens::cli {
 
@@ -28,16 +32,23 @@ struct StudyModel {
   nlohmann::json patch;  // merged into the base's "model" (RFC 7386); {} keeps it
 };
 
+enum class StudyTask { fashion_mnist, listops };
+
 struct StudyCondition {
-  std::string text;  // as written: the key of results.csv's rows
-  PerturbationOptions options;
+  std::string text;             // as written: the key of results.csv's rows
+  PerturbationOptions options;  // Fashion-MNIST
+  // ListOps: the test expressions of min_length..max_length tokens ("length:A-B"); both 0 for
+  // every one of them ("all").
+  Index min_length = 0, max_length = 0;
   bool attack() const {
     return options.type == PerturbationType::fgsm || options.type == PerturbationType::pgd;
   }
+  bool length_bucket() const { return max_length > 0; }
 };
 
 struct StudyConfig {
-  nlohmann::json train;  // the base TRAIN.json as an object
+  StudyTask task = StudyTask::fashion_mnist;
+  nlohmann::json train;  // the base TRAIN.json (ListOps: its training configuration) as an object
   std::vector<StudyModel> models;
   std::vector<std::uint64_t> seeds;
   std::vector<StudyCondition> conditions;
@@ -71,17 +82,39 @@ inline nlohmann::json array_of(const io::detail::ConfigReader& config, const std
 
 }  // namespace detail_study
 
-// The base configuration with the model's patch, the study's epochs and the seed, parsed as a
-// TRAIN.json; errors name the model.
-inline io::TrainConfig study_train_config(const StudyConfig& study, const StudyModel& model,
-                                          std::uint64_t seed, const std::string& where) {
+namespace detail_study {
+
+// The base configuration with the model's patch, the study's epochs and the seed.
+inline std::string run_config_text(const StudyConfig& study, const StudyModel& model,
+                                   std::uint64_t seed) {
   nlohmann::json train = study.train;
   nlohmann::json patched = train.value("model", nlohmann::json::object());
   patched.merge_patch(model.patch);
   train["model"] = patched;
   if (study.epochs > 0) train["epochs"] = study.epochs;
   train["seed"] = seed;
-  return io::parse_train_config(train.dump(), detail::concat(where, ": model '", model.name, "'"));
+  return train.dump();
+}
+
+inline std::string model_where(const std::string& where, const StudyModel& model) {
+  return detail::concat(where, ": model '", model.name, "'");
+}
+
+}  // namespace detail_study
+
+// A Fashion-MNIST study's run: the base configuration with the model's patch, the study's epochs
+// and the seed, parsed as a TRAIN.json; errors name the model.
+inline io::TrainConfig study_train_config(const StudyConfig& study, const StudyModel& model,
+                                          std::uint64_t seed, const std::string& where) {
+  return io::parse_train_config(detail_study::run_config_text(study, model, seed),
+                                detail_study::model_where(where, model));
+}
+
+// A ListOps study's run, likewise.
+inline ListOpsTrainConfig study_listops_config(const StudyConfig& study, const StudyModel& model,
+                                               std::uint64_t seed, const std::string& where) {
+  return parse_listops_train_config(detail_study::run_config_text(study, model, seed),
+                                    detail_study::model_where(where, model));
 }
 
 // The study as JSON: what DIR/study.json keeps, the base configuration inline.
@@ -90,13 +123,18 @@ inline nlohmann::ordered_json study_config_json(const StudyConfig& study) {
   for (const StudyModel& m : study.models) models.push_back({{"name", m.name}, {"model", m.patch}});
   nlohmann::ordered_json conditions = nlohmann::ordered_json::array();
   for (const StudyCondition& c : study.conditions) conditions.push_back(c.text);
-  return {{"train", study.train},
-          {"epochs", study.epochs},
-          {"seeds", study.seeds},
-          {"models", models},
-          {"conditions", conditions},
-          {"attack_images", study.attack_images},
-          {"condition_seed", study.condition_seed}};
+  nlohmann::ordered_json json{
+      {"task", study.task == StudyTask::listops ? "listops" : "fashion-mnist"},
+      {"train", study.train},
+      {"epochs", study.epochs},
+      {"seeds", study.seeds},
+      {"models", models},
+      {"conditions", conditions}};
+  if (study.task == StudyTask::fashion_mnist) {
+    json["attack_images"] = study.attack_images;
+    json["condition_seed"] = study.condition_seed;
+  }
+  return json;
 }
 
 // Parses STUDY.json's text; `where` names it in errors and `directory` is where a "train" path
@@ -107,6 +145,12 @@ inline StudyConfig parse_study_config(const std::string& text, const std::string
   const io::detail::ConfigReader config(
       io::parse_json_text(text, {where, io::detail::k_max_config_levels}), where);
   StudyConfig out;
+  const auto task = config.get<std::string>("task", "fashion-mnist");
+  if (task == "listops")
+    out.task = StudyTask::listops;
+  else if (task != "fashion-mnist")
+    config.fail("task", "\"fashion-mnist\" or \"listops\"", "\"" + task + "\"");
+  const bool listops = out.task == StudyTask::listops;
   const nlohmann::json train = config.get<nlohmann::json>("train");
   if (train.is_string()) {
     const std::filesystem::path path = directory / train.get<std::string>();
@@ -117,7 +161,17 @@ inline StudyConfig parse_study_config(const std::string& text, const std::string
     out.train = train;
   }
   if (!out.train.is_object())
-    config.fail("train", "a TRAIN.json object or the path of one", train.dump().substr(0, 200));
+    config.fail("train",
+                listops ? "a ListOps training configuration (an object) or the path of one"
+                        : "a TRAIN.json object or the path of one",
+                train.dump().substr(0, 200));
+  // A ListOps study's conditions are its length buckets; it has no attacks nor corruptions.
+  for (const char* key : {"conditions", "attack_images", "condition_seed"})
+    if (listops && config.has(key))
+      throw IoError(concat(where, ": ", key,
+                           ": not a key of a ListOps study (its conditions are every test "
+                           "expression and each length bucket of the train config's "
+                           "data.bucket_edges)"));
 
   out.epochs = config.get<Index>("epochs", 0);
   if (out.epochs < 0 || out.epochs > 100000)
@@ -157,7 +211,9 @@ inline StudyConfig parse_study_config(const std::string& text, const std::string
   }
 
   std::set<std::string> texts;
-  const nlohmann::json conditions = detail_study::array_of(config, "conditions", "conditions");
+  const nlohmann::json conditions =
+      listops ? nlohmann::json::array()
+              : detail_study::array_of(config, "conditions", "conditions");
   for (std::size_t i = 0; i < conditions.size(); ++i) {
     const std::string what = concat(where, ": conditions[", i, "]");
     if (!conditions[i].is_string())
@@ -178,6 +234,18 @@ inline StudyConfig parse_study_config(const std::string& text, const std::string
   config.reject_unknown_keys();
 
   // Every model's training configuration, before anything runs.
+  if (listops) {
+    std::vector<Index> edges;
+    for (const StudyModel& model : out.models)
+      edges = study_listops_config(out, model, out.seeds.front(), where).bucket_edges;
+    // The conditions: the whole test set, then each bucket as evaluate_sequence_classifier cuts
+    // them (the data, and so the edges, are the same for every model).
+    out.conditions.push_back({"all", {}, 0, 0});
+    for (const LengthBucket& b : length_buckets(edges))
+      out.conditions.push_back(
+          {concat("length:", b.min_length, "-", b.max_length), {}, b.min_length, b.max_length});
+    return out;
+  }
   for (const StudyModel& model : out.models) {
     const io::TrainConfig train_config = study_train_config(out, model, out.seeds.front(), where);
     const VisionTransformerOptions& vit = train_config.model.vit;

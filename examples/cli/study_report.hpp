@@ -1,17 +1,18 @@
 // The results of `attnlens study` (docs/experiments.md): DIR/results.csv, one row per model x
 // seed x condition, appended as each evaluation finishes (so a stopped study keeps every row it
 // finished); DIR/summary.md, the mean +- standard deviation over seeds as Markdown tables; and
-// DIR/robustness.png, accuracy against the strength of the noise and of each attack, one line per
-// model with error bars.
+// a plot, one line per model with error bars: DIR/robustness.png, accuracy against the strength
+// of the noise and of each attack (Fashion-MNIST), or DIR/accuracy-by-length.png, accuracy
+// against the length of the expressions (ListOps).
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iterator>
 #include <locale>
-#include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
@@ -163,9 +164,11 @@ inline std::vector<double> study_accuracies(const StudyConfig& study,
 
 namespace detail_study {
 
-// The group a condition's column goes to, and the panel of the plot it is a point of ("" for
-// none: blur, contrast and salt and pepper have one strength each in a study).
-inline std::string condition_group(const StudyCondition& c) {
+inline constexpr const char* k_listops_group = "ListOps accuracy by length";
+
+// The group a condition's column goes to.
+inline std::string condition_group(const StudyConfig& study, const StudyCondition& c) {
+  if (study.task == StudyTask::listops) return k_listops_group;
   switch (c.options.type) {
     case PerturbationType::none:
     case PerturbationType::corruption:
@@ -183,9 +186,15 @@ struct PlotAxis {
   double x = 0;  // the condition's strength on it
 };
 
-// Where a condition is drawn: Gaussian noise against sigma, each attack against epsilon in grey
-// levels; "clean" is the point 0 of every panel.
-inline bool plot_axis(const StudyCondition& c, PlotAxis& axis) {
+// Where a condition is drawn, if anywhere: a length bucket at its midpoint; Gaussian noise
+// against sigma, each attack against epsilon in grey levels ("clean" is the point 0 of each of
+// these panels; blur, contrast and salt and pepper have one strength each in a study).
+inline bool plot_axis(const StudyConfig& study, const StudyCondition& c, PlotAxis& axis) {
+  if (study.task == StudyTask::listops) {
+    axis = {k_listops_group, "length in tokens (bucket midpoint)",
+            0.5 * static_cast<double>(c.min_length + c.max_length)};
+    return c.length_bucket();
+  }
   const PerturbationOptions& o = c.options;
   if (o.type == PerturbationType::corruption &&
       o.corruption.type == CorruptionType::gaussian_noise) {
@@ -193,7 +202,7 @@ inline bool plot_axis(const StudyCondition& c, PlotAxis& axis) {
     return true;
   }
   if (o.type == PerturbationType::fgsm || o.type == PerturbationType::pgd) {
-    axis = {condition_group(c), "epsilon (grey levels of 255)", 255 * o.epsilon};
+    axis = {condition_group(study, c), "epsilon (grey levels of 255)", 255 * o.epsilon};
     return true;
   }
   return false;
@@ -216,23 +225,27 @@ inline std::string study_summary_markdown(const StudyConfig& study,
   using detail::concat;
   std::ostringstream md;
   md << "# Study results\n\n"
-     << "Test accuracy on Fashion-MNIST in percent, mean ± sample standard deviation over "
-     << study.seeds.size() << " seed" << (study.seeds.size() > 1 ? "s" : "")
-     << " (n: the seeds finished when fewer). Attacks run on the first "
-     << (study.attack_images > 0 ? concat(study.attack_images, " test images")
-                                 : std::string("every test image"))
-     << ", the other conditions on the whole test split. Written by `attnlens study` from "
-        "results.csv.\n";
+     << "Test accuracy on " << (study.task == StudyTask::listops ? "ListOps" : "Fashion-MNIST")
+     << " in percent, mean ± sample standard deviation over " << study.seeds.size() << " seed"
+     << (study.seeds.size() > 1 ? "s" : "") << " (n: the seeds finished when fewer). "
+     << (study.task == StudyTask::listops
+             ? std::string("`all` is the whole held-out test set, `length:A-B` its expressions "
+                           "of A to B tokens (results.csv's `images` counts them).")
+             : concat("Attacks run on the first ",
+                      study.attack_images > 0 ? concat(study.attack_images, " test images")
+                                              : std::string("every test image"),
+                      ", the other conditions on the whole test split."))
+     << " Written by `attnlens study` from results.csv.\n";
   std::vector<std::string> groups;
   for (const StudyCondition& c : study.conditions) {
-    const std::string group = detail_study::condition_group(c);
+    const std::string group = detail_study::condition_group(study, c);
     if (std::find(groups.begin(), groups.end(), group) == groups.end()) groups.push_back(group);
   }
   for (const std::string& group : groups) {
     md << "\n## " << group << "\n\n| model |";
     std::vector<const StudyCondition*> columns;
     for (const StudyCondition& c : study.conditions)
-      if (detail_study::condition_group(c) == group) {
+      if (detail_study::condition_group(study, c) == group) {
         columns.push_back(&c);
         md << " " << c.text << " |";
       }
@@ -265,18 +278,25 @@ inline std::string study_summary_markdown(const StudyConfig& study,
   return md.str();
 }
 
-// The panels of DIR/robustness.png: one per kind of graded condition (Gaussian noise, FGSM,
-// PGD-K), accuracy against strength with clean at 0, one series per model with error bars of one
-// standard deviation. Empty when the study has no graded condition with results.
+// The study's plot, in DIR.
+inline std::string study_plot_file(const StudyConfig& study) {
+  return study.task == StudyTask::listops ? "accuracy-by-length.png" : "robustness.png";
+}
+
+// The panels of the study's plot: one per kind of graded condition (Gaussian noise, FGSM, PGD-K
+// with clean at 0; ListOps's length buckets), accuracy against the condition's place on its axis,
+// one series per model with error bars of one standard deviation. Empty when the study has no
+// graded condition with results.
 inline std::vector<io::LinePlot> study_plot_panels(const StudyConfig& study,
                                                    const std::vector<StudyRow>& rows) {
   std::vector<io::LinePlot> panels;
   const StudyCondition* clean = nullptr;
   for (const StudyCondition& c : study.conditions)
-    if (c.options.type == PerturbationType::none) clean = &c;
+    if (study.task == StudyTask::fashion_mnist && c.options.type == PerturbationType::none)
+      clean = &c;
   for (const StudyCondition& c : study.conditions) {
     detail_study::PlotAxis axis;
-    if (!detail_study::plot_axis(c, axis)) continue;
+    if (!detail_study::plot_axis(study, c, axis)) continue;
     const bool seen = std::any_of(panels.begin(), panels.end(),
                                   [&](const io::LinePlot& p) { return p.title == axis.title; });
     if (seen) continue;
@@ -288,8 +308,8 @@ inline std::vector<io::LinePlot> study_plot_panels(const StudyConfig& study,
       std::vector<std::pair<double, StudyStatistic>> points;
       for (const StudyCondition& d : study.conditions) {
         detail_study::PlotAxis other;
-        const bool on_panel =
-            (&d == clean) || (detail_study::plot_axis(d, other) && other.title == axis.title);
+        const bool on_panel = (&d == clean) || (detail_study::plot_axis(study, d, other) &&
+                                                other.title == axis.title);
         if (!on_panel) continue;
         const StudyStatistic s = study_statistic(study_accuracies(study, rows, model.name, d.text));
         if (s.count > 0) points.emplace_back(&d == clean ? 0.0 : other.x, s);

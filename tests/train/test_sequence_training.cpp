@@ -171,6 +171,7 @@ TEST(SequenceEvaluation, BucketsAddUpAndPredictionsAreThoseOfEachExampleAlone) {
   ASSERT_EQ(result.predictions.size(), 40u);
 
   std::vector<Index> bucket_examples(2), bucket_correct(2);
+  std::vector<double> bucket_loss(2);
   Index correct = 0, outside = 0;
   double loss_sum = 0;
   for (std::size_t i = 0; i < examples.size(); ++i) {
@@ -189,6 +190,7 @@ TEST(SequenceEvaluation, BucketsAddUpAndPredictionsAreThoseOfEachExampleAlone) {
     } else {
       ++bucket_examples[static_cast<std::size_t>(bucket)];
       bucket_correct[static_cast<std::size_t>(bucket)] += right;
+      bucket_loss[static_cast<std::size_t>(bucket)] += loss.loss;
     }
   }
   EXPECT_GT(outside, 0);
@@ -201,6 +203,8 @@ TEST(SequenceEvaluation, BucketsAddUpAndPredictionsAreThoseOfEachExampleAlone) {
   for (std::size_t k = 0; k < 2; ++k) {
     EXPECT_EQ(result.buckets[k].examples, bucket_examples[k]);
     EXPECT_EQ(result.buckets[k].correct, bucket_correct[k]);
+    EXPECT_NEAR(result.buckets[k].loss, bucket_loss[k] / static_cast<double>(bucket_examples[k]),
+                1e-12);
   }
   EXPECT_EQ(evaluate_sequence_classifier(model, {}).examples, 0);
 }

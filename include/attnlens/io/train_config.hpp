@@ -23,14 +23,10 @@ namespace attnlens::io {
 enum class OptimizerType { adamw, sgd };
 enum class ScheduleType { constant, warmup_cosine, one_cycle };
 
-struct TrainConfig {
-  VitModelConfig model;  // mean and std: the data's normalization (default: the dataset's)
-  std::string dataset = "fashion-mnist";
-  std::string data_directory;  // empty: the dataset's default place
-  Index train_limit = 0;       // > 0: only the first train_limit training images (quick runs)
-  Index test_limit = 0;        // > 0: only the first test_limit test images
-  Index crop_padding = 0;      // random crop with this padding (0: none)
-  double flip_probability = 0;
+// The optimization of a training run: the optimizer, the learning-rate schedule and the run's
+// size and seed (TRAIN.json's keys but "model" and "data"). Every training configuration shares
+// it: TRAIN.json, and a ListOps study's training configuration (docs/experiments.md).
+struct OptimizationConfig {
   OptimizerType optimizer = OptimizerType::adamw;
   AdamWOptions adamw;
   SgdOptions sgd;
@@ -45,8 +41,18 @@ struct TrainConfig {
   double clip_grad_norm = 0;  // > 0: clip the gradient's global norm
 };
 
+struct TrainConfig : OptimizationConfig {
+  VitModelConfig model;  // mean and std: the data's normalization (default: the dataset's)
+  std::string dataset = "fashion-mnist";
+  std::string data_directory;  // empty: the dataset's default place
+  Index train_limit = 0;       // > 0: only the first train_limit training images (quick runs)
+  Index test_limit = 0;        // > 0: only the first test_limit test images
+  Index crop_padding = 0;      // random crop with this padding (0: none)
+  double flip_probability = 0;
+};
+
 // The learning rate of optimizer step `step` of a run of total_steps steps.
-inline double scheduled_learning_rate(const TrainConfig& config, Index step,
+inline double scheduled_learning_rate(const OptimizationConfig& config, Index step,
                                       Index steps_per_epoch) {
   const double lr = config.optimizer == OptimizerType::adamw ? config.adamw.lr : config.sgd.lr;
   const Index total = config.epochs * steps_per_epoch;
@@ -81,41 +87,13 @@ inline nlohmann::json object_or_empty(const ConfigReader& config, const std::str
   return value;
 }
 
-}  // namespace detail
-
-// Parses TRAIN.json's text; `where` prefixes every error message (the file's path).
-inline TrainConfig parse_train_config(const std::string& text, const std::string& where) {
+// TRAIN.json's optimizer, schedule, epochs, batch_size, eval_batch_size, seed and
+// clip_grad_norm from `config` (its other keys are the caller's).
+inline OptimizationConfig parse_optimization_config(const ConfigReader& config,
+                                                    const std::string& where) {
   using attnlens::detail::concat;
-  const detail::ConfigReader config(parse_json_text(text, {where, detail::k_max_config_levels}),
-                                    where);
-  TrainConfig out;
-  // "model": a ViT config.json's keys ("model_type" may be left out).
-  nlohmann::json model = config.get<nlohmann::json>("model");
-  if (!model.is_object())
-    config.fail("model", "an object (a ViT config.json's keys)", model.dump());
-  if (!model.contains("model_type")) model["model_type"] = k_vit_model_type;
-  out.model = parse_vit_config(model.dump(), where + ": model");
-
-  const detail::ConfigReader data(detail::object_or_empty(config, "data"), where + ": data");
-  out.dataset = data.get<std::string>("dataset", out.dataset);
-  if (out.dataset != "fashion-mnist")
-    data.fail("dataset", "\"fashion-mnist\"", "\"" + out.dataset + "\"");
-  out.data_directory = data.get<std::string>("directory", "");
-  out.train_limit = data.get<Index>("train_limit", 0);
-  out.test_limit = data.get<Index>("test_limit", 0);
-  for (const auto& [key, value] :
-       {std::pair{"train_limit", out.train_limit}, std::pair{"test_limit", out.test_limit}})
-    if (value < 0) data.fail(key, "an integer >= 0 (0: every image)", concat(value));
-  out.crop_padding = data.get<Index>("crop_padding", 0);
-  if (out.crop_padding < 0 || out.crop_padding > 64)
-    data.fail("crop_padding", "an integer in [0, 64]", concat(out.crop_padding));
-  out.flip_probability = data.get<double>("flip_probability", 0.0);
-  if (!(out.flip_probability >= 0 && out.flip_probability <= 1))
-    data.fail("flip_probability", "a number in [0, 1]", concat(out.flip_probability));
-  data.reject_unknown_keys();
-
-  const detail::ConfigReader optimizer(detail::object_or_empty(config, "optimizer"),
-                                       where + ": optimizer");
+  OptimizationConfig out;
+  const ConfigReader optimizer(object_or_empty(config, "optimizer"), where + ": optimizer");
   const auto type = optimizer.get<std::string>("type", "adamw");
   try {
     if (type == "adamw") {
@@ -160,8 +138,7 @@ inline TrainConfig parse_train_config(const std::string& text, const std::string
   }
   optimizer.reject_unknown_keys();
 
-  const detail::ConfigReader schedule(detail::object_or_empty(config, "schedule"),
-                                      where + ": schedule");
+  const ConfigReader schedule(object_or_empty(config, "schedule"), where + ": schedule");
   const auto kind = schedule.get<std::string>("type", "constant");
   if (kind == "constant") {
     out.schedule = ScheduleType::constant;
@@ -199,7 +176,6 @@ inline TrainConfig parse_train_config(const std::string& text, const std::string
   if (!(out.clip_grad_norm >= 0 && std::isfinite(out.clip_grad_norm)))
     config.fail("clip_grad_norm", "a finite number >= 0 (0: no clipping)",
                 concat(out.clip_grad_norm));
-  config.reject_unknown_keys();
   if (out.schedule == ScheduleType::one_cycle) {
     // The schedule's own checks, on a run of at least one step per epoch.
     OneCycleOptions o = out.one_cycle;
@@ -214,19 +190,49 @@ inline TrainConfig parse_train_config(const std::string& text, const std::string
   return out;
 }
 
-// TRAIN.json's text for a config (what attnlens train keeps in its output directory).
-inline std::string train_config_json(const TrainConfig& c) {
-  nlohmann::ordered_json json;
-  nlohmann::ordered_json model = nlohmann::ordered_json::parse(vit_config_json(c.model));
-  model.erase("model_type");
-  json["model"] = model;
-  nlohmann::ordered_json data{{"dataset", c.dataset}};
-  if (!c.data_directory.empty()) data["directory"] = c.data_directory;
-  if (c.train_limit) data["train_limit"] = c.train_limit;
-  if (c.test_limit) data["test_limit"] = c.test_limit;
-  data["crop_padding"] = c.crop_padding;
-  data["flip_probability"] = c.flip_probability;
-  json["data"] = data;
+}  // namespace detail
+
+// Parses TRAIN.json's text; `where` prefixes every error message (the file's path).
+inline TrainConfig parse_train_config(const std::string& text, const std::string& where) {
+  using attnlens::detail::concat;
+  const detail::ConfigReader config(parse_json_text(text, {where, detail::k_max_config_levels}),
+                                    where);
+  TrainConfig out;
+  // "model": a ViT config.json's keys ("model_type" may be left out).
+  nlohmann::json model = config.get<nlohmann::json>("model");
+  if (!model.is_object())
+    config.fail("model", "an object (a ViT config.json's keys)", model.dump());
+  if (!model.contains("model_type")) model["model_type"] = k_vit_model_type;
+  out.model = parse_vit_config(model.dump(), where + ": model");
+
+  const detail::ConfigReader data(detail::object_or_empty(config, "data"), where + ": data");
+  out.dataset = data.get<std::string>("dataset", out.dataset);
+  if (out.dataset != "fashion-mnist")
+    data.fail("dataset", "\"fashion-mnist\"", "\"" + out.dataset + "\"");
+  out.data_directory = data.get<std::string>("directory", "");
+  out.train_limit = data.get<Index>("train_limit", 0);
+  out.test_limit = data.get<Index>("test_limit", 0);
+  for (const auto& [key, value] :
+       {std::pair{"train_limit", out.train_limit}, std::pair{"test_limit", out.test_limit}})
+    if (value < 0) data.fail(key, "an integer >= 0 (0: every image)", concat(value));
+  out.crop_padding = data.get<Index>("crop_padding", 0);
+  if (out.crop_padding < 0 || out.crop_padding > 64)
+    data.fail("crop_padding", "an integer in [0, 64]", concat(out.crop_padding));
+  out.flip_probability = data.get<double>("flip_probability", 0.0);
+  if (!(out.flip_probability >= 0 && out.flip_probability <= 1))
+    data.fail("flip_probability", "a number in [0, 1]", concat(out.flip_probability));
+  data.reject_unknown_keys();
+
+  static_cast<OptimizationConfig&>(out) = detail::parse_optimization_config(config, where);
+  config.reject_unknown_keys();
+  return out;
+}
+
+namespace detail {
+
+// TRAIN.json's optimizer ... clip_grad_norm keys, in its order, added to `json`.
+inline void add_optimization_config_json(const OptimizationConfig& c,
+                                         nlohmann::ordered_json& json) {
   if (c.optimizer == OptimizerType::adamw) {
     json["optimizer"] = {{"type", "adamw"},
                          {"lr", c.adamw.lr},
@@ -265,6 +271,24 @@ inline std::string train_config_json(const TrainConfig& c) {
   json["eval_batch_size"] = c.eval_batch_size;
   json["seed"] = c.seed;
   json["clip_grad_norm"] = c.clip_grad_norm;
+}
+
+}  // namespace detail
+
+// TRAIN.json's text for a config (what attnlens train keeps in its output directory).
+inline std::string train_config_json(const TrainConfig& c) {
+  nlohmann::ordered_json json;
+  nlohmann::ordered_json model = nlohmann::ordered_json::parse(vit_config_json(c.model));
+  model.erase("model_type");
+  json["model"] = model;
+  nlohmann::ordered_json data{{"dataset", c.dataset}};
+  if (!c.data_directory.empty()) data["directory"] = c.data_directory;
+  if (c.train_limit) data["train_limit"] = c.train_limit;
+  if (c.test_limit) data["test_limit"] = c.test_limit;
+  data["crop_padding"] = c.crop_padding;
+  data["flip_probability"] = c.flip_probability;
+  json["data"] = data;
+  detail::add_optimization_config_json(c, json);
   return json.dump(2) + "\n";
 }
 

@@ -64,18 +64,18 @@ inline TrainingState parse_training_state(const std::string& text, const std::st
   return s;
 }
 
-// Writes the checkpoint into `directory` (created if needed; files replaced). The directory
-// is written under a temporary name and renamed, so an interrupted save leaves the previous
-// checkpoint whole.
-template <class T, class Optimizer>
-void save_training_checkpoint(const std::string& directory, const VitModelConfig& config,
-                              const VisionTransformer<T>& model, const Optimizer& optimizer,
-                              const TrainingState& state) {
+// Writes a checkpoint into `directory` (created if needed; files replaced): the model's files,
+// as write_model(a directory) writes them, the optimizer's state and where the run stands. The
+// directory is written under a temporary name and renamed, so an interrupted save leaves the
+// previous checkpoint whole.
+template <class Optimizer, class WriteModel>
+void save_checkpoint_directory(const std::string& directory, WriteModel&& write_model,
+                               const Optimizer& optimizer, const TrainingState& state) {
   namespace fs = std::filesystem;
   const std::string staging = directory + ".tmp";
   std::error_code error;
   fs::remove_all(staging, error);
-  save_vit_model(config, model, staging);
+  write_model(staging);
   save_optimizer_state(staging + "/" + k_optimizer_file, optimizer.state());
   const std::string trainer = staging + "/" + k_trainer_file;
   std::ofstream out(trainer, std::ios::binary);
@@ -87,6 +87,17 @@ void save_training_checkpoint(const std::string& directory, const VitModelConfig
   if (error)
     throw IoError(attnlens::detail::concat("cannot rename '", staging, "' to '", directory,
                                            "': ", error.message()));
+}
+
+// A ViT training run's checkpoint: the model directory (save_vit_model) with the optimizer's state
+// and trainer.json.
+template <class T, class Optimizer>
+void save_training_checkpoint(const std::string& directory, const VitModelConfig& config,
+                              const VisionTransformer<T>& model, const Optimizer& optimizer,
+                              const TrainingState& state) {
+  save_checkpoint_directory(
+      directory, [&](const std::string& staging) { save_vit_model(config, model, staging); },
+      optimizer, state);
 }
 
 // Reads a checkpoint: the model (its config must describe the same model as `config`), the

@@ -86,6 +86,7 @@ struct SequenceEvaluationOptions {
 struct LengthBucket {
   Index min_length = 0, max_length = 0;  // both included
   Index examples = 0, correct = 0;
+  double loss = 0;  // the mean cross-entropy of its examples (0 when it has none)
   double accuracy() const {
     return examples > 0 ? static_cast<double>(correct) / static_cast<double>(examples) : 0.0;
   }
@@ -117,6 +118,19 @@ inline void check_sequence_evaluation_options(const SequenceEvaluationOptions& o
 
 }  // namespace detail
 
+// The buckets of numpy.histogram's bins `edges` (checked as SequenceEvaluationOptions's), empty:
+// bucket k holds lengths edges[k] .. edges[k+1] - 1, the last one edges[n-2] .. edges[n-1].
+inline std::vector<LengthBucket> length_buckets(const std::vector<Index>& edges) {
+  SequenceEvaluationOptions options;
+  options.bucket_edges = edges;
+  detail::check_sequence_evaluation_options(options);
+  std::vector<LengthBucket> buckets;
+  for (std::size_t k = 0; k + 1 < edges.size(); ++k)
+    buckets.push_back(
+        {edges[k], k + 2 == edges.size() ? edges[k + 1] : edges[k + 1] - 1, 0, 0, 0.0});
+  return buckets;
+}
+
 // Evaluates `model` on `examples` (no cache, no dropout). Batches of batch_size are cut from the
 // examples sorted by length (ties in their order), so that little padding is computed; an
 // example's logits do not depend on its batch (padding does not reach them) beyond rounding.
@@ -135,10 +149,7 @@ SequenceEvaluation evaluate_sequence_classifier(const SequenceClassifier<T>& mod
                    [&](Index a, Index b) { return length_of(a) < length_of(b); });
 
   SequenceEvaluation result;
-  const std::vector<Index>& edges = options.bucket_edges;
-  for (std::size_t k = 0; k + 1 < edges.size(); ++k)
-    result.buckets.push_back(
-        {edges[k], k + 2 == edges.size() ? edges[k + 1] : edges[k + 1] - 1, 0, 0});
+  result.buckets = length_buckets(options.bucket_edges);
   result.predictions.assign(examples.size(), 0);
   EncoderForwardOptions forward;
   forward.parallel = options.parallel;
@@ -164,6 +175,10 @@ SequenceEvaluation evaluate_sequence_classifier(const SequenceClassifier<T>& mod
       }
       ++bucket->examples;
       bucket->correct += correct;
+      // The example's own cross-entropy, summed here and divided below.
+      bucket->loss += softmax_cross_entropy<T>(out.logits.matrix().row(static_cast<Index>(i)),
+                                               {batch.labels[i]})
+                          .loss;
     }
   }
   result.examples = n;
@@ -171,6 +186,8 @@ SequenceEvaluation evaluate_sequence_classifier(const SequenceClassifier<T>& mod
     result.loss = loss_sum / static_cast<double>(n);
     result.accuracy = static_cast<double>(result.correct) / static_cast<double>(n);
   }
+  for (LengthBucket& bucket : result.buckets)
+    if (bucket.examples > 0) bucket.loss /= static_cast<double>(bucket.examples);
   return result;
 }
 
