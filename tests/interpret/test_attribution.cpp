@@ -17,6 +17,7 @@
 #include "support/blocks.hpp"
 #include "support/compare.hpp"
 #include "support/expect_error.hpp"
+#include "support/vit_models.hpp"
 
 namespace attnlens {
 namespace {
@@ -179,16 +180,7 @@ TEST(Attribution, RiemannPointsFollowTheRule) {
 
 TEST(Attribution, BadArgumentsAreNamed) {
   Rng rng(3);
-  const io::VitModelConfig config = [] {
-    io::VitModelConfig c;
-    c.vit.image_height = c.vit.image_width = 8;
-    c.vit.patch_size = 4;
-    c.vit.in_chans = 1;
-    c.vit.num_classes = 3;
-    c.vit.encoder.layer = {8, 2, 16, Activation::gelu, 1e-6, true, true};
-    c.vit.encoder.num_layers = 2;
-    return c;
-  }();
+  const io::VitModelConfig config = testing::small_vit_config(8, 2);
   const VisionTransformer<double> vit(config.vit, rng);
   const Tensor<double> images = testing::random_tensor<double>({2, 1, 8, 8}, rng);
   const std::vector<Index> targets = {0, 2};
