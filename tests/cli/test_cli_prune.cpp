@@ -97,7 +97,7 @@ TEST_F(CliPrune, CurvesStartCleanEndWithEveryHeadZeroedAndFollowTheLibrary) {
                 1e-6)
         << rows[i][0];
   const Matrix<double> gray = io::read_png_gray(path("curves.png"));
-  EXPECT_EQ(gray.cols(), 1000);
+  EXPECT_EQ(gray.cols(), 1400);
   EXPECT_EQ(gray.rows(), 640);
   EXPECT_NE(run.output.find("attribution importance"), std::string::npos) << run.output;
 }
