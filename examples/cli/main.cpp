@@ -7,6 +7,7 @@
 #include <malloc.h>
 #endif
 
+#include "cli/command_attribute.hpp"
 #include "cli/command_bench.hpp"
 #include "cli/command_classify.hpp"
 #include "cli/command_conv.hpp"
@@ -18,6 +19,7 @@
 #include "cli/command_maps.hpp"
 #include "cli/command_mha.hpp"
 #include "cli/command_plot.hpp"
+#include "cli/command_prune.hpp"
 #include "cli/command_study.hpp"
 #include "cli/command_train.hpp"
 #include "cli/errors.hpp"
@@ -32,6 +34,7 @@ int main(int argc, char** argv) {
 #endif
   CLI::App app{"attnlens: self-attention as kernel smoothing, on Eigen"};
   app.require_subcommand(1);
+  attnlens::cli::add_attribute_command(app);
   attnlens::cli::add_bench_command(app);
   attnlens::cli::add_classify_command(app);
   attnlens::cli::add_conv_command(app);
@@ -43,6 +46,7 @@ int main(int argc, char** argv) {
   attnlens::cli::add_maps_command(app);
   attnlens::cli::add_mha_command(app);
   attnlens::cli::add_plot_command(app);
+  attnlens::cli::add_prune_command(app);
   attnlens::cli::add_study_command(app);
   attnlens::cli::add_train_command(app);
   try {

@@ -12,6 +12,7 @@
 #include "attnlens/io/vit_model.hpp"
 #include "attnlens/train/adversarial.hpp"
 #include "support/cli_test.hpp"
+#include "support/vit_models.hpp"
 
 namespace attnlens {
 namespace {
@@ -23,17 +24,7 @@ class CliEval : public testing::CliTest {
   void SetUp() override {
     testing::CliTest::SetUp();
     if (IsSkipped()) return;
-    config_.vit.image_height = config_.vit.image_width = 28;
-    config_.vit.patch_size = 7;
-    config_.vit.in_chans = 1;
-    config_.vit.num_classes = 10;
-    config_.vit.encoder.layer = {16, 2, 32, Activation::gelu, 1e-6, true, true};
-    config_.vit.encoder.num_layers = 1;
-    config_.vit.encoder.final_norm = true;
-    config_.mean = {io::k_fashion_mnist_mean};
-    config_.std = {io::k_fashion_mnist_std};
-    config_.class_names.assign(io::k_fashion_mnist_class_names.begin(),
-                               io::k_fashion_mnist_class_names.end());
+    config_ = testing::fashion_mnist_vit_config(/*num_layers*/ 1);
     Rng rng(41);
     io::save_vit_model(config_, VisionTransformer<float>(config_.vit, rng), model());
   }

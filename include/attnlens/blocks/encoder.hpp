@@ -78,6 +78,10 @@ EncoderOutput<T> run_encoder_stack(const std::vector<TransformerEncoderLayer<T>>
                                    const AttentionMask<T>& mask,
                                    const EncoderForwardOptions& options, EncoderCache<T>* cache) {
   if (cache) cache->layers.resize(layers.size());
+  detail::require_argument(options.head_scales.empty() || options.head_scales.size() == layers.size(),
+                           "EncoderForwardOptions::head_scales",
+                           detail::concat("none or one entry per layer (", layers.size(), ")"),
+                           options.head_scales.size());
   EncoderOutput<T> result;
   Tensor<T> x = src;
   // V^0 and V^{l-1} for the variants that read them (empty for the others).
@@ -88,6 +92,7 @@ EncoderOutput<T> run_encoder_stack(const std::vector<TransformerEncoderLayer<T>>
     if (previous_values.size()) stack.previous = &previous_values;
     EncoderForwardOptions layer_options = options;  // a training forward: each layer its own draw
     if (options.dropout_key) layer_options.dropout_key = dropout_part_key(*options.dropout_key, l);
+    if (!options.head_scales.empty()) layer_options.head_scales = {options.head_scales[l]};
     auto out =
         layers[l].forward(x, mask, layer_options, cache ? &cache->layers[l] : nullptr, stack);
     if (l == 0 && out.values.size()) first_values = out.values;
@@ -114,13 +119,19 @@ EncoderOutput<T> run_encoder_stack(const std::vector<TransformerEncoderLayer<T>>
 // into `gradient_*` (modules like the stack's). Returns dL/dsrc. Back through x_{l+1} =
 // layer_l(x_l) + lambda_l (x_0 - x_l): x_l gets layer_l's input gradient minus lambda_l g,
 // x_0 also every lambda_l g, and V^0 (NeuTRENO) every later layer's share, before layer 0's
-// in-projection.
+// in-projection. With `attention_gradients`, it receives dL/dA of every layer's attention
+// probabilities, B x H x L x L each (EncoderBackwardOptions::attention_gradients).
 template <class T>
 Tensor<T> encoder_stack_backward(
     const std::vector<TransformerEncoderLayer<T>>& layers, const Residual<T>& residual,
     const std::optional<LayerNorm<T>>& norm, const EncoderCache<T>& cache, const Tensor<T>& doutput,
     std::vector<TransformerEncoderLayer<T>>& gradient_layers, Residual<T>& gradient_residual,
-    std::optional<LayerNorm<T>>& gradient_norm, const EncoderBackwardOptions& options) {
+    std::optional<LayerNorm<T>>& gradient_norm, EncoderBackwardOptions options,
+    std::vector<Tensor<T>>* attention_gradients = nullptr) {
+  if (attention_gradients) {
+    options.attention_gradients = true;
+    attention_gradients->assign(layers.size(), Tensor<T>());
+  }
   detail::require_argument(cache.layers.size() == layers.size() && !layers.empty(), "EncoderCache",
                            detail::concat(layers.size(), " layer caches"), cache.layers.size());
   detail::require_argument(
@@ -161,6 +172,7 @@ Tensor<T> encoder_stack_backward(
       else
         first_values = std::move(inputs.first_values);
     }
+    if (attention_gradients) (*attention_gradients)[l] = std::move(inputs.attention);
     MatrixMap<T> dx(inputs.src.data(), n, E);
     if (lambda != T(0)) dx -= lambda * dnext;
     g = std::move(inputs.src);

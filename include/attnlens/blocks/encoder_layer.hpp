@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/attention/variant.hpp"
@@ -57,6 +58,11 @@ struct EncoderForwardOptions {
   // Set: a training forward, dropout on with the layers' rates and masks drawn from this key
   // (layers/dropout.hpp; a stack gives each layer a part of it). Unset: inference.
   std::optional<std::uint64_t> dropout_key = std::nullopt;
+  // An intervention on self-attention's probabilities (MultiHeadForwardOptions::head_scales:
+  // A_h -> s_h A_h; docs/gradients.md), one entry per layer. Empty: none. A layer on its own
+  // reads entry 0 (at most one entry); a stack (run_encoder_stack) gives layer l entry l (one
+  // entry per layer).
+  std::vector<std::vector<double>> head_scales = {};
 };
 
 template <class T>
@@ -81,6 +87,9 @@ struct EncoderLayerCache {
 
 struct EncoderBackwardOptions {
   ParallelOptions parallel;
+  // Fill EncoderLayerInputGradients::attention with dL/dA of self_attn's probabilities
+  // (MultiHeadBackwardOptions::attention_gradients).
+  bool attention_gradients = false;
 };
 
 // The gradients of a layer's inputs; TransformerEncoderLayer::backward accumulates the
@@ -91,6 +100,7 @@ struct EncoderLayerInputGradients {
   // B*L x E: dL/dV^0 of the stack's first layer's values, for a variant that reads them
   // (NeuTRENO); empty otherwise.
   Matrix<T> first_values;
+  Tensor<T> attention;  // B x H x L x L when EncoderBackwardOptions::attention_gradients
 };
 
 template <class T>
@@ -231,6 +241,9 @@ EncoderLayerOutput<T> TransformerEncoderLayer<T>::forward(const Tensor<T>& src,
   attention_options.parallel = options.parallel;
   attention_options.engine = options.engine;
   attention_options.tiling = options.tiling;
+  detail::require_argument(options.head_scales.size() <= 1, "EncoderForwardOptions::head_scales",
+                           "0 or 1 entries for one layer", options.head_scales.size());
+  if (!options.head_scales.empty()) attention_options.head_scales = options.head_scales.front();
   MultiHeadCache<T>* attention_cache = cache ? &cache->self_attn : nullptr;
   if (cache) cache->input = x;
 
@@ -291,6 +304,7 @@ EncoderLayerInputGradients<T> TransformerEncoderLayer<T>::backward(
   const ConstMatrixMap<T> dy(doutput.data(), n, E);
   MultiHeadBackwardOptions attention_options;
   attention_options.parallel = options.parallel;
+  attention_options.attention_gradients = options.attention_gradients;
   // self_attn's backward on a token-row gradient shaped like src, through the forward's
   // dropout of the attention block's output.
   const auto attention_backward = [&](const Matrix<T>& dattention) {
@@ -323,6 +337,7 @@ EncoderLayerInputGradients<T> TransformerEncoderLayer<T>::backward(
     auto attention = attention_backward(dh);
     dx = dh + norm1.backward(cache.norm1, attention.query, gradient.norm1);
     result.first_values = std::move(attention.first_values);
+    result.attention = std::move(attention.attention);
     return result;
   }
   // h = norm1(x + sa(x)), y = norm2(h + ff(h)).
@@ -335,6 +350,7 @@ EncoderLayerInputGradients<T> TransformerEncoderLayer<T>::backward(
   auto attention = attention_backward(du);
   dx = du + attention.query;
   result.first_values = std::move(attention.first_values);
+  result.attention = std::move(attention.attention);
   return result;
 }
 

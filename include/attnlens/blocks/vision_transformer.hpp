@@ -126,9 +126,12 @@ class VisionTransformer {
 
   // The backward pass of a forward call that filled `cache` (docs/gradients.md): dlogits =
   // dL/dlogits (B x num_classes, or B x E without a head). Returns dL/dimages; gradient's
-  // parameters (a ViT like this one, e.g. zeros_like(*this)) += their gradients.
+  // parameters (a ViT like this one, e.g. zeros_like(*this)) += their gradients. With
+  // `attention_gradients`: also dL/dA of every block's attention probabilities, B x H x L x L
+  // each (what attention attribution integrates, interpret/attribution.hpp).
   Tensor<T> backward(const VitCache<T>& cache, const Tensor<T>& dlogits,
-                     VisionTransformer& gradient, const EncoderBackwardOptions& options = {}) const;
+                     VisionTransformer& gradient, const EncoderBackwardOptions& options = {},
+                     std::vector<Tensor<T>>* attention_gradients = nullptr) const;
 
   // Parameters, named as in timm's VisionTransformer where it has them (see for_each_parameter).
   PatchEmbedding<T> patch_embed;
@@ -225,7 +228,8 @@ VitOutput<T> VisionTransformer<T>::forward(const Tensor<T>& images,
 template <class T>
 Tensor<T> VisionTransformer<T>::backward(const VitCache<T>& cache, const Tensor<T>& dlogits,
                                          VisionTransformer& gradient,
-                                         const EncoderBackwardOptions& options) const {
+                                         const EncoderBackwardOptions& options,
+                                         std::vector<Tensor<T>>* attention_gradients) const {
   const Index B = cache.pooled.rank() == 2 ? cache.pooled.dim(0) : 0;
   const Index N = num_patches(), prefix = num_prefix_tokens(), E = embed_dim(), L = num_tokens();
   detail::require_argument(B > 0, "VitCache", "the cache of a forward call", "an empty cache");
@@ -249,7 +253,7 @@ Tensor<T> VisionTransformer<T>::backward(const VitCache<T>& cache, const Tensor<
   }
   const Tensor<T> dx =
       encoder_stack_backward(blocks, residual, norm, cache.encoder, dtokens, gradient.blocks,
-                             gradient.residual, gradient.norm, options);
+                             gradient.residual, gradient.norm, options, attention_gradients);
   Tensor<T> dpatches({B, N, E});
   for (Index b = 0; b < B; ++b) {
     const auto d = dx.matrix({b});
