@@ -8,6 +8,7 @@
 #include <string>
 
 #include "attnlens/core/errors.hpp"
+#include "attnlens/core/gemm.hpp"
 #include "attnlens/core/init.hpp"
 #include "attnlens/core/scratch.hpp"
 #include "attnlens/core/types.hpp"
@@ -106,8 +107,10 @@ class TransformerXlRelativePosition final : public ScoreTerm<T> {
     into->r_w_bias.row(head).noalias() += per_key * tile.keys;
     into->r_r_bias.row(head).noalias() += per_distance * distances.projected;
     dprojected.noalias() += per_distance.transpose() * r_r_bias.row(head);
-    into->r_net.weight.middleRows(head * d, d).noalias() +=
-        dprojected.transpose() * distances.embeddings;
+    // On SerialGemm, as the product below: Eigen's would fork threads from a one-thread caller.
+    SerialGemm<T>(d, distances.embeddings.cols(), distances.count)
+        .add_transposed_product(T(1), dprojected, distances.embeddings,
+                                into->r_net.weight.middleRows(head * d, d));
   }
 
   Matrix<T> r_w_bias;  // H x d: u
@@ -129,7 +132,12 @@ class TransformerXlRelativePosition final : public ScoreTerm<T> {
     for (Index n = 0; n < count; ++n)
       detail::write_sinusoid(embeddings.row(n), static_cast<double>(nearest + n), 10000.0, true);
     MatrixMap<T> projected = detail::scratch_matrix<T, 1>(count, d);
-    projected.noalias() = embeddings * r_net.weight.middleRows(at.head * d, d).transpose();
+    // SerialGemm: tiles run inside the caller's threads, and Eigen's product would fork OpenMP
+    // threads of its own when the caller runs one (the other cores busy, it then spins).
+    projected.setZero();
+    SerialGemm<T>(count, d, r_net.in_features())
+        .add_product_transposed(T(1), embeddings, r_net.weight.middleRows(at.head * d, d),
+                                projected);
     return {count, embeddings, projected};
   }
 
