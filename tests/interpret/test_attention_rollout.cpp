@@ -1,5 +1,6 @@
 // interpret/attention_rollout.hpp: the rollout equals a loop-by-loop computation of the paper's
-// 0.5 A + 0.5 I product (and of (F + I) / rowsum for max and min fusion); rows sum to 1;
+// 0.5 A + 0.5 I product (and of (F + I) / rowsum for max and min fusion) and torch's on the
+// attribution fixture's ViTs (tests/reference/oracles/rollout.py); rows sum to 1;
 // identity attention leaves the rollout as it was; mean fusion is the encoder's averaged
 // weights; bad shapes are errors naming the layer.
 #include <gtest/gtest.h>
@@ -7,8 +8,10 @@
 #include <vector>
 
 #include "attnlens/interpret/attention_rollout.hpp"
+#include "support/blocks.hpp"
 #include "support/compare.hpp"
 #include "support/expect_error.hpp"
+#include "support/fixtures.hpp"
 #include "support/vit_models.hpp"
 
 namespace attnlens {
@@ -88,6 +91,35 @@ TEST(AttentionRollout, EqualsTheProductWrittenOut) {
     ATTNLENS_EXPECT_CLOSE(attention_rollout(weights, {fusion}), by_layer.back(), 0.0);
   }
 }
+
+// Every layer's rollout of the attribution fixture's ViTs (their attention from attnlens's
+// forward) against torch's (rollout_{f32,f64}).
+template <class T>
+void check_rollout_against_pytorch() {
+  const io::SafeTensors models = testing::load_typed_fixture<T>("attribution");
+  const io::SafeTensors file = testing::load_typed_fixture<T>("rollout");
+  EncoderForwardOptions per_head;
+  per_head.weights = AttentionWeights::per_head;
+  const int checked = testing::for_each_case(models, "", [&](const auto& c, const auto& prefix) {
+    VisionTransformer<T> vit(testing::vit_options(c));
+    io::load_parameters(models, prefix, vit);
+    const auto weights = vit.forward(models.get<T>(prefix + "images"), per_head).weights;
+    for (const HeadFusion fusion : {HeadFusion::mean, HeadFusion::max, HeadFusion::min}) {
+      const auto by_layer = attention_rollout_by_layer(weights, {fusion});
+      for (std::size_t l = 0; l < by_layer.size(); ++l)
+        ATTNLENS_EXPECT_CLOSE(
+            by_layer[l],
+            file.get<T>(detail::concat(prefix, "layers.", l, ".rollout_",
+                                       name_of(k_head_fusion_names, fusion))),
+            testing::default_tolerance<T>())
+            << l << " " << name_of(k_head_fusion_names, fusion);
+    }
+  });
+  EXPECT_EQ(checked, 2);
+}
+
+TEST(AttentionRollout, MatchesPyTorchFloat) { check_rollout_against_pytorch<float>(); }
+TEST(AttentionRollout, MatchesPyTorchDouble) { check_rollout_against_pytorch<double>(); }
 
 TEST(AttentionRollout, RowsSumToOneAndIdentityAttentionChangesNothing) {
   Rng rng(9);

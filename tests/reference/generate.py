@@ -16,7 +16,8 @@ Layout, meant to be extended by each module that needs fixtures:
 
 Determinism: every fixture seeds its own random streams (from the case name, so adding a case
 does not change the others), torch runs on one thread, and the JSON header is written with
-sorted keys and fixed separators. Running the script twice gives byte-identical files.
+sorted keys and fixed separators. Running the script twice on one machine gives byte-identical
+files; on another CPU torch may pick other kernels and change the last bits (seen: 1 ulp).
 """
 
 from __future__ import annotations
