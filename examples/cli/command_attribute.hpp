@@ -30,42 +30,27 @@ struct AttributeArguments {
 
 namespace detail_attribute {
 
-inline std::string class_label(const io::VitModelConfig& config, Index c) {
-  return c < static_cast<Index>(config.class_names.size())
-             ? detail::concat(c, " (", config.class_names[static_cast<std::size_t>(c)], ")")
-             : std::to_string(c);
-}
-
 inline void run(const AttributeArguments& args) {
   if (args.layer_given == args.all_layers)
     throw ArgumentError("--layer L or --all-layers: expected one of them, got " +
                         std::string(args.all_layers ? "both" : "neither"));
   const io::VitModelConfig config = io::load_vit_config(args.model);
-  const Index classes = config.vit.num_classes, layers = config.vit.encoder.num_layers;
-  if (classes == 0)
-    throw ArgumentError(detail::concat("--model: '", args.model,
-                                       "' has no head (num_classes 0): nothing to attribute"));
+  const Index layers = config.vit.encoder.num_layers;
+  require_vit_classifier(config, args.model, "nothing to attribute", args.target_given,
+                         args.target);
   if (args.layer_given)
     detail::require_argument(args.layer >= 0 && args.layer < layers, "--layer",
                              detail::concat("0..", layers - 1, " (the model has ", layers,
                                             " layers)"),
                              args.layer);
-  if (args.target_given)
-    detail::require_argument(args.target >= 0 && args.target < classes, "--class",
-                             detail::concat("a class in 0..", classes - 1), args.target);
   AttributionOptions options;
   options.steps = args.steps;
   options.rule = value_named(k_riemann_rule_names, args.rule, "--rule");
   options.parallel.threads = args.threads;
   riemann_points(options);
 
-  const Tensor<float> images = read_vit_images<float>(config, args.input);
-  detail::require_argument(args.index >= 0 && args.index < images.dim(0), "--index",
-                           detail::concat("0..", images.dim(0) - 1, " (the input holds ",
-                                          images.dim(0), " images)"),
-                           args.index);
-  Tensor<float> image({1, images.dim(1), images.dim(2), images.dim(3)});
-  std::copy_n(images.data() + args.index * image.size(), image.size(), image.data());
+  const Tensor<float> image =
+      selected_image(read_vit_images<float>(config, args.input), args.index);
   const VisionTransformer<float> vit = io::load_vit_model<float>(args.model);
   EncoderForwardOptions forward;
   forward.parallel = options.parallel;
@@ -77,7 +62,7 @@ inline void run(const AttributeArguments& args) {
     const LayerAttribution<float> a = attention_attribution(vit, image, {target}, l, options);
     if (l == first) {
       std::printf("image %ld: class %s%s, F = p(class) = %.6f; %s rule, m = %ld\n",
-                  static_cast<long>(args.index), class_label(config, target).c_str(),
+                  static_cast<long>(args.index), vit_class_label(config, target).c_str(),
                   args.target_given ? "" : " (predicted)", a.probability[0], args.rule.c_str(),
                   static_cast<long>(args.steps));
       writer.add("probability", Tensor<double>({1}, std::vector<double>{a.probability[0]}));
@@ -108,13 +93,7 @@ inline void add_attribute_command(CLI::App& app) {
       "attribute",
       "Attention attribution (integrated gradients over a layer's attention, Hao et al. 2021) "
       "of one image of a ViT classifier, per layer H x L x L, as safetensors");
-  cmd->add_option("--model", args->model,
-                  "ViT model directory: config.json and model.safetensors (attnlens train)")
-      ->required();
-  cmd->add_option("--input", args->input,
-                  "Images as for attnlens classify: a PNG, an IDX file or a .safetensors file "
-                  "with `images` [B,C,H,W]")
-      ->required();
+  add_vit_image_options(*cmd, args->model, args->input);
   cmd->add_option("--output", args->output,
                   "The safetensors file to write: layers.{l}.attribution (H x L x L, CLS first), "
                   "layers.{l}.baseline_probability (F with layer l's attention at 0), "

@@ -102,29 +102,6 @@ inline io::HeatmapGridOptions grid_options(const MapsArguments& args) {
   return options;
 }
 
-// Image `b` scaled to [0, 1] for display, its smallest value black and its largest white
-// (the model sees it normalized).
-template <class T>
-Tensor<double> display_image(const Tensor<T>& images, Index b) {
-  const Index C = images.dim(1), H = images.dim(2), W = images.dim(3);
-  Tensor<double> out({C == 3 ? 3 : 1, H, W});
-  for (Index y = 0; y < H; ++y)
-    for (Index x = 0; x < W; ++x)
-      if (C == 3) {
-        for (Index c = 0; c < 3; ++c)
-          out.matrix({c})(y, x) = static_cast<double>(images.matrix({b, c})(y, x));
-      } else {  // gray: the channels' mean
-        double sum = 0;
-        for (Index c = 0; c < C; ++c) sum += static_cast<double>(images.matrix({b, c})(y, x));
-        out.matrix({0})(y, x) = sum / static_cast<double>(C);
-      }
-  const auto [low, high] = std::minmax_element(out.data(), out.data() + out.size());
-  const double lo = *low, range = *high - *low;
-  for (Index i = 0; i < out.size(); ++i)
-    out.data()[i] = range > 0 ? (out.data()[i] - lo) / range : 0.5;
-  return out;
-}
-
 inline std::string query_name(const AttentionQuery& query, Index token) {
   switch (query.kind) {
     case AttentionQuery::Kind::cls:

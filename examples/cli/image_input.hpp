@@ -2,9 +2,11 @@
 // input B x C x H x W: a safetensors file's `images` tensor taken as it is (already
 // normalized, as a PyTorch model would be fed), or pixels in [0, 1] from a PNG (one image,
 // gray: a 1-channel model) or an IDX file (N x H x W bytes / 255: a 1-channel model), normalized
-// with the config's mean and std.
+// with the config's mean and std. Also what the commands on a ViT classifier share: one image of
+// the input, the image for display, the classifier and class checks and a class's label.
 #pragma once
 
+#include <algorithm>
 #include <fstream>
 #include <string>
 
@@ -84,6 +86,74 @@ Tensor<T> read_vit_images(const io::VitModelConfig& config, const std::string& p
   check_size(images, "the IDX images of --input");
   normalize_images(images, vit_normalization(config));
   return images;
+}
+
+// Image `index` of `images` (B x C x H x W) as a batch of one; throws ArgumentError naming
+// --index when there is no such image.
+template <class T>
+Tensor<T> selected_image(const Tensor<T>& images, Index index) {
+  detail::require_argument(
+      index >= 0 && index < images.dim(0), "--index",
+      detail::concat("0..", images.dim(0) - 1, " (the input holds ", images.dim(0), " images)"),
+      index);
+  Tensor<T> image({1, images.dim(1), images.dim(2), images.dim(3)});
+  std::copy_n(images.data() + index * image.size(), image.size(), image.data());
+  return image;
+}
+
+// Image `b` scaled to [0, 1] for display, its smallest value black and its largest white
+// (the model sees it normalized).
+template <class T>
+Tensor<double> display_image(const Tensor<T>& images, Index b) {
+  const Index C = images.dim(1), H = images.dim(2), W = images.dim(3);
+  Tensor<double> out({C == 3 ? 3 : 1, H, W});
+  for (Index y = 0; y < H; ++y)
+    for (Index x = 0; x < W; ++x)
+      if (C == 3) {
+        for (Index c = 0; c < 3; ++c)
+          out.matrix({c})(y, x) = static_cast<double>(images.matrix({b, c})(y, x));
+      } else {  // gray: the channels' mean
+        double sum = 0;
+        for (Index c = 0; c < C; ++c) sum += static_cast<double>(images.matrix({b, c})(y, x));
+        out.matrix({0})(y, x) = sum / static_cast<double>(C);
+      }
+  const auto [low, high] = std::minmax_element(out.data(), out.data() + out.size());
+  const double lo = *low, range = *high - *low;
+  for (Index i = 0; i < out.size(); ++i)
+    out.data()[i] = range > 0 ? (out.data()[i] - lo) / range : 0.5;
+  return out;
+}
+
+// Throws ArgumentError naming --model unless the ViT has a head, and --class unless
+// `target_given` is false or `target` is one of its classes.
+inline void require_vit_classifier(const io::VitModelConfig& config, const std::string& model,
+                                   const std::string& purpose, bool target_given, Index target) {
+  const Index classes = config.vit.num_classes;
+  if (classes == 0)
+    throw ArgumentError(
+        detail::concat("--model: '", model, "' has no head (num_classes 0): ", purpose));
+  if (target_given)
+    detail::require_argument(target >= 0 && target < classes, "--class",
+                             detail::concat("a class in 0..", classes - 1), target);
+}
+
+// The --model (a ViT classifier's directory) and --input (its images, read_vit_images) options
+// of the commands on one image of a ViT classifier, both required.
+inline void add_vit_image_options(CLI::App& cmd, std::string& model, std::string& input) {
+  cmd.add_option("--model", model,
+                 "ViT model directory: config.json and model.safetensors (attnlens train)")
+      ->required();
+  cmd.add_option("--input", input,
+                 "Images as for attnlens classify: a PNG, an IDX file or a .safetensors file "
+                 "with `images` [B,C,H,W]")
+      ->required();
+}
+
+// "c (name)" with the config's class name, or "c" when it has none.
+inline std::string vit_class_label(const io::VitModelConfig& config, Index c) {
+  return c < static_cast<Index>(config.class_names.size())
+             ? detail::concat(c, " (", config.class_names[static_cast<std::size_t>(c)], ")")
+             : std::to_string(c);
 }
 
 }  // namespace attnlens::cli

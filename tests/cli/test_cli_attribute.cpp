@@ -9,46 +9,22 @@
 #include <string>
 #include <vector>
 
-#include "attnlens/image/augment.hpp"
 #include "attnlens/interpret/attribution.hpp"
 #include "attnlens/io/idx.hpp"
 #include "attnlens/io/vit_model.hpp"
-#include "support/cli_test.hpp"
-#include "support/vit_models.hpp"
+#include "support/vit_cli_test.hpp"
 
 namespace attnlens {
 namespace {
 
 using testing::run_cli;
 
-class CliAttribute : public testing::CliTest {
+class CliAttribute : public testing::VitClassifierCliTest {
  protected:
-  void SetUp() override {
-    testing::CliTest::SetUp();
-    if (IsSkipped()) return;
-    config_ = testing::small_vit_config(/*image_size*/ 12, /*num_layers*/ 3);
-    testing::save_random_vit(config_, path("vit"), 23);
-    Tensor<std::uint8_t> bytes({4, 12, 12});
-    for (Index i = 0; i < bytes.size(); ++i) bytes.data()[i] = static_cast<std::uint8_t>(i * 37);
-    io::write_idx(path("images.idx"), bytes, io::IdxWriteOptions{false});
-  }
-
   std::string attribute(const std::string& options) const {
     return "attribute --model " + path("vit") + " --input " + path("images.idx") + " --output " +
            out_path() + " --threads 1 " + options;
   }
-
-  // Image `index` of images.idx as the model sees it: bytes / 255, normalized with the config's
-  // mean and std.
-  Tensor<float> model_image(Index index) const {
-    const Tensor<float> all = io::unit_image_batch<float>(io::read_idx_images(path("images.idx")));
-    Tensor<float> image({1, 1, 12, 12});
-    std::copy_n(all.data() + index * image.size(), image.size(), image.data());
-    normalize_images(image, ImageNormalization{config_.mean, config_.std});
-    return image;
-  }
-
-  io::VitModelConfig config_;
 };
 
 TEST_F(CliAttribute, LayersAreTheLibrarysAttribution) {
@@ -114,11 +90,7 @@ TEST_F(CliAttribute, BadOptionsNameTheProblem) {
   expect_bad_input("attribute --model " + path("vit") + " --input " + path("small.idx") +
                        " --output " + out_path() + " --all-layers",
                    "[B, 1, 12, 12]");
-  io::VitModelConfig features = config_;
-  features.vit.num_classes = 0;
-  features.class_names.clear();
-  testing::save_random_vit(features, path("features"), 5);
-  expect_bad_input("attribute --model " + path("features") + " --input " + path("images.idx") +
+  expect_bad_input("attribute --model " + headless_vit() + " --input " + path("images.idx") +
                        " --output " + out_path() + " --all-layers",
                    "has no head (num_classes 0)");
 }

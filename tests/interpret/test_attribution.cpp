@@ -61,8 +61,7 @@ void check_attribution_against_pytorch() {
   const io::SafeTensors file = testing::load_typed_fixture<T>("attribution");
   double largest = 0;
   const int checked = testing::for_each_case(file, "", [&](const auto& c, const auto& prefix) {
-    VisionTransformer<T> vit(testing::vit_options(c));
-    io::load_parameters(file, prefix, vit);
+    const VisionTransformer<T> vit = testing::fixture_vit<T>(file, c);
     const Tensor<T> images = file.get<T>(prefix + "images");
     const std::vector<Index> predicted = attribution_classes(file, prefix + "predicted");
     const std::vector<Index> labels = attribution_classes(file, prefix + "labels");
@@ -133,8 +132,7 @@ TEST(Attribution, CompletenessGapShrinksAsStepsGrow) {
   const io::SafeTensors file = testing::load_typed_fixture<double>("attribution");
   const auto c = testing::fixture_cases(file)[0];
   const std::string prefix = c["name"].get<std::string>() + ".";
-  VisionTransformer<double> vit(testing::vit_options(c));
-  io::load_parameters(file, prefix, vit);
+  const VisionTransformer<double> vit = testing::fixture_vit<double>(file, c);
   const Tensor<double> images = file.get<double>(prefix + "images");
   const std::vector<Index> targets = predicted_classes(vit, images);
   const std::vector<Index> steps = {5, 20, 100};

@@ -11,6 +11,7 @@
 
 #include "attnlens/io/heatmap_grid.hpp"  // and io/png.hpp with stb_image, to read colours back
 #include "support/expect_error.hpp"
+#include "support/png_files.hpp"
 
 namespace attnlens {
 namespace {
@@ -20,22 +21,7 @@ using io::HeatmapPanel;
 using io::RgbColour;
 using testing::expect_error_naming;
 
-// An RGB picture read back with stb_image.
-struct HeatmapPicture {
-  int width = 0, height = 0;
-  std::vector<unsigned char> rgb;
-  const unsigned char* at(int y, int x) const { return rgb.data() + 3 * (y * width + x); }
-};
-
-HeatmapPicture read_heatmap_picture(const std::string& path) {
-  HeatmapPicture p;
-  int channels = 0;
-  unsigned char* pixels = stbi_load(path.c_str(), &p.width, &p.height, &channels, 3);
-  if (!pixels) return p;
-  p.rgb.assign(pixels, pixels + 3 * p.width * p.height);
-  stbi_image_free(pixels);
-  return p;
-}
+using HeatmapPicture = testing::RgbPicture;
 
 void expect_pixel(const HeatmapPicture& p, int y, int x, RgbColour c, int tolerance = 1) {
   const unsigned char* px = p.at(y, x);
@@ -53,7 +39,7 @@ HeatmapPicture draw_heatmap_picture(const std::vector<std::vector<HeatmapPanel>>
                                     const HeatmapGridOptions& options) {
   const std::string path = heatmap_temp_path("grid.png");
   io::write_heatmap_grid_png(path, rows, options);
-  HeatmapPicture picture = read_heatmap_picture(path);
+  HeatmapPicture picture = testing::read_rgb_picture(path);
   std::filesystem::remove(path);
   return picture;
 }

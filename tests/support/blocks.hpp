@@ -80,6 +80,14 @@ inline VisionTransformerOptions vit_options(const nlohmann::json& c) {
   return o;
 }
 
+// The ViT of a case of `file` with its parameters, stored under the case's name and a dot.
+template <class T>
+VisionTransformer<T> fixture_vit(const io::SafeTensors& file, const nlohmann::json& c) {
+  VisionTransformer<T> vit(vit_options(c));
+  io::load_parameters(file, c["name"].template get<std::string>() + ".", vit);
+  return vit;
+}
+
 // Calls body(case, prefix) for every case of `file` (of the given "kind", if not empty), inside
 // a SCOPED_TRACE naming the case; returns how many there were.
 template <class Body>

@@ -1,5 +1,6 @@
 // PNG files built byte by byte for the reader's tests: any IHDR (including ones that lie about
-// the data), rows compressed with stb_image_write's zlib, chunks with their CRCs.
+// the data), rows compressed with stb_image_write's zlib, chunks with their CRCs; and pictures
+// read back as RGB (heat maps, attribution trees).
 #pragma once
 
 #include <cstdint>
@@ -56,6 +57,23 @@ inline std::string png_image(std::uint32_t width, int bit_depth, int colour_type
   for (const std::string& row : rows) raw += '\0' + row;
   return png_file(png_ihdr(width, static_cast<std::uint32_t>(rows.size()), bit_depth, colour_type),
                   png_zlib(raw), before_image_data);
+}
+
+// An RGB picture read back with stb_image (empty if the file is not an image).
+struct RgbPicture {
+  int width = 0, height = 0;
+  std::vector<unsigned char> rgb;
+  const unsigned char* at(int y, int x) const { return rgb.data() + 3 * (y * width + x); }
+};
+
+inline RgbPicture read_rgb_picture(const std::string& path) {
+  RgbPicture p;
+  int channels = 0;
+  unsigned char* pixels = stbi_load(path.c_str(), &p.width, &p.height, &channels, 3);
+  if (!pixels) return p;
+  p.rgb.assign(pixels, pixels + 3 * p.width * p.height);
+  stbi_image_free(pixels);
+  return p;
 }
 
 }  // namespace attnlens::testing

@@ -3,10 +3,12 @@
 // matrices), coloured with viridis (io/colormap.hpp) and, when a background picture is given,
 // laid over it with some opacity; titles, an optional outlined box per panel (the query) and a
 // colour bar. The pixels are composed here; PLplot's memcairo device (plplot-driver-cairo)
-// draws the text, frames and ticks onto them. Link attnlens::plot.
+// draws the text, frames and ticks onto them. Link attnlens::plot. The pixel helpers (a
+// background enlarged by a whole factor, the size limit) serve io/attribution_tree_png.hpp too.
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <optional>
 #include <string>
@@ -93,8 +95,44 @@ namespace detail {
 
 inline constexpr Index k_heatmap_max_extent = 16384;  // pixels, as line plots
 
+// Throws ArgumentError naming `what` for a picture larger than k_heatmap_max_extent a side.
+inline void check_picture_size(Index width, Index height, const std::string& what) {
+  attnlens::detail::require_argument(
+      width <= k_heatmap_max_extent && height <= k_heatmap_max_extent, what,
+      attnlens::detail::concat("at most ", k_heatmap_max_extent, " pixels a side"),
+      attnlens::detail::concat(width, " x ", height));
+}
+
 // Entry (y, x) of an out_rows x out_cols picture taken from the nearest of in_rows x in_cols.
 inline Index nearest_source(Index out, Index in, Index to) { return out * in / to; }
+
+// A picture to draw on: [1 or 3, H, W] (gray or RGB), finite.
+inline void check_background_picture(const Tensor<double>& b, const std::string& what) {
+  attnlens::detail::require_shape(b.rank() == 3 && (b.dim(0) == 1 || b.dim(0) == 3), what,
+                                  "[1 or 3, H, W]", attnlens::detail::shape_string(b.shape()));
+  require_argument(
+      std::all_of(b.data(), b.data() + b.size(), [](double v) { return std::isfinite(v); }), what,
+      "finite values", "a NaN or infinity");
+}
+
+// The colour of pixel (y, x) of a height x width enlargement of picture `b` ([1 or 3, H, W]):
+// the nearest pixel's, clamped to [0, 1].
+inline std::array<double, 3> background_colour(const Tensor<double>& b, Index y, Index x,
+                                               Index height, Index width) {
+  const Index by = nearest_source(y, b.dim(1), height);
+  const Index bx = nearest_source(x, b.dim(2), width);
+  std::array<double, 3> c{};
+  for (Index ch = 0; ch < 3; ++ch)
+    c[static_cast<std::size_t>(ch)] =
+        std::clamp(b.matrix({b.dim(0) == 3 ? ch : 0})(by, bx), 0.0, 1.0);
+  return c;
+}
+
+// The whole factor that brings `longer` pixels closest to `pixels` (at least 1).
+inline Index whole_scale(Index longer, Index pixels) {
+  return std::max<Index>(
+      1, static_cast<Index>(std::lround(static_cast<double>(pixels) / static_cast<double>(longer))));
+}
 
 inline void check_heatmap_grid(const std::vector<std::vector<HeatmapPanel>>& rows,
                                const HeatmapGridOptions& options) {
@@ -118,15 +156,8 @@ inline void check_heatmap_grid(const std::vector<std::vector<HeatmapPanel>>& row
                        concat("values in [", v.minCoeff(), ", ", v.maxCoeff(), "]"));
     }
   }
-  const Tensor<double>& b = options.background;
-  if (b.size() > 0) {
-    attnlens::detail::require_shape(b.rank() == 3 && (b.dim(0) == 1 || b.dim(0) == 3),
-                  "HeatmapGridOptions::background", "[1 or 3, H, W]",
-                  attnlens::detail::shape_string(b.shape()));
-    require_argument(std::all_of(b.data(), b.data() + b.size(),
-                                 [](double v) { return std::isfinite(v); }),
-                     "HeatmapGridOptions::background", "finite values", "a NaN or infinity");
-  }
+  if (options.background.size() > 0)
+    check_background_picture(options.background, "HeatmapGridOptions::background");
   require_argument(options.alpha >= 0 && options.alpha <= 1, "HeatmapGridOptions::alpha",
                    "a value in [0, 1]", options.alpha);
   require_argument(options.panel_pixels >= 16 && options.panel_pixels <= 4096,
@@ -148,8 +179,7 @@ inline HeatmapLayout heatmap_layout(Index source_height, Index source_width, Ind
                                     Index columns, bool notes, const HeatmapGridOptions& options) {
   HeatmapLayout l;
   const Index longer = std::max(source_height, source_width);
-  l.scale = std::max<Index>(1, static_cast<Index>(std::lround(
-                                   static_cast<double>(options.panel_pixels) / longer)));
+  l.scale = whole_scale(longer, options.panel_pixels);
   l.panel_height = source_height * l.scale;
   l.panel_width = source_width * l.scale;
   l.text = std::clamp<Index>(std::min(l.panel_height, l.panel_width) / 11, 12, 18);
@@ -197,13 +227,9 @@ inline void compose_heatmap_panel(RgbImage& image, Index top, Index left, const 
   for (Index y = 0; y < l.panel_height; ++y)
     for (Index x = 0; x < l.panel_width; ++x) {
       const RgbColour c = viridis(top_value > 0 ? resized(y, x) / top_value : 0.0);
-      double under[3] = {0, 0, 0};
-      if (over) {
-        const Index by = nearest_source(y, b.dim(1), l.panel_height);
-        const Index bx = nearest_source(x, b.dim(2), l.panel_width);
-        for (Index ch = 0; ch < 3; ++ch)
-          under[ch] = std::clamp(b.matrix({b.dim(0) == 3 ? ch : 0})(by, bx), 0.0, 1.0);
-      }
+      const std::array<double, 3> under =
+          over ? background_colour(b, y, x, l.panel_height, l.panel_width)
+               : std::array<double, 3>{};
       std::uint8_t* p = image.pixel(top + y, left + x);
       p[0] = to_byte((1 - alpha) * under[0] + alpha * c.red);
       p[1] = to_byte((1 - alpha) * under[1] + alpha * c.green);
@@ -211,30 +237,27 @@ inline void compose_heatmap_panel(RgbImage& image, Index top, Index left, const 
     }
 }
 
-// PLplot's viewport on the pixel rectangle [left, right) x [top, bottom) of the picture.
+// PLplot's viewport on the pixel rectangle [left, right) x [top, bottom) of a width x height
+// picture.
+inline void pixel_viewport(Index width, Index height, double left, double top, double right,
+                           double bottom) {
+  const auto w = static_cast<PLFLT>(width), h = static_cast<PLFLT>(height);
+  plvpor(left / w, right / w, 1 - bottom / h, 1 - top / h);
+}
+
 inline void heatmap_viewport(const HeatmapLayout& l, Index left, Index top, Index right,
                              Index bottom) {
-  const auto w = static_cast<PLFLT>(l.width), h = static_cast<PLFLT>(l.height);
-  plvpor(static_cast<PLFLT>(left) / w, static_cast<PLFLT>(right) / w,
-         1 - static_cast<PLFLT>(bottom) / h, 1 - static_cast<PLFLT>(top) / h);
+  pixel_viewport(l.width, l.height, static_cast<double>(left), static_cast<double>(top),
+                 static_cast<double>(right), static_cast<double>(bottom));
 }
 
 inline constexpr PLINT k_heatmap_text_colour = 1, k_heatmap_box_colour = 2;
 
-// The text, frames, boxes and the colour bar's ticks, drawn by PLplot onto `image`.
-inline void draw_heatmap_annotations(RgbImage& image,
-                                     const std::vector<std::vector<HeatmapPanel>>& rows,
-                                     double bar_top_value, const HeatmapLayout& l,
-                                     const HeatmapGridOptions& options) {
-  PlotStream stream;
-  plsdev("memcairo");
-  plsmem(static_cast<PLINT>(image.width), static_cast<PLINT>(image.height), image.pixels.data());
-  plscmap0n(3);
-  plscol0(0, 255, 255, 255);
-  plscol0(k_heatmap_text_colour, 0, 0, 0);
-  plscol0(k_heatmap_box_colour, 228, 26, 28);
-  plinit();
-  pladv(0);
+// The text, frames, boxes and the colour bar's ticks, on the stream draw_heatmap_annotations
+// opens.
+inline void draw_heatmap_annotation_text(const std::vector<std::vector<HeatmapPanel>>& rows,
+                                        double bar_top_value, const HeatmapLayout& l,
+                                        const HeatmapGridOptions& options) {
   plschr(static_cast<double>(l.text) / k_cairo_pixels_per_mm, 1);
   plsmaj(0, 0.6);  // ticks of 60% of PLplot's default length
   plcol0(k_heatmap_text_colour);
@@ -284,6 +307,17 @@ inline void draw_heatmap_annotations(RgbImage& image,
   plmtex("r", 5.0, 0.5, 0.5, plot_text(options.colour_bar_label).c_str());
 }
 
+// The text, frames, boxes and the colour bar's ticks, drawn by PLplot onto `image` (colours
+// 0 white, k_heatmap_text_colour black, k_heatmap_box_colour red).
+inline void draw_heatmap_annotations(RgbImage& image,
+                                     const std::vector<std::vector<HeatmapPanel>>& rows,
+                                     double bar_top_value, const HeatmapLayout& l,
+                                     const HeatmapGridOptions& options, const std::string& what) {
+  draw_on_rgb_image(image, what, {{255, 255, 255}, {0, 0, 0}, {228, 26, 28}}, [&] {
+    draw_heatmap_annotation_text(rows, bar_top_value, l, options);
+  });
+}
+
 }  // namespace detail
 
 // Draws `rows` of panels (rows may be shorter than the longest, the rest left blank) into a PNG
@@ -311,11 +345,7 @@ inline void write_heatmap_grid_png(const std::string& path,
   const detail::HeatmapLayout l = detail::heatmap_layout(
       over ? options.background.dim(1) : first.rows(), over ? options.background.dim(2) : first.cols(),
       static_cast<Index>(rows.size()), static_cast<Index>(columns), notes, options);
-  attnlens::detail::require_argument(
-      l.width <= detail::k_heatmap_max_extent && l.height <= detail::k_heatmap_max_extent,
-      "write_heatmap_grid_png picture size",
-      attnlens::detail::concat("at most ", detail::k_heatmap_max_extent, " pixels a side"),
-      attnlens::detail::concat(l.width, " x ", l.height));
+  detail::check_picture_size(l.width, l.height, "write_heatmap_grid_png picture size");
 
   RgbImage image(l.height, l.width);
   for (std::size_t r = 0; r < rows.size(); ++r)
@@ -338,17 +368,9 @@ inline void write_heatmap_grid_png(const std::string& path,
     }
   }
 
-  const std::lock_guard<std::mutex> lock(detail::line_plot_mutex());
-  detail::require_plot_device("memcairo");
-  detail::plot_abort_message().clear();
-  {
-    const detail::PlotAbortHandler handler;
-    detail::draw_heatmap_annotations(
-        image, rows, options.scale == HeatmapScale::panel ? 1.0 : (largest > 0 ? largest : 1.0), l,
-        options);
-  }
-  if (!detail::plot_abort_message().empty())
-    throw IoError("heat map grid '" + path + "': PLplot: " + detail::plot_abort_message());
+  detail::draw_heatmap_annotations(
+      image, rows, options.scale == HeatmapScale::panel ? 1.0 : (largest > 0 ? largest : 1.0), l,
+      options, "heat map grid '" + path + "'");
   write_png_rgb(path, image);
 }
 

@@ -335,6 +335,32 @@ class PlotStream {
   PLINT id_ = -1;
 };
 
+// Runs `draw` on a PLplot stream of its own whose memcairo device (plplot-driver-cairo) paints
+// into `image`: cmap0 is `colours` (colour 0 the background), the stream is initialised and on
+// its first page, and it is ended (the pixels written into `image`) before this returns. One
+// picture at a time in this process, as line plots. Throws IoError if the device is missing or
+// PLplot reports an error, the message starting with `what`.
+template <class Draw>
+void draw_on_rgb_image(RgbImage& image, const std::string& what,
+                       const std::vector<PlotColour>& colours, Draw&& draw) {
+  const std::lock_guard<std::mutex> lock(line_plot_mutex());
+  require_plot_device("memcairo");
+  plot_abort_message().clear();
+  {
+    const PlotAbortHandler handler;
+    PlotStream stream;
+    plsdev("memcairo");
+    plsmem(static_cast<PLINT>(image.width), static_cast<PLINT>(image.height), image.pixels.data());
+    plscmap0n(static_cast<PLINT>(colours.size()));
+    for (std::size_t i = 0; i < colours.size(); ++i)
+      plscol0(static_cast<PLINT>(i), colours[i].red, colours[i].green, colours[i].blue);
+    plinit();
+    pladv(0);
+    draw();
+  }
+  if (!plot_abort_message().empty()) throw IoError(what + ": PLplot: " + plot_abort_message());
+}
+
 struct FileCloser {
   void operator()(std::FILE* file) const { std::fclose(file); }
 };

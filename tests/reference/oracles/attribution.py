@@ -111,18 +111,27 @@ def taylor_importance(model, images, labels):
     return torch.stack([(c * c.grad).sum(dim=(2, 3)).abs().sum(dim=0) for c in contexts]).detach()
 
 
-def attribution_case(case: blocks.VitCase, dtype) -> Tensors:
+def classified_case(case: blocks.VitCase, dtype):
+    """The case's model (parameters frozen) and images, the logits, every layer's attention and
+    the predicted classes; and the tensors every such fixture stores: the parameters, `images`
+    and `predicted` under the case's name. Also used by oracles/attribution_tree.py."""
     model, images = blocks.make_vit_case(case, dtype)
     for p in model.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
         logits, clean = attention_forward(model, images)
     predicted = logits.argmax(dim=-1)
-    labels = (predicted + 1) % case.num_classes  # gold labels other than the prediction
     p = case.name + "."
     tensors = blocks.state_dict_of(model, p)
     tensors[p + "images"] = images
     tensors[p + "predicted"] = predicted.to(torch.int64)
+    return model, images, logits, clean, predicted, tensors
+
+
+def attribution_case(case: blocks.VitCase, dtype) -> Tensors:
+    model, images, logits, clean, predicted, tensors = classified_case(case, dtype)
+    labels = (predicted + 1) % case.num_classes  # gold labels other than the prediction
+    p = case.name + "."
     tensors[p + "labels"] = labels.to(torch.int64)
     tensors[p + "probability"] = target_probability(logits, predicted)
     left = riemann_points(LEFT_STEPS, "left")
