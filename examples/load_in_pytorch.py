@@ -28,9 +28,9 @@ operations: post-norm blocks (`norm_first` false, as nn.TransformerEncoderLayer'
 final norm, CLS or average pooling, learned `pos_embed` or none, relu / gelu / tanh-gelu, Linear
 layers without biases (`bias` false). It refuses, with a message naming the key and exit code 2,
 what attnlens computes and PyTorch's modules do not: a `relative_position` other than none, an
-`attention` other than plain softmax (the variants, boosting / twicing), a `residual` other than
-standard (the fidelity residual), and any key it does not know, rather than compute something
-else. Needs only torch; reads and writes safetensors with examples/export_pytorch.py's code.
+`attention` other than plain softmax (the variants, boosting / twicing, positional-only
+`"content": false`), a `residual` other than standard (the fidelity residual), attention-only
+blocks (`mlp_ratio` 0), and any key it does not know, rather than compute something else. Needs only torch; reads and writes safetensors with examples/export_pytorch.py's code.
 """
 
 from __future__ import annotations
@@ -157,6 +157,10 @@ def parse_config(config: dict, where: str = "config.json") -> dict:
     if s["embed_dim"] % s["num_heads"]:
         raise ConfigError(f"{where}: num_heads {s['num_heads']} does not divide embed_dim "
                           f"{s['embed_dim']}")
+    if ratio == 0:
+        raise ConfigError(f"{where}: mlp_ratio 0 (attention-only blocks, without mlp and norm2) "
+                          "cannot be built in PyTorch by this script: timm's Block always has "
+                          "both (attnlens computes them; docs/model-format.md)")
     if not ratio > 0:
         raise ConfigError(f"{where}: mlp_ratio must be > 0, got {ratio}")
     # timm: int(embed_dim * mlp_ratio); within 1e-9 of an integer counts as it (as attnlens).

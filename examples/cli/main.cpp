@@ -16,6 +16,7 @@
 #include "cli/command_eval.hpp"
 #include "cli/command_grad.hpp"
 #include "cli/command_info.hpp"
+#include "cli/command_locality.hpp"
 #include "cli/command_maps.hpp"
 #include "cli/command_mha.hpp"
 #include "cli/command_plot.hpp"
@@ -44,6 +45,7 @@ int main(int argc, char** argv) {
   attnlens::cli::add_eval_command(app);
   attnlens::cli::add_grad_command(app);
   attnlens::cli::add_info_command(app);
+  attnlens::cli::add_locality_command(app);
   attnlens::cli::add_maps_command(app);
   attnlens::cli::add_mha_command(app);
   attnlens::cli::add_plot_command(app);

@@ -5,6 +5,7 @@
 // named parameter.
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -43,23 +44,52 @@ AttentionMask<double> padding() {
   return mask;
 }
 
+// The layer's parameters perturbed (seed), a padded batch 2 x 5 x 8 and a probe of its output
+// (seeds + 1, + 2): every parameter's and the input's gradient against central differences.
+void expect_layer_gradients(TransformerEncoderLayer<double>& layer, std::uint64_t seed) {
+  perturb_parameters(layer, seed);
+  Tensor<double> src = random_normal_tensor({2, 5, 8}, seed + 1);
+  const Tensor<double> probe = random_normal_tensor({2, 5, 8}, seed + 2);
+  const AttentionMask<double> mask = padding();
+  const auto loss = [&] { return probed(layer.forward(src, mask).output, probe); };
+  EncoderLayerCache<double> cache;
+  layer.forward(src, mask, {}, &cache);
+  TransformerEncoderLayer<double> gradient = zeros_like(layer);
+  const auto inputs = layer.backward(cache, probe, gradient);
+  testing::expect_parameter_gradients(layer, gradient, loss);
+  ATTNLENS_EXPECT_GRADIENT(loss, src.data(), src.size(), inputs.src.data(), 1e-6);
+}
+
 TEST(EncoderLayerBackward, BothNormOrdersMatchDifferences) {
   for (bool norm_first : {false, true})
     for (Activation activation : {Activation::relu, Activation::gelu}) {
       SCOPED_TRACE(::testing::Message()
                    << "norm_first " << norm_first << ", " << activation_name(activation));
       TransformerEncoderLayer<double> layer(small_layer_options(norm_first, activation));
-      perturb_parameters(layer, 1);
-      Tensor<double> src = random_normal_tensor({2, 5, 8}, 2);
-      const Tensor<double> probe = random_normal_tensor({2, 5, 8}, 3);
-      const AttentionMask<double> mask = padding();
-      const auto loss = [&] { return probed(layer.forward(src, mask).output, probe); };
-      EncoderLayerCache<double> cache;
-      layer.forward(src, mask, {}, &cache);
-      TransformerEncoderLayer<double> gradient = zeros_like(layer);
-      const auto inputs = layer.backward(cache, probe, gradient);
-      testing::expect_parameter_gradients(layer, gradient, loss);
-      ATTNLENS_EXPECT_GRADIENT(loss, src.data(), src.size(), inputs.src.data(), 1e-6);
+      expect_layer_gradients(layer, 1);
+    }
+}
+
+// Attention-only layers (dim_feedforward 0: no linear1, linear2, norm2), both norm orders, with
+// and without the content term (positional-only scores: a relative position alone).
+TEST(EncoderLayerBackward, AttentionOnlyLayersMatchDifferences) {
+  for (bool norm_first : {false, true})
+    for (bool content : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << "norm_first " << norm_first << ", content " << content);
+      EncoderLayerOptions o = small_layer_options(norm_first, Activation::gelu);
+      o.dim_feedforward = 0;
+      o.content = content;
+      TransformerEncoderLayer<double> layer(o);
+      PositionOptions t5;
+      t5.type = PositionType::t5;
+      layer.set_position(RelativePosition<double>(t5, 8, 2));
+      Index parameters = 0;
+      for_each_parameter(layer, "", [&](const std::string& name, auto&, const auto&...) {
+        EXPECT_TRUE(name.rfind("self_attn.", 0) == 0 || name.rfind("norm1.", 0) == 0) << name;
+        ++parameters;
+      });
+      EXPECT_EQ(parameters, 7);  // in_proj weight, bias; out_proj weight, bias; T5; norm1 x 2
+      expect_layer_gradients(layer, 4);
     }
 }
 
@@ -162,30 +192,59 @@ TEST(EncoderBackward, RelativePositionsAndVariantsMatchDifferences) {
   expect_encoder_gradients("bilateral, sinusoidal, fidelity", sinusoidal, padding());
 }
 
+// A small ViT on 4 x 6 images in 2 x 2 patches, 2 pre-norm GELU blocks, 3 classes: the
+// gradients of a probe of its logits against central differences (seeds: parameters, images,
+// probe).
+VisionTransformerOptions small_vit_options(Index in_chans) {
+  VisionTransformerOptions o;
+  o.image_height = 4;
+  o.image_width = 6;
+  o.patch_size = 2;
+  o.in_chans = in_chans;
+  o.num_classes = 3;
+  o.encoder.layer = small_layer_options(true, Activation::gelu);
+  o.encoder.num_layers = 2;
+  o.encoder.final_norm = true;
+  return o;
+}
+
+void expect_vit_gradients(const VisionTransformerOptions& o, std::uint64_t seed) {
+  VisionTransformer<double> vit(o);
+  perturb_parameters(vit, seed);
+  Tensor<double> images = random_normal_tensor({2, o.in_chans, 4, 6}, seed + 1);
+  const Tensor<double> probe = random_normal_tensor({2, 3}, seed + 2);
+  const auto loss = [&] { return probed(vit.forward(images).logits, probe); };
+  VitCache<double> cache;
+  vit.forward(images, {}, &cache);
+  VisionTransformer<double> gradient = zeros_like(vit);
+  const Tensor<double> dimages = vit.backward(cache, probe, gradient);
+  testing::expect_parameter_gradients(vit, gradient, loss);
+  ATTNLENS_EXPECT_GRADIENT(loss, images.data(), images.size(), dimages.data(), 1e-6);
+}
+
 TEST(VisionTransformerBackward, MatchesDifferences) {
   for (VitPooling pooling : {VitPooling::token, VitPooling::mean}) {
-    VisionTransformerOptions o;
-    o.image_height = 4;
-    o.image_width = 6;
-    o.patch_size = 2;
-    o.in_chans = 2;
-    o.num_classes = 3;
-    o.encoder.layer = small_layer_options(true, Activation::gelu);
-    o.encoder.num_layers = 2;
-    o.encoder.final_norm = true;
+    VisionTransformerOptions o = small_vit_options(2);
     o.pooling = pooling;
     o.relative_position.type = PositionType::quadratic;
-    VisionTransformer<double> vit(o);
-    perturb_parameters(vit, 7);
-    Tensor<double> images = random_normal_tensor({2, 2, 4, 6}, 8);
-    const Tensor<double> probe = random_normal_tensor({2, 3}, 9);
-    const auto loss = [&] { return probed(vit.forward(images).logits, probe); };
-    VitCache<double> cache;
-    vit.forward(images, {}, &cache);
-    VisionTransformer<double> gradient = zeros_like(vit);
-    const Tensor<double> dimages = vit.backward(cache, probe, gradient);
-    testing::expect_parameter_gradients(vit, gradient, loss);
-    ATTNLENS_EXPECT_GRADIENT(loss, images.data(), images.size(), dimages.data(), 1e-6);
+    expect_vit_gradients(o, 7);
+  }
+}
+
+// The three models of the convolution experiment in miniature (docs/interpretability.md):
+// attention-only blocks, mean pooling, and positional-only attention with the quadratic or the
+// learned 2-D encoding, or content attention with a learned absolute table.
+TEST(VisionTransformerBackward, AttentionOnlyPositionalModelsMatchDifferences) {
+  for (const std::string kind : {"quadratic", "learned_2d", "absolute"}) {
+    SCOPED_TRACE(kind);
+    VisionTransformerOptions o = small_vit_options(1);
+    o.encoder.layer.dim_feedforward = 0;
+    o.class_token = false;
+    o.pooling = VitPooling::mean;
+    o.position = kind == "absolute" ? VitPosition::learned : VitPosition::none;
+    o.encoder.layer.content = kind == "absolute";
+    if (kind != "absolute") o.relative_position.type = position_type_from_name(kind);
+    expect_vit_gradients(o, 11);
   }
 }
 

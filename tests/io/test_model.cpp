@@ -419,6 +419,33 @@ TEST_F(Model, AttentionObjectDefaultsAndTwicing) {
   EXPECT_EQ(parsed(R"({"type": "neutreno", "lambda": -0.25})").neutreno_lambda, -0.25);
 }
 
+// "content": false (positional-only attention) reaches the layers and is written back; the
+// variants whose kernel reads the queries refuse it; an encoder's layers always have their
+// feed-forward block (attention-only layers are a ViT's, mlp_ratio 0).
+TEST_F(Model, ContentFlagAndFeedForwardWidth) {
+  const auto config = [](const std::string& extra) {
+    return R"({"model_type": "transformer_encoder", "d_model": 8, "nhead": 2, "num_layers": 1)" +
+           extra + "}";
+  };
+  const io::EncoderModelConfig positional = io::parse_encoder_config(config(
+      R"(, "position": {"type": "t5"}, "attention": {"type": "softmax", "content": false})"));
+  EXPECT_FALSE(positional.encoder.layer.content);
+  EXPECT_TRUE(io::parse_encoder_config(config("")).encoder.layer.content);
+  const nlohmann::json written = nlohmann::json::parse(io::encoder_config_json(positional));
+  EXPECT_EQ(written["attention"], nlohmann::json::parse(R"({"type": "softmax", "content": false})"));
+  EXPECT_FALSE(nlohmann::json::parse(io::encoder_config_json(io::parse_encoder_config(config(""))))
+                   ["attention"].contains("content"));
+  Rng rng(2);
+  const TransformerEncoder<float> encoder(positional.encoder, rng);
+  EXPECT_FALSE(encoder.layers[0].self_attn.options().content);
+  testing::expect_error_naming<IoError>(
+      [&] { io::parse_encoder_config(config(R"(, "attention": {"type": "fourier", "content": false})")); },
+      "attention: content: expected true for fourier");
+  testing::expect_error_naming<IoError>(
+      [&] { io::parse_encoder_config(config(R"(, "dim_feedforward": 0)")); },
+      "dim_feedforward: expected an integer > 0, got 0");
+}
+
 TEST_F(Model, MalformedAttentionObjectNamesTheKey) {
   // Every message names the file, the object and the key: "<dir>/config.json: attention: ...".
   for (const auto& [attention, word] : std::vector<std::pair<std::string, std::string>>{

@@ -155,6 +155,59 @@ TEST_F(VitModel, DropoutRateIsKeptAndWrittenOnlyWhenSet) {
   EXPECT_EQ(io::vit_config_json(config).find("drop"), std::string::npos);
 }
 
+// mlp_ratio 0: attention-only blocks, no mlp.* and no norm2.* (not timm's: timm's Block always has
+// both); "content": false: positional-only attention. Both are written back and load into the
+// same model; the quadratic encoding's init setting round-trips too.
+TEST_F(VitModel, AttentionOnlyPositionalBlocksRoundTrip) {
+  io::VitModelConfig config = io::parse_vit_config(
+      R"({"model_type": "vision_transformer", "img_size": 8, "patch_size": 2, "in_chans": 1,
+          "num_classes": 3, "embed_dim": 12, "depth": 2, "num_heads": 3, "mlp_ratio": 0,
+          "class_token": false, "pos_embed": "none",
+          "relative_position": {"type": "quadratic", "init": "attention-cnn"},
+          "attention": {"type": "softmax", "content": false}})");
+  const VisionTransformerOptions& o = config.vit;
+  EXPECT_EQ(o.encoder.layer.dim_feedforward, 0);
+  EXPECT_FALSE(o.encoder.layer.content);
+  EXPECT_EQ(std::get<std::string>(o.relative_position.extra.at("init")), "attention-cnn");
+  const nlohmann::json written = nlohmann::json::parse(io::vit_config_json(config));
+  EXPECT_EQ(written["mlp_ratio"], 0.0);
+  EXPECT_EQ(written["attention"], nlohmann::json::parse(R"({"type": "softmax", "content": false})"));
+  EXPECT_EQ(written["relative_position"]["init"], "attention-cnn");
+  Rng rng(7);
+  const VisionTransformer<float> vit(o, rng);
+  io::save_vit_model(config, vit, dir_.string());
+  const io::SafeTensors weights = io::SafeTensors::load((dir_ / "model.safetensors").string());
+  for (const auto& name : weights.names()) {
+    EXPECT_EQ(name.find("mlp."), std::string::npos) << name;
+    EXPECT_EQ(name.find("norm2"), std::string::npos) << name;
+  }
+  EXPECT_TRUE(weights.contains("blocks.1.norm1.weight"));
+  EXPECT_TRUE(weights.contains("blocks.1.attn.center_shift"));
+  const VisionTransformer<float> loaded = io::load_vit_model<float>(dir_.string());
+  EXPECT_EQ(loaded.options().encoder.layer.dim_feedforward, 0);
+  EXPECT_FALSE(loaded.blocks[0].self_attn.options().content);
+  Tensor<float> images({2, 1, 8, 8});
+  for (float& v : images.storage()) v = rng.normal<float>();
+  EXPECT_EQ(loaded.forward(images).logits.storage(), vit.forward(images).logits.storage());
+  // Positional-only: every image gets the same attention.
+  EncoderForwardOptions per_head;
+  per_head.weights = AttentionWeights::per_head;
+  const auto maps = loaded.forward(images, per_head).weights;
+  EXPECT_EQ(maps[1].matrix({0, 2}), maps[1].matrix({1, 2}));
+
+  // An attention-only config's mlp_ratio must be 0 exactly; a ratio that rounds the MLP away,
+  // and positional-only attention for a variant whose range kernel needs the queries, are not
+  // taken.
+  write_config([](auto& j) { j["mlp_ratio"] = 0.01; });
+  expect_load_error("mlp_ratio: expected 0 (attention-only blocks) or a number > 0 giving");
+  write_config([](auto& j) { j["attention"] = {{"type", "kde"}, {"content", false}}; });
+  expect_load_error("content: expected true for kde");
+  write_config([](auto& j) { j["attention"] = {{"type", "softmax"}, {"content", 0}}; });
+  expect_load_error("content: expected true or false");
+  write_config([](auto& j) { j["relative_position"] = {{"type", "quadratic"}, {"init", "cnn"}}; });
+  expect_load_error("init: expected \"unit\" or \"attention-cnn\"");
+}
+
 TEST_F(VitModel, SizesAreCheckedAgainstTheWeightsBeforeAllocating) {
   // 2^20 x 2^20 pixels would be a pos_embed of 2^36 floats: refused from the counts.
   write_config([](auto& j) { j["img_size"] = {1 << 20, 1 << 20}; });

@@ -5,6 +5,7 @@
 
 #include "attnlens/attention/multi_head.hpp"
 #include "attnlens/position/quadratic.hpp"
+#include "attnlens/position/registry.hpp"
 #include "support/scalar_types.hpp"
 #include "support/score_terms.hpp"
 
@@ -41,6 +42,39 @@ TYPED_TEST(QuadraticTest, GeneralizedMatchesOracle) {
   term.center_shift = file.get<T>("quadratic_general.center_shift").matrix();
   term.inverse_covariance = file.get<T>("quadratic_general.inverse_covariance").matrix();
   ATTNLENS_EXPECT_CLOSE(term_bias<T>(term, 4, 31, 31), file.get<T>("quadratic_general.bias"), tol);
+}
+
+// The two initialisations: unit (alpha 1, centres N(0, 1)) and attention-cnn's
+// (GaussianSelfAttention, isotropic: centres N(0, 2^2), inverse std s ~ N(1, 0.01^2), which is
+// alpha = s^2 / 2 in the score -alpha (|delta - Delta|^2 - |Delta|^2)). Moments over 20,000 heads.
+TEST(Quadratic, InitialisationsDrawTheirDistributions) {
+  const Index heads = 20000;
+  QuadraticEncoding<double> unit({heads, {3, 3}});
+  QuadraticEncodingOptions cnn_options{heads, {3, 3}};
+  cnn_options.init = QuadraticInit::attention_cnn;
+  QuadraticEncoding<double> cnn(cnn_options);
+  Rng rng(3);
+  unit.reset_parameters(rng);
+  cnn.reset_parameters(rng);
+  const auto std_of = [](const auto& v) {
+    return std::sqrt((v.array() - v.mean()).square().mean());
+  };
+  EXPECT_TRUE((unit.alpha.array() == 1.0).all());
+  EXPECT_NEAR(std_of(unit.center_shift.reshaped()), 1.0, 0.02);
+  EXPECT_NEAR(cnn.center_shift.mean(), 0.0, 0.04);
+  EXPECT_NEAR(std_of(cnn.center_shift.reshaped()), 2.0, 0.04);
+  const Vector<double> s = (2 * cnn.alpha.array()).sqrt().matrix();
+  EXPECT_NEAR(s.mean(), 1.0, 2e-4);
+  EXPECT_NEAR(std_of(s), 0.01, 4e-4);
+  // The registry's setting reaches the factory.
+  PositionOptions options;
+  options.type = PositionType::quadratic;
+  options.grid = {3, 3};
+  options.extra["init"] = std::string("attention-cnn");
+  auto term = position_encoding(PositionType::quadratic).make<double>(options, 8, heads);
+  term->reset_parameters(rng);
+  EXPECT_NEAR(std_of(dynamic_cast<QuadraticEncoding<double>&>(*term).center_shift.reshaped()),
+              2.0, 0.04);
 }
 
 TEST(Quadratic, LargeAlphaPutsTheMassOnTheCenterShift) {

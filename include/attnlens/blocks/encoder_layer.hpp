@@ -1,7 +1,9 @@
 // TransformerEncoderLayer<T>: torch.nn.TransformerEncoderLayer (batch_first) with its parameter
 // names. Post-norm: x = norm1(x + drop(sa(x))); x = norm2(x + drop(ff(x))).
 // Pre-norm (norm_first): x = x + drop(sa(norm1(x))); x = x + drop(ff(norm2(x))). Dropout (also
-// inside ff) is on only in a training forward (EncoderForwardOptions::dropout_key). sa is
+// inside ff) is on only in a training forward (EncoderForwardOptions::dropout_key). With
+// dim_feedforward 0 the layer is attention-only: no ff and no norm2 (x = norm1(x + drop(sa(x))),
+// or x = x + drop(sa(norm1(x)))), as in Cordonnier et al.'s attention-only experiment. sa is
 // docs/math.md section 1, with the layer's relative position encoding, if any, attached to it,
 // and with the attention variant of EncoderLayerOptions::attention (docs/math.md section 2;
 // softmax is PyTorch's).
@@ -34,7 +36,7 @@ namespace attnlens {
 struct EncoderLayerOptions {
   Index d_model = 0;
   Index nhead = 1;
-  Index dim_feedforward = 2048;
+  Index dim_feedforward = 2048;  // 0: attention-only, no feed-forward block and no norm2
   Activation activation = Activation::relu;
   double layer_norm_eps = 1e-5;
   bool norm_first = false;
@@ -46,6 +48,9 @@ struct EncoderLayerOptions {
   // a loaded model runs as it was exported). Not on the attention probabilities (PyTorch also
   // applies it there; attnlens does not yet).
   double dropout = 0;
+  // attnlens addition: false drops self_attn's q.k range kernel, so that its scores are the
+  // position terms alone (MultiHeadAttentionOptions::content: positional-only attention).
+  bool content = true;
 };
 
 struct EncoderForwardOptions {
@@ -113,10 +118,10 @@ class TransformerEncoderLayer {
   explicit TransformerEncoderLayer(const EncoderLayerOptions& options)
       : options_(checked(options)),
         self_attn(attention_options(options)),
-        linear1(LinearOptions{options.d_model, options.dim_feedforward, options.bias}),
-        linear2(LinearOptions{options.dim_feedforward, options.d_model, options.bias}),
+        linear1(feed_forward_linear(options, options.d_model, options.dim_feedforward)),
+        linear2(feed_forward_linear(options, options.dim_feedforward, options.d_model)),
         norm1(LayerNormOptions{options.d_model, options.layer_norm_eps}),
-        norm2(LayerNormOptions{options.d_model, options.layer_norm_eps}) {}
+        norm2(second_norm(options)) {}
 
   TransformerEncoderLayer(const EncoderLayerOptions& options, Rng& rng)
       : TransformerEncoderLayer(options) {
@@ -153,15 +158,19 @@ class TransformerEncoderLayer {
   void reset_parameters(Rng& rng) {
     position.reset_parameters(rng);
     self_attn.reset_parameters(rng);
-    linear1.reset_parameters(rng);
-    linear2.reset_parameters(rng);
+    if (has_feed_forward()) {
+      linear1.reset_parameters(rng);
+      linear2.reset_parameters(rng);
+    }
     norm1 = LayerNorm<T>(LayerNormOptions{d_model(), options_.layer_norm_eps});
-    norm2 = LayerNorm<T>(LayerNormOptions{d_model(), options_.layer_norm_eps});
+    norm2 = second_norm(options_);
   }
 
   const EncoderLayerOptions& options() const { return options_; }
   Index d_model() const { return options_.d_model; }
   Index nhead() const { return options_.nhead; }
+  // false: an attention-only layer (dim_feedforward 0), without linear1, linear2 and norm2.
+  bool has_feed_forward() const { return options_.dim_feedforward > 0; }
 
   // src: B x L x d_model (or unbatched L x d_model). mask: attnlens's typed mask; PyTorch's
   // src_mask and src_key_padding_mask convert with keep_from_torch_mask / read_torch_masks.
@@ -185,10 +194,10 @@ class TransformerEncoderLayer {
 
   // Parameters, named as in PyTorch's state_dict.
   MultiHeadAttention<T> self_attn;
-  Linear<T> linear1;  // d_model -> dim_feedforward
-  Linear<T> linear2;  // dim_feedforward -> d_model
+  Linear<T> linear1;  // d_model -> dim_feedforward (empty in an attention-only layer)
+  Linear<T> linear2;  // dim_feedforward -> d_model (empty in an attention-only layer)
   LayerNorm<T> norm1;
-  LayerNorm<T> norm2;
+  LayerNorm<T> norm2;  // empty in an attention-only layer
   // A relative position encoding attached to self_attn (set_position); its parameters are
   // named under self_attn. (nn.TransformerEncoderLayer has none.)
   RelativePosition<T> position;
@@ -200,16 +209,27 @@ class TransformerEncoderLayer {
     attention.embed_dim = o.d_model;
     attention.num_heads = o.nhead;
     attention.bias = o.bias;
+    attention.content = o.content;
     attention.variant = o.attention;
     return attention;
+  }
+
+  // linear1 or linear2, or an empty Linear in an attention-only layer.
+  static Linear<T> feed_forward_linear(const EncoderLayerOptions& o, Index in, Index out) {
+    if (o.dim_feedforward == 0) return Linear<T>();
+    return Linear<T>(LinearOptions{in, out, o.bias});
+  }
+  static LayerNorm<T> second_norm(const EncoderLayerOptions& o) {
+    if (o.dim_feedforward == 0) return LayerNorm<T>();
+    return LayerNorm<T>(LayerNormOptions{o.d_model, o.layer_norm_eps});
   }
 
   static EncoderLayerOptions checked(const EncoderLayerOptions& o) {
     detail::require_argument(o.d_model > 0, "EncoderLayerOptions::d_model", "> 0", o.d_model);
     detail::require_argument(o.nhead > 0 && o.d_model % o.nhead == 0, "EncoderLayerOptions::nhead",
                              detail::concat("a positive divisor of d_model ", o.d_model), o.nhead);
-    detail::require_argument(o.dim_feedforward > 0, "EncoderLayerOptions::dim_feedforward", "> 0",
-                             o.dim_feedforward);
+    detail::require_argument(o.dim_feedforward >= 0, "EncoderLayerOptions::dim_feedforward",
+                             ">= 0 (0: attention-only)", o.dim_feedforward);
     detail::require_argument(o.layer_norm_eps > 0, "EncoderLayerOptions::layer_norm_eps", "> 0",
                              o.layer_norm_eps);
     check_dropout_probability(o.dropout, "EncoderLayerOptions::dropout");
@@ -270,6 +290,11 @@ EncoderLayerOutput<T> TransformerEncoderLayer<T>::forward(const Tensor<T>& src,
     result.weights = std::move(attention.weights);
     result.values = std::move(attention.values);
     hidden = x + attention_output(attention.output);
+    if (!has_feed_forward()) {
+      y = hidden;
+      if (cache) cache->hidden = std::move(hidden);
+      return result;
+    }
     const Matrix<T> normed2 = norm2.forward(hidden, cache ? &cache->norm2 : nullptr);
     feed_forward<T>(linear1, options_.activation, linear2, normed2, y,
                     cache ? &cache->feed_forward : nullptr, options.parallel, dropout.part(1));
@@ -281,6 +306,11 @@ EncoderLayerOutput<T> TransformerEncoderLayer<T>::forward(const Tensor<T>& src,
     result.values = std::move(attention.values);
     hidden = x + attention_output(attention.output);
     norm1.forward(hidden, hidden, cache ? &cache->norm1 : nullptr);
+    if (!has_feed_forward()) {
+      y = hidden;
+      if (cache) cache->hidden = std::move(hidden);
+      return result;
+    }
     feed_forward<T>(linear1, options_.activation, linear2, hidden, y,
                     cache ? &cache->feed_forward : nullptr, options.parallel, dropout.part(1));
     dropout.part(2).apply<T>(y);
@@ -323,6 +353,17 @@ EncoderLayerInputGradients<T> TransformerEncoderLayer<T>::backward(
   EncoderLayerInputGradients<T> result;
   result.src = Tensor<T>(doutput.shape());
   MatrixMap<T> dx(result.src.data(), n, E);
+  if (!has_feed_forward()) {
+    // Attention-only: y = x + sa(norm1(x)), or y = norm1(x + sa(x)).
+    Matrix<T> du = dy;
+    if (!options_.norm_first) du = norm1.backward(cache.norm1, du, gradient.norm1);
+    auto attention = attention_backward(du);
+    dx = du + (options_.norm_first ? norm1.backward(cache.norm1, attention.query, gradient.norm1)
+                                   : attention.query);
+    result.first_values = std::move(attention.first_values);
+    result.attention = std::move(attention.attention);
+    return result;
+  }
   if (options_.norm_first) {
     // y = h + ff(norm2(h)), h = x + sa(norm1(x)). The feed-forward's input is rebuilt from
     // norm2's cache.
@@ -356,13 +397,16 @@ EncoderLayerInputGradients<T> TransformerEncoderLayer<T>::backward(
 
 // In nn.TransformerEncoderLayer's state_dict order; a relative position's parameters follow
 // self_attn's, under self_attn (self_attn's walk visits its attached terms; docs/model-format.md).
+// An attention-only layer has self_attn and norm1 alone.
 template <class T, class F>
 void for_each_parameter(TransformerEncoderLayer<T>& layer, const std::string& prefix, F&& f) {
   for_each_parameter(layer.self_attn, prefix + "self_attn.", f);
-  for_each_parameter(layer.linear1, prefix + "linear1.", f);
-  for_each_parameter(layer.linear2, prefix + "linear2.", f);
+  if (layer.has_feed_forward()) {
+    for_each_parameter(layer.linear1, prefix + "linear1.", f);
+    for_each_parameter(layer.linear2, prefix + "linear2.", f);
+  }
   for_each_parameter(layer.norm1, prefix + "norm1.", f);
-  for_each_parameter(layer.norm2, prefix + "norm2.", f);
+  if (layer.has_feed_forward()) for_each_parameter(layer.norm2, prefix + "norm2.", f);
 }
 
 #ifdef ATTNLENS_COMPILED

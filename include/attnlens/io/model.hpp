@@ -153,8 +153,11 @@ inline constexpr const char* k_attention_type_names =
     "\"softmax\", \"twicing\", \"bilateral\", \"kde\", \"robust_kde\", \"fourier\", "
     "\"elliptical\", \"neutreno\"";
 
-// "attention": {"type": ..., "boost": k, the type's parameters} (docs/model-format.md).
-inline AttentionVariantOptions parse_attention_config(const ConfigReader& reader) {
+// "attention": {"type": ..., "boost": k, the type's parameters, "content": flag}
+// (docs/model-format.md). "content" (default true; false: positional-only attention,
+// EncoderLayerOptions::content) is read into *content; without `content` it is an unknown key.
+inline AttentionVariantOptions parse_attention_config(const ConfigReader& reader,
+                                                      bool* content = nullptr) {
   AttentionVariantOptions out;
   const auto type = reader.get<std::string>("type");
   const auto positive = [&](const char* key, double value) {
@@ -207,13 +210,25 @@ inline AttentionVariantOptions parse_attention_config(const ConfigReader& reader
     case AttentionVariantType::kde:
       break;  // no parameters
   }
+  if (content) {
+    *content = reader.get<bool>("content", true);
+    if (!*content && needs_content(out.type))
+      reader.fail("content",
+                  concat("true for ", attention_variant_name(out.type),
+                         " (its range kernel reads the queries and keys); false is for softmax "
+                         "and bilateral attention"),
+                  "false");
+  }
   reader.reject_unknown_keys();
   return out;
 }
 
-inline nlohmann::ordered_json attention_config_json(const AttentionVariantOptions& o) {
+// The "attention" object; "content": false is written for positional-only attention only.
+inline nlohmann::ordered_json attention_config_json(const AttentionVariantOptions& o,
+                                                    bool content = true) {
   nlohmann::ordered_json json{{"type", attention_variant_name(o.type)}};
   if (o.boost) json["boost"] = o.boost;
+  if (!content) json["content"] = false;
   switch (o.type) {
     case AttentionVariantType::bilateral:
       json["kernel"] = distance_kernel_name(o.domain.type);
@@ -337,6 +352,10 @@ inline EncoderModelConfig parse_encoder_config(const std::string& text,
   layer.nhead = config.get<Index>("nhead");
   out.encoder.num_layers = config.get<Index>("num_layers");
   layer.dim_feedforward = config.get<Index>("dim_feedforward", layer.dim_feedforward);
+  // nn.TransformerEncoderLayer always has its feed-forward block and norm2; attention-only
+  // layers are a ViT's (mlp_ratio 0).
+  if (layer.dim_feedforward <= 0)
+    config.fail("dim_feedforward", "an integer > 0", detail::concat(layer.dim_feedforward));
   const auto activation = config.get<std::string>("activation", "relu");
   try {
     layer.activation = activation_from_name(activation, "activation");
@@ -348,7 +367,8 @@ inline EncoderModelConfig parse_encoder_config(const std::string& text,
   layer.bias = config.get<bool>("bias", true);
   out.encoder.final_norm = config.get<bool>("final_norm", false);
   out.encoder.position = detail::parse_sequence_position_config(config.object("position", "none"));
-  layer.attention = detail::parse_attention_config(config.object("attention", "softmax"));
+  layer.attention =
+      detail::parse_attention_config(config.object("attention", "softmax"), &layer.content);
   out.encoder.residual = detail::parse_residual_config(config.object("residual", "standard"));
   config.reject_unknown_keys();
   return out;
@@ -369,7 +389,7 @@ inline std::string encoder_config_json(const EncoderModelConfig& config) {
   json["bias"] = o.layer.bias;
   json["final_norm"] = o.final_norm;
   json["position"] = detail::position_config_json(o.position);
-  json["attention"] = detail::attention_config_json(o.layer.attention);
+  json["attention"] = detail::attention_config_json(o.layer.attention, o.layer.content);
   json["residual"] = detail::residual_config_json(o.residual);
   return json.dump(2) + "\n";
 }
@@ -456,7 +476,7 @@ namespace detail {
 inline Index minimum_parameter_count(const EncoderOptions& o, const std::string& where) {
   const EncoderLayerOptions& layer = o.layer;
   if (layer.d_model <= 0 || layer.nhead <= 0 || layer.d_model % layer.nhead != 0 ||
-      layer.dim_feedforward <= 0 || o.num_layers <= 0)
+      layer.dim_feedforward < 0 || o.num_layers <= 0)
     return 0;
   // Each product is named by the keys it comes from, the sums by what they total.
   const auto mul = [&](std::initializer_list<Index> sizes, const char* keys) {
@@ -466,7 +486,8 @@ inline Index minimum_parameter_count(const EncoderOptions& o, const std::string&
     return attnlens::detail::checked_add<IoError>(a, b, where + ": the parameter count");
   };
   const Index E = layer.d_model;
-  // in_proj_weight (3E x E), out_proj.weight (E x E), linear1 and linear2 (FF x E each).
+  // in_proj_weight (3E x E), out_proj.weight (E x E), linear1 and linear2 (FF x E each; none
+  // in an attention-only layer).
   Index per_layer = add(mul({4, E, E}, "4 d_model^2 (in_proj, out_proj)"),
                         mul({2, E, layer.dim_feedforward}, "2 d_model dim_feedforward"));
   const PositionOptions& p = o.position;

@@ -124,12 +124,18 @@ inline VitModelConfig parse_vit_config(const std::string& text,
   layer.nhead = config.get<Index>("num_heads");
   // timm: hidden = int(embed_dim * mlp_ratio); a ratio that lands within 1e-9 of an integer
   // counts as that integer, so that 128 / 192 * 192 is 128 and not 127.
+  // 0: attention-only blocks, without mlp and norm2 (not timm's: timm's Block always has both).
   const double ratio = config.get<double>("mlp_ratio", 4.0);
   const double hidden = ratio * static_cast<double>(layer.d_model);
-  if (!(ratio > 0) || !(hidden < 1e15))
-    config.fail("mlp_ratio", "a number > 0 (hidden width = int(embed_dim * mlp_ratio))",
+  const auto bad_ratio = [&] {
+    config.fail("mlp_ratio",
+                "0 (attention-only blocks) or a number > 0 giving a hidden width "
+                "int(embed_dim * mlp_ratio) >= 1",
                 concat(ratio));
+  };
+  if (!(ratio >= 0) || !(hidden < 1e15)) bad_ratio();  // before the cast: NaN, huge, negative
   layer.dim_feedforward = static_cast<Index>(std::floor(hidden + 1e-9));
+  if (ratio > 0 && layer.dim_feedforward < 1) bad_ratio();
   const auto activation = config.get<std::string>("activation", "gelu");
   try {
     layer.activation = activation_from_name(activation, "activation");
@@ -162,7 +168,8 @@ inline VitModelConfig parse_vit_config(const std::string& text,
   o.position = pos_embed == "learned" ? VitPosition::learned : VitPosition::none;
   o.relative_position =
       detail::parse_grid_position_config(config.object("relative_position", "none"));
-  layer.attention = detail::parse_attention_config(config.object("attention", "softmax"));
+  layer.attention =
+      detail::parse_attention_config(config.object("attention", "softmax"), &layer.content);
   o.encoder.residual = detail::parse_residual_config(config.object("residual", "standard"));
   if (config.has("mean") || config.has("std")) {
     if (o.in_chans <= 0) config.fail("in_chans", "an integer > 0", concat(o.in_chans));
@@ -208,7 +215,7 @@ inline std::string vit_config_json(const VitModelConfig& config) {
   json["global_pool"] = o.pooling == VitPooling::token ? "token" : "avg";
   json["pos_embed"] = o.position == VitPosition::learned ? "learned" : "none";
   json["relative_position"] = detail::position_config_json(o.relative_position);
-  json["attention"] = detail::attention_config_json(layer.attention);
+  json["attention"] = detail::attention_config_json(layer.attention, layer.content);
   json["residual"] = detail::residual_config_json(o.encoder.residual);
   if (!config.mean.empty()) {
     json["mean"] = config.mean;

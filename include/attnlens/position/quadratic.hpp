@@ -9,25 +9,48 @@
 
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/init.hpp"
+#include "attnlens/core/names.hpp"
 #include "attnlens/core/types.hpp"
 #include "attnlens/position/relative_grid_term.hpp"
 
 namespace attnlens {
 
+// How reset_parameters draws the isotropic encoding's parameters.
+enum class QuadraticInit {
+  unit,           // alpha_h = 1, Delta_h ~ N(0, 1)
+  // Cordonnier et al.'s code (attention-cnn, GaussianSelfAttention, isotropic): centres
+  // ~ N(0, gaussian_init_mu_std^2 = 2^2) and an inverse standard deviation s_h ~ N(1, 0.01^2)
+  // per head, whose score -(s_h^2 / 2) |delta - Delta_h|^2 is alpha_h = s_h^2 / 2 here.
+  attention_cnn,
+};
+
+inline constexpr Named<QuadraticInit> k_quadratic_init_names[] = {
+    {QuadraticInit::unit, "unit"}, {QuadraticInit::attention_cnn, "attention-cnn"}};
+
 struct QuadraticEncodingOptions {
   Index num_heads = 1;
   Grid2d queries;
   std::optional<Grid2d> keys = std::nullopt;  // default: the query grid (self-attention)
+  QuadraticInit init = QuadraticInit::unit;   // reset_parameters' draw
 };
 
 // Isotropic: parameters alpha_h and Delta_h.
 template <class T>
 class QuadraticEncoding final : public RelativeGridTerm<T> {
  public:
-  // alpha = 1 and centres N(0, 1), as Cordonnier et al.'s code.
+  // QuadraticEncodingOptions::init: alpha = 1 and centres N(0, 1), or attention-cnn's draw.
   void reset_parameters(Rng& rng) override {
-    alpha.setOnes();
-    init::normal(center_shift, rng);
+    if (init_ == QuadraticInit::unit) {
+      alpha.setOnes();
+      init::normal(center_shift, rng);
+      return;
+    }
+    for (Index h = 0; h < center_shift.rows(); ++h)
+      for (Index c = 0; c < 2; ++c) center_shift(h, c) = rng.normal<T>(T(0), T(2));
+    for (Index h = 0; h < alpha.size(); ++h) {
+      const T s = rng.normal<T>(T(1), T(0.01));
+      alpha[h] = s * s / T(2);
+    }
   }
   std::shared_ptr<KernelFactor<T>> clone() const override {
     return std::make_shared<QuadraticEncoding>(*this);
@@ -41,7 +64,8 @@ class QuadraticEncoding final : public RelativeGridTerm<T> {
   explicit QuadraticEncoding(const QuadraticEncodingOptions& options)
       : RelativeGridTerm<T>(options.queries, options.keys.value_or(options.queries)),
         alpha(Vector<T>::Zero(options.num_heads)),
-        center_shift(Matrix<T>::Zero(options.num_heads, 2)) {
+        center_shift(Matrix<T>::Zero(options.num_heads, 2)),
+        init_(options.init) {
     detail::require_argument(options.num_heads > 0, "QuadraticEncodingOptions::num_heads", "> 0",
                              options.num_heads);
   }
@@ -77,6 +101,9 @@ class QuadraticEncoding final : public RelativeGridTerm<T> {
     into.center_shift(head, 0) += T(2) * alpha[head] * d_row;
     into.center_shift(head, 1) += T(2) * alpha[head] * d_col;
   }
+
+ private:
+  QuadraticInit init_;
 };
 
 // Generalized: parameters mu_h and Sigma_h^-1 (a 2 x 2 matrix stored as a row of 4, row-major).

@@ -161,12 +161,21 @@ ATTNLENS_COMPILED_INLINE std::vector<PositionEncoding> builtin_position_encoding
 
   auto quadratic = position_entry(PositionType::quadratic, PositionKind::grid,
                                   "Cordonnier et al. 2020: a Gaussian bump per head");
+  PositionSetting quadratic_init = extra_setting(
+      "init",
+      "the initialisation: unit (alpha 1, centres N(0, 1)) or attention-cnn (centres N(0, 4), "
+      "alpha = s^2 / 2 with s ~ N(1, 0.01^2))",
+      std::string(name_of(k_quadratic_init_names, QuadraticInit::unit)));
+  for (const auto& entry : k_quadratic_init_names) quadratic_init.choices.push_back(entry.name);
+  quadratic.settings = {quadratic_init};
   quadratic.parameters = [](const PositionOptions&, Index, Index heads, const std::string&) {
     return std::vector<ParameterShape>{{"alpha", {heads}}, {"center_shift", {heads, 2}}};
   };
-  set_factory(quadratic, [](auto t, const PositionOptions& o, Index, Index heads) {
-    return std::make_shared<QuadraticEncoding<decltype(t)> >(
-        QuadraticEncodingOptions{heads, o.grid});
+  set_factory(quadratic, [quadratic_init](auto t, const PositionOptions& o, Index, Index heads) {
+    QuadraticEncodingOptions options{heads, o.grid};
+    options.init = value_named(k_quadratic_init_names,
+                               std::get<std::string>(quadratic_init.get(o)), "quadratic init");
+    return std::make_shared<QuadraticEncoding<decltype(t)> >(options);
   });
   all.push_back(quadratic);
 

@@ -434,6 +434,8 @@ def check_refusals(tmp: Path, config_text: str) -> None:
             ({"relative_position": {"type": "quadratic"}}, ("relative_position", "quadratic")),
             ({"attention": {"type": "bilateral"}}, ("attention", "bilateral")),
             ({"attention": {"type": "softmax", "boost": 1}}, ("attention", "boost")),
+            ({"attention": {"type": "softmax", "content": False}}, ("attention", "content")),
+            ({"mlp_ratio": 0}, ("mlp_ratio 0", "attention-only")),
             ({"residual": {"type": "fidelity", "lambda": 0.5}}, ("residual", "fidelity")),
             ({"qkv_bias": True}, ("unknown key", "qkv_bias"))):
         (tmp / "model" / "config.json").write_text(json.dumps({**base, **edit}))
