@@ -74,9 +74,12 @@ TEST(AttributionTrigger, BadArgumentsAreNamed) {
                                      "patch_count: expected >= 1, got 0");
   expect_error_naming<ArgumentError>([] { trigger_patch_scores({tree_a()}, 4, 0); },
                                      "edges_per_tree: expected >= 1, got 0");
-  expect_error_naming<ArgumentError>([] { trigger_patch_scores({tree_b(), tree_a()}, 3, 3); },
-                                     "trees[0]: expected edges between tokens 0..3, got an edge "
-                                     "4 -> 3");
+  expect_error_naming<ArgumentError>(
+      [] {
+        trigger_patch_scores({tree_b(), tree_a()}, 3, 3);
+      },
+      "trees[0]: expected edges between tokens 0..3, got an edge "
+      "4 -> 3");
   expect_error_naming<ArgumentError>([] { trigger_patch_scores({tree_a()}, 4, 3, Index{5}); },
                                      "class_token: expected a token in 0..4 or none, got 5");
   expect_error_naming<ArgumentError>([] { select_trigger_patches(Vector<double>::Zero(3), 4); },
@@ -140,7 +143,10 @@ TEST(AttributionTrigger, MeanImageAndPastePatchesPixelByPixel) {
   expect_error_naming<ArgumentError>([&] { paste_patches(images, content, {0}, 3); },
                                      "patch_size: expected a divisor of 4 and 6, got 3");
   expect_error_naming<ShapeError>(
-      [&] { paste_patches(images, counting({1, 4, 6}, 0), {0}, 2); }, "content");
+      [&] {
+        paste_patches(images, counting({1, 4, 6}, 0), {0}, 2);
+      },
+      "content");
   expect_error_naming<ShapeError>([&] { mean_image(counting({0, 1, 4, 6}, 0)); }, "images");
 }
 
@@ -169,10 +175,10 @@ TEST_F(TriggerOnVit, BatchedTreesAreTheTreesOfEachImage) {
   ASSERT_EQ(trees.size(), 5u);
   for (Index b = 0; b < 5; ++b) {
     SCOPED_TRACE(b);
-    const AttributionTree one = attribution_tree(
-        layer_attributions_of_image(vit_, images_, b, targets[static_cast<std::size_t>(b)],
-                                    attribution),
-        options);
+    const AttributionTree one =
+        attribution_tree(layer_attributions_of_image(
+                             vit_, images_, b, targets[static_cast<std::size_t>(b)], attribution),
+                         options);
     const AttributionTree& got = trees[static_cast<std::size_t>(b)];
     EXPECT_EQ(got.root, one.root);
     EXPECT_EQ(got.nodes, one.nodes);

@@ -33,8 +33,8 @@ struct TriggerOptions {
   // tree; 20 (the attribution default) keeps ten classes x 20 trees quick, and only the few
   // strongest edges of each tree are used here (docs/interpretability.md).
   Index steps = 20;
-  double tau = 0.4;    // the trees' threshold (AttributionTreeOptions::tau)
-  Index draws = 5;     // random placements the trigger is compared with
+  double tau = 0.4;        // the trees' threshold (AttributionTreeOptions::tau)
+  Index draws = 5;         // random placements the trigger is compared with
   std::uint64_t seed = 0;  // draw d uses PortableRng(seed + d)
   ParallelOptions parallel;
 };
@@ -157,10 +157,10 @@ Tensor<T> paste_patches(const Tensor<T>& images, const Tensor<T>& content,
   detail::require_shape(images.rank() == 4, "images", "[B, C, H, W]",
                         detail::shape_string(images.shape()));
   const Index C = images.dim(1), H = images.dim(2), W = images.dim(3);
-  detail::require_shape(content.rank() == 3 && content.dim(0) == C && content.dim(1) == H &&
-                            content.dim(2) == W,
-                        "content", detail::concat("[", C, ", ", H, ", ", W, "] (an image's)"),
-                        detail::shape_string(content.shape()));
+  detail::require_shape(
+      content.rank() == 3 && content.dim(0) == C && content.dim(1) == H && content.dim(2) == W,
+      "content", detail::concat("[", C, ", ", H, ", ", W, "] (an image's)"),
+      detail::shape_string(content.shape()));
   detail::require_argument(patch_size >= 1 && H % patch_size == 0 && W % patch_size == 0,
                            "patch_size", detail::concat("a divisor of ", H, " and ", W),
                            patch_size);
@@ -236,8 +236,9 @@ AttributionTrigger<T> attribution_trigger(const VisionTransformer<T>& model,
   attribution.steps = options.steps;
   attribution.parallel = options.parallel;
   AttributionTrigger<T> trigger;
-  trigger.trees = attribution_trees(model, sources, std::vector<Index>(static_cast<std::size_t>(B), target),
-                                    tree_options, attribution);
+  trigger.trees =
+      attribution_trees(model, sources, std::vector<Index>(static_cast<std::size_t>(B), target),
+                        tree_options, attribution);
   trigger.scores = trigger_patch_scores(trigger.trees, patch_count, options.edges_per_tree,
                                         tree_options.class_token);
   trigger.patches = select_trigger_patches(trigger.scores, options.patches);
@@ -265,7 +266,8 @@ TriggerOutcome trigger_outcome(const VisionTransformer<T>& model, const Tensor<T
                            target);
   EncoderForwardOptions forward;
   forward.parallel = parallel;
-  const std::vector<Index> predicted = predicted_classes_batched(model, images, batch_size, forward);
+  const std::vector<Index> predicted =
+      predicted_classes_batched(model, images, batch_size, forward);
   Index correct = 0, as_target = 0;
   for (std::size_t i = 0; i < predicted.size(); ++i) {
     correct += predicted[i] == labels[i];
