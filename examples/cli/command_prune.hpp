@@ -121,12 +121,7 @@ inline void write_plot(const std::string& path, const std::vector<double>& fract
 inline void run(const PruneArguments& args) {
   const io::VitModelConfig config = io::load_vit_config(args.model);
   const VisionTransformerOptions& o = config.vit;
-  if (o.num_classes == 0 || o.in_chans != 1 || o.image_height != io::k_fashion_mnist_side ||
-      o.image_width != io::k_fashion_mnist_side)
-    throw ArgumentError(detail::concat(
-        "--model: expected a Fashion-MNIST classifier (1 x 28 x 28 images, a head), got '",
-        args.model, "' with ", o.in_chans, " x ", o.image_height, " x ", o.image_width,
-        " images and ", o.num_classes, " classes"));
+  require_fashion_mnist_classifier(config, args.model);
   AttributionOptions options;
   options.steps = args.steps;
   options.rule = value_named(k_riemann_rule_names, args.rule, "--rule");

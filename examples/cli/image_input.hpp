@@ -13,6 +13,7 @@
 #include "attnlens/core/errors.hpp"
 #include "attnlens/core/tensor.hpp"
 #include "attnlens/image/augment.hpp"
+#include "attnlens/io/fashion_mnist.hpp"
 #include "attnlens/io/idx.hpp"
 #include "attnlens/io/png.hpp"
 #include "attnlens/io/safetensors.hpp"
@@ -135,6 +136,19 @@ inline void require_vit_classifier(const io::VitModelConfig& config, const std::
   if (target_given)
     detail::require_argument(target >= 0 && target < classes, "--class",
                              detail::concat("a class in 0..", classes - 1), target);
+}
+
+// Throws ArgumentError naming --model unless the ViT classifies Fashion-MNIST's images (1 x 28 x
+// 28, a head).
+inline void require_fashion_mnist_classifier(const io::VitModelConfig& config,
+                                             const std::string& model) {
+  const VisionTransformerOptions& o = config.vit;
+  if (o.num_classes == 0 || o.in_chans != 1 || o.image_height != io::k_fashion_mnist_side ||
+      o.image_width != io::k_fashion_mnist_side)
+    throw ArgumentError(detail::concat(
+        "--model: expected a Fashion-MNIST classifier (1 x 28 x 28 images, a head), got '", model,
+        "' with ", o.in_chans, " x ", o.image_height, " x ", o.image_width, " images and ",
+        o.num_classes, " classes"));
 }
 
 // The --model (a ViT classifier's directory) and --input (its images, read_vit_images) options

@@ -24,6 +24,7 @@
 #include "cli/command_study.hpp"
 #include "cli/command_train.hpp"
 #include "cli/command_tree.hpp"
+#include "cli/command_trigger.hpp"
 #include "cli/errors.hpp"
 
 int main(int argc, char** argv) {
@@ -53,6 +54,7 @@ int main(int argc, char** argv) {
   attnlens::cli::add_study_command(app);
   attnlens::cli::add_train_command(app);
   attnlens::cli::add_tree_command(app);
+  attnlens::cli::add_trigger_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -5,8 +5,6 @@
 // --help names every option; bad options are one line and exit code 2.
 #include <gtest/gtest.h>
 
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -15,56 +13,25 @@
 #include "attnlens/io/png.hpp"
 #include "attnlens/io/vit_model.hpp"
 #include "attnlens/train/classifier_training.hpp"
-#include "support/cli_test.hpp"
-#include "support/vit_models.hpp"
+#include "support/vit_cli_test.hpp"
 
 namespace attnlens {
 namespace {
 
 using testing::run_cli;
 
-class CliPrune : public testing::CliTest {
+class CliPrune : public testing::FashionMnistVitCliTest {
  protected:
-  void SetUp() override {
-    testing::CliTest::SetUp();
-    if (IsSkipped()) return;
-    config_ = testing::fashion_mnist_vit_config(/*num_layers*/ 2);
-    Rng rng(43);
-    io::save_vit_model(config_, VisionTransformer<float>(config_.vit, rng), path("vit"));
-  }
-
   std::string prune(const std::string& options) const {
     return "prune --model " + path("vit") + " --examples 6 --limit 40 --steps 3 --threads 1 " +
            "--output " + path("curves.csv") + " --plot " + path("curves.png") + " " + options;
   }
-
-  // The first `count` images of a split, normalized as the model sees them.
-  ImageDataset<float> prune_data(io::FashionMnistSplit split, Index count) const {
-    io::FashionMnistOptions options;
-    options.normalization = ImageNormalization{config_.mean, config_.std};
-    return first_examples(io::load_fashion_mnist<float>(split, options), count);
-  }
-
-  io::VitModelConfig config_;
 };
-
-// The CSV's lines split at commas.
-std::vector<std::vector<std::string>> prune_csv_rows(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<std::vector<std::string>> rows;
-  for (std::string line; std::getline(in, line);) {
-    std::vector<std::string> fields;
-    std::istringstream fields_in(line);
-    for (std::string field; std::getline(fields_in, field, ',');) fields.push_back(field);
-    rows.push_back(fields);
-  }
-  return rows;
-}
 
 TEST_F(CliPrune, CurvesStartCleanEndWithEveryHeadZeroedAndFollowTheLibrary) {
   const auto run = run_cli(prune("--seed 4"));
   ASSERT_EQ(run.exit_code, 0) << run.output;
-  const auto rows = prune_csv_rows(path("curves.csv"));
+  const auto rows = testing::csv_rows(path("curves.csv"));
   ASSERT_EQ(rows.size(), 12u);
   EXPECT_EQ(rows[0], (std::vector<std::string>{"fraction", "heads_pruned", "attribution",
                                                "attention", "taylor", "random", "random_std"}));
@@ -76,8 +43,8 @@ TEST_F(CliPrune, CurvesStartCleanEndWithEveryHeadZeroedAndFollowTheLibrary) {
   }
 
   const VisionTransformer<float> vit = io::load_vit_model<float>(path("vit"));
-  const ImageDataset<float> test = prune_data(io::FashionMnistSplit::test, 40);
-  const ImageDataset<float> train = prune_data(io::FashionMnistSplit::train, 6);
+  const ImageDataset<float> test = fashion_mnist_split(io::FashionMnistSplit::test, 40);
+  const ImageDataset<float> train = fashion_mnist_split(io::FashionMnistSplit::train, 6);
   const double clean = evaluate_classifier(vit, test, 40).accuracy;
   const auto none = std::vector<std::vector<double>>(2, std::vector<double>(2, 0.0));
   const double zeroed = head_scaled_accuracy(vit, test.images, test.labels, none);

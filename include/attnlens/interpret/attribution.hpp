@@ -9,6 +9,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <vector>
 
 #include "attnlens/blocks/vision_transformer.hpp"
@@ -165,6 +166,24 @@ std::vector<Index> predicted_classes(const VisionTransformer<T>& model, const Te
   std::vector<Index> classes(static_cast<std::size_t>(out.logits.dim(0)));
   for (Index b = 0; b < out.logits.dim(0); ++b)
     out.logits.matrix().row(b).maxCoeff(&classes[static_cast<std::size_t>(b)]);
+  return classes;
+}
+
+// predicted_classes of `images` in batches of batch_size (>= 1) images.
+template <class T>
+std::vector<Index> predicted_classes_batched(const VisionTransformer<T>& model,
+                                             const Tensor<T>& images, Index batch_size,
+                                             const EncoderForwardOptions& forward = {}) {
+  detail::require_argument(batch_size >= 1, "batch_size", ">= 1", batch_size);
+  const Index N = images.dim(0), per_image = images.size() / std::max<Index>(N, 1);
+  std::vector<Index> classes;
+  for (Index begin = 0; begin < N; begin += batch_size) {
+    const Index n = std::min(batch_size, N - begin);
+    Tensor<T> batch({n, images.dim(1), images.dim(2), images.dim(3)});
+    std::copy_n(images.data() + begin * per_image, n * per_image, batch.data());
+    const std::vector<Index> predicted = predicted_classes(model, batch, forward);
+    classes.insert(classes.end(), predicted.begin(), predicted.end());
+  }
   return classes;
 }
 

@@ -167,21 +167,14 @@ double head_scaled_accuracy(const VisionTransformer<T>& model, const Tensor<T>& 
                             const std::vector<std::vector<double>>& head_scales,
                             Index batch_size = 500, const ParallelOptions& parallel = {}) {
   detail::check_targets(model, images, labels);
-  detail::require_argument(batch_size >= 1, "batch_size", ">= 1", batch_size);
   EncoderForwardOptions forward;
   forward.parallel = parallel;
   forward.head_scales = head_scales;
-  const Index N = images.dim(0), per_image = images.size() / std::max<Index>(N, 1);
+  const std::vector<Index> predicted = predicted_classes_batched(model, images, batch_size, forward);
   Index correct = 0;
-  for (Index begin = 0; begin < N; begin += batch_size) {
-    const Index n = std::min(batch_size, N - begin);
-    Tensor<T> batch({n, images.dim(1), images.dim(2), images.dim(3)});
-    std::copy_n(images.data() + begin * per_image, n * per_image, batch.data());
-    const std::vector<Index> predicted = predicted_classes(model, batch, forward);
-    for (Index i = 0; i < n; ++i)
-      correct += predicted[static_cast<std::size_t>(i)] == labels[static_cast<std::size_t>(begin + i)];
-  }
-  return N > 0 ? static_cast<double>(correct) / static_cast<double>(N) : 0.0;
+  for (std::size_t i = 0; i < predicted.size(); ++i) correct += predicted[i] == labels[i];
+  return predicted.empty() ? 0.0
+                           : static_cast<double>(correct) / static_cast<double>(predicted.size());
 }
 
 }  // namespace attnlens
