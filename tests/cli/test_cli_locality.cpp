@@ -91,7 +91,10 @@ TEST_F(CliLocality, TablesAreTheLibrarysOnTheSameImages) {
   const nlohmann::json json = nlohmann::json::parse(json_in);
   EXPECT_EQ(json["images"], 4);
   EXPECT_EQ(json["queries"], 4 * 9);
-  EXPECT_NEAR(json["within_1"][1][0].get<double>(), expected.within_1()(1, 0), 1e-9);
+  // The JSON keeps every digit, but the CLI is another binary, built with -march=native while
+  // the tests are not: its float attention differs from the library's here by a few ulps
+  // (3.1e-9 seen with ATTNLENS_NO_AVX512=1), as for the CSV's rows above.
+  EXPECT_NEAR(json["within_1"][1][0].get<double>(), expected.within_1()(1, 0), 1e-6);
 
   int width = 0, height = 0, channels = 0;
   ASSERT_TRUE(stbi_info(path("maps.png").c_str(), &width, &height, &channels));
