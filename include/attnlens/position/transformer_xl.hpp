@@ -8,7 +8,6 @@
 #include <string>
 
 #include "attnlens/core/errors.hpp"
-#include "attnlens/core/gemm.hpp"
 #include "attnlens/core/init.hpp"
 #include "attnlens/core/scratch.hpp"
 #include "attnlens/core/types.hpp"
@@ -108,7 +107,7 @@ class TransformerXlRelativePosition final : public ScoreTerm<T> {
     into->r_r_bias.row(head).noalias() += per_distance * distances.projected;
     dprojected.noalias() += per_distance.transpose() * r_r_bias.row(head);
     // On SerialGemm, as the product below: Eigen's would fork threads from a one-thread caller.
-    SerialGemm<T>(d, distances.embeddings.cols(), distances.count)
+    detail::scratch_gemm<T, 1>(d, distances.embeddings.cols(), distances.count)
         .add_transposed_product(T(1), dprojected, distances.embeddings,
                                 into->r_net.weight.middleRows(head * d, d));
   }
@@ -135,7 +134,7 @@ class TransformerXlRelativePosition final : public ScoreTerm<T> {
     // SerialGemm: tiles run inside the caller's threads, and Eigen's product would fork OpenMP
     // threads of its own when the caller runs one (the other cores busy, it then spins).
     projected.setZero();
-    SerialGemm<T>(count, d, r_net.in_features())
+    detail::scratch_gemm<T, 0>(count, d, r_net.in_features())
         .add_product_transposed(T(1), embeddings, r_net.weight.middleRows(at.head * d, d),
                                 projected);
     return {count, embeddings, projected};
