@@ -191,6 +191,10 @@ TEST(Attribution, BadArgumentsAreNamed) {
   expect_error_naming<ArgumentError>(
       [&] { attention_attribution(vit, images, targets, 0, options); },
       "AttributionOptions::steps: expected >= 1, got 0");
+  options.steps = 1000000000000;  // checked before the points are allocated
+  expect_error_naming<ArgumentError>(
+      [&] { attention_attribution(vit, images, targets, 0, options); },
+      "AttributionOptions::steps: expected <= 10000, got 1000000000000");
   options.steps = 20;
   options.rule = static_cast<RiemannRule>(7);
   expect_error_naming<ArgumentError>(
