@@ -116,7 +116,7 @@ int main(int argc, char** argv) {
       (std::filesystem::path(__FILE__).parent_path() / "data" / "camera.png").string();
   app.add_option("--camera", camera, "The picture to denoise")->capture_default_str();
   int threads = 2;
-  app.add_option("--threads", threads, "Threads for the denoising filters (0: OpenMP's default)")
+  app.add_option("--threads", threads, "Threads for the denoising filters (0: OMP_NUM_THREADS or the core count)")
       ->capture_default_str();
   bool search = false;
   app.add_flag("--denoise-search", search,

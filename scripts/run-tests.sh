@@ -7,9 +7,9 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-# clang builds the sanitizer pass and the fuzzer; libomp-dev gives clang OpenMP like g++. The
-# IDX tests read the real Fashion-MNIST (dataset-fashion-mnist, /usr/share/datasets/fashion-mnist).
-ensure_packages "${build_packages[@]}" clang libclang-rt-14-dev libomp-dev dataset-fashion-mnist
+# clang builds the sanitizer pass and the fuzzer. The IDX tests read the real Fashion-MNIST
+# (dataset-fashion-mnist, /usr/share/datasets/fashion-mnist).
+ensure_packages "${build_packages[@]}" clang libclang-rt-14-dev dataset-fashion-mnist
 fuzz_seconds=${ATTNLENS_FUZZ_SECONDS:-40}
 started=$SECONDS
 step() { printf '\n== %s (%ds)\n' "$1" $((SECONDS - started)); }
@@ -61,6 +61,16 @@ step "Sanitizer tests"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   LSAN_OPTIONS=suppressions="$repo_root/tests/lsan.supp" ATTNLENS_GRADIENT_CHECK_ENTRIES=8 \
   run_ctest "$repo_root/build/sanitize" "$logs/sanitize.log" --label-exclude "package|python"
+
+step "Thread pool under ThreadSanitizer"
+# core/thread_pool.hpp hands items out through atomics; ThreadSanitizer checks its protocol on
+# parallel_for's tests (many short jobs, nested loops, concurrent callers), three runs.
+clang++ -std=c++17 -O1 -g -fsanitize=thread -DATTNLENS_THREADS -I"$repo_root/include" \
+  -I/usr/include/eigen3 "$repo_root/tests/core/test_parallel.cpp" -lgtest -lgtest_main -pthread \
+  -o "$logs/test_parallel_tsan"
+for run in 1 2 3; do
+  TSAN_OPTIONS=halt_on_error=1 "$logs/test_parallel_tsan" --gtest_brief=1
+done
 
 # fuzz NAME DICT CORPUS: one fuzzer for fuzz_seconds, on a copy of its committed seed corpus;
 # its log in $logs/fuzz_NAME.log and its exit status in $logs/fuzz_NAME.status.

@@ -202,7 +202,7 @@ inline void add_denoise_command(CLI::App& app) {
                                      "k: boosting order, z_{m+1} = z_m + A (y - z_m); 1 is "
                                      "twicing (default 0)")
                          ->check(k_non_negative_number);
-  cmd->add_option("--threads", args->threads, "Threads (default: OpenMP's default)")
+  cmd->add_option("--threads", args->threads, "Threads (0: OMP_NUM_THREADS or the core count)")
       ->check(k_non_negative_number);
   cmd->add_option("--output", args->output,
                   "Output: .png (8-bit, rounded, clipped) or .safetensors (float32 'image', H x W)")

@@ -20,6 +20,8 @@ endif()
 run(${CMAKE_COMMAND_PATH} ${args})
 run(${CMAKE_COMMAND_PATH} --build ${WORK_DIR}/build)
 run(${WORK_DIR}/build/consumer)
+run(${WORK_DIR}/build/consumer_threads)
+run(${WORK_DIR}/build/consumer_openmp)  # the old name of attnlens::threads
 run(${WORK_DIR}/build/consumer_data)  # attnlens::data: the tests need zlib, so the package has it
 run(${WORK_DIR}/build/consumer_plot)  # attnlens::plot: the tests need PLplot, so the package has it
 if(MODE STREQUAL "find_package")  # the installed package has attnlens::compiled

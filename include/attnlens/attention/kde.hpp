@@ -50,9 +50,9 @@ namespace detail {
 
 // kappa(x_l, x_m) = exp(-scale |x_l - x_m|^2) for the rows [r0, r0 + rows) x [c0, c0 + cols) of
 // `points`, into the top-left corner of `tile`: one block of the N x N kernel. The product runs
-// on SerialGemm: these weights are computed per head, inside the caller's threads, and Eigen's
-// own product would fork OpenMP threads for every block when the caller runs one thread (with
-// the other cores busy, each block then waits on spinning threads: 30x slower seen).
+// on SerialGemm: these weights are computed per head, inside the caller's threads, and an Eigen
+// product expression here was 30x slower in a program built with OpenMP (Eigen forked its own
+// threads for every block when the caller ran one, and they spun; docs/performance.md).
 template <class T>
 MatrixRef<T> gaussian_kernel_block(ConstMatrixRef<T> points, const Vector<T>& squared_norms,
                                    T scale, Index r0, Index rows, Index c0, Index cols,

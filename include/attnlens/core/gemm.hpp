@@ -1,6 +1,6 @@
 // Matrix products. SerialGemm: Eigen's own blocked GEMM kernel on views, called without Eigen's
-// OpenMP dispatch (a caller that runs single-threaded outside a parallel region would otherwise
-// make Eigen fork threads for every small tile product; attnlens decides its own threads,
+// OpenMP dispatch (in a program built with OpenMP, a caller that runs single-threaded would
+// otherwise make Eigen fork threads for every small tile product; attnlens decides its own threads,
 // docs/performance.md), with packing buffers allocated once and reused, so a tile loop allocates
 // nothing. parallel_product_transposed: x W^T for a Linear's weight on attnlens's threads. For
 // float on AVX-512 CPUs, detail::avx512 (core/detail/gemm_avx512.hpp) has the register-blocked

@@ -1,31 +1,69 @@
-// parallel_for: runs body(i) for i in [0, n) on OpenMP threads when attnlens::openmp is
-// linked, serially otherwise. Exceptions thrown by the body are rethrown on the caller.
+// parallel_for: runs body(i) for i in [0, n) on attnlens's thread pool (core/thread_pool.hpp)
+// when attnlens::threads is linked (it defines ATTNLENS_THREADS), serially otherwise. Exceptions
+// thrown by the body are rethrown on the caller.
 #pragma once
 
+#include <algorithm>
+#include <cstdlib>
 #include <exception>
 #include <mutex>
 #include <optional>
+#include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
+#include "attnlens/core/errors.hpp"
 #include "attnlens/core/types.hpp"
 
-#ifdef _OPENMP
-#include <omp.h>
+#ifdef ATTNLENS_THREADS
+#include "attnlens/core/thread_pool.hpp"
+#endif
+
+#if defined(ATTNLENS_THREADS) && defined(__linux__)
+#include <sched.h>
 #endif
 
 namespace attnlens {
 
+// More threads than this is a mistake (each has its workspaces), not a request.
+inline constexpr int k_max_threads = 1024;
+
 struct ParallelOptions {
-  int threads = 0;  // 0: OpenMP's default (OMP_NUM_THREADS or the core count)
+  int threads = 0;  // 0: the default (OMP_NUM_THREADS when set, else the cores this process may use)
 };
 
-// The number of threads parallel_for uses with these options: 1 without OpenMP.
+namespace detail {
+
+// OMP_NUM_THREADS's first entry when it is a number in [1, k_max_threads], else the CPUs this
+// process may run on (its affinity mask), else the hardware's count.
+inline int default_thread_count() {
+  static const int count = [] {
+    if (const char* variable = std::getenv("OMP_NUM_THREADS")) {
+      char* end = nullptr;
+      const long value = std::strtol(variable, &end, 10);
+      if (end != variable && value >= 1 && value <= k_max_threads) return static_cast<int>(value);
+    }
+#if defined(ATTNLENS_THREADS) && defined(__linux__)
+    cpu_set_t cpus;
+    if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0 && CPU_COUNT(&cpus) > 0)
+      return std::min(CPU_COUNT(&cpus), k_max_threads);
+#endif
+    return std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 1, k_max_threads);
+  }();
+  return count;
+}
+
+}  // namespace detail
+
+// The number of threads parallel_for uses with these options: 1 without attnlens::threads.
 inline int thread_count(const ParallelOptions& options = {}) {
-#ifdef _OPENMP
-  return options.threads > 0 ? options.threads : omp_get_max_threads();
+  detail::require_argument(options.threads >= 0 && options.threads <= k_max_threads,
+                           "ParallelOptions::threads",
+                           detail::concat("0 (the default) to ", k_max_threads), options.threads);
+#ifdef ATTNLENS_THREADS
+  return options.threads > 0 ? options.threads : detail::default_thread_count();
 #else
-  (void)options;
   return 1;
 #endif
 }
@@ -33,8 +71,8 @@ inline int thread_count(const ParallelOptions& options = {}) {
 // The index of the calling thread inside parallel_for's team, in [0, thread_count(options)):
 // per-thread workspaces are indexed by it.
 inline int thread_index() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
+#ifdef ATTNLENS_THREADS
+  return detail::current_team_index();
 #else
   return 0;
 #endif
@@ -73,34 +111,60 @@ class PerThread {
 // size and thread count, so they are still in its cache).
 enum class Schedule { dynamic, contiguous };
 
+namespace detail {
+
+// For the duration of a nested parallel_for, which runs its items on the calling thread: that
+// thread is index 0 of its one-thread team, as OpenMP numbers a nested region's thread.
+class NestedTeam {
+ public:
+#ifdef ATTNLENS_THREADS
+  NestedTeam() : outer_(current_team_index()) { current_team_index() = 0; }
+  ~NestedTeam() { current_team_index() = outer_; }
+
+ private:
+  int outer_;
+#endif
+};
+
+}  // namespace detail
+
 template <class Body>
 void parallel_for(Index n, Body&& body, const ParallelOptions& options = {},
                   Schedule schedule = Schedule::dynamic) {
-#ifdef _OPENMP
   const int threads = thread_count(options);
-  if (threads > 1 && n > 1) {
-    std::exception_ptr failure;
-    std::mutex failure_mutex;
-    const auto run = [&](Index i) {
+#ifdef ATTNLENS_THREADS
+  if (threads > 1 && n > 1 && !detail::inside_team()) {
+    // Items the pool hands out: every index (dynamic; blocks when n is beyond the claim word)
+    // or one contiguous block per thread.
+    const Index blocks = schedule == Schedule::contiguous
+                             ? std::min<Index>(threads, n)
+                             : std::min<Index>(n, detail::ThreadPool::k_max_items);
+    struct Job {
+      Body* body;
+      Index n, blocks;
+      std::exception_ptr failure;
+      std::mutex failure_mutex;
+    } job{&body, n, blocks, nullptr, {}};
+    const auto run_block = [](void* context, Index block) {
+      Job& job = *static_cast<Job*>(context);
+      const Index begin = block * job.n / job.blocks, end = (block + 1) * job.n / job.blocks;
       try {
-        body(i);
+        for (Index i = begin; i < end; ++i) (*job.body)(i);
       } catch (...) {
-        const std::lock_guard<std::mutex> lock(failure_mutex);
-        if (!failure) failure = std::current_exception();
+        const std::lock_guard<std::mutex> lock(job.failure_mutex);
+        if (!job.failure) job.failure = std::current_exception();
       }
     };
-    if (schedule == Schedule::contiguous) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-      for (Index i = 0; i < n; ++i) run(i);
-    } else {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-      for (Index i = 0; i < n; ++i) run(i);
+    if (detail::ThreadPool::instance().try_run(blocks, static_cast<int>(std::min<Index>(threads, n)),
+                                               run_block, &job,
+                                               schedule == Schedule::contiguous)) {
+      if (job.failure) std::rethrow_exception(job.failure);
+      return;
     }
-    if (failure) std::rethrow_exception(failure);
-    return;
   }
+  const detail::NestedTeam nested_team;  // index 0 for a nested loop, as in any one-thread team
 #else
-  (void)options;
+  (void)threads;
   (void)schedule;
 #endif
   for (Index i = 0; i < n; ++i) body(i);

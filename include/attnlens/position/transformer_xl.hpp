@@ -131,8 +131,8 @@ class TransformerXlRelativePosition final : public ScoreTerm<T> {
     for (Index n = 0; n < count; ++n)
       detail::write_sinusoid(embeddings.row(n), static_cast<double>(nearest + n), 10000.0, true);
     MatrixMap<T> projected = detail::scratch_matrix<T, 1>(count, d);
-    // SerialGemm: tiles run inside the caller's threads, and Eigen's product would fork OpenMP
-    // threads of its own when the caller runs one (the other cores busy, it then spins).
+    // SerialGemm: tiles run inside the caller's threads; an Eigen product expression would fork
+    // threads of its own in a program built with OpenMP (docs/performance.md, "Threads").
     projected.setZero();
     detail::scratch_gemm<T, 0>(count, d, r_net.in_features())
         .add_product_transposed(T(1), embeddings, r_net.weight.middleRows(at.head * d, d),
