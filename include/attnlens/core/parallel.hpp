@@ -58,9 +58,10 @@ inline int default_thread_count() {
 
 // The number of threads parallel_for uses with these options: 1 without attnlens::threads.
 inline int thread_count(const ParallelOptions& options = {}) {
-  detail::require_argument(options.threads >= 0 && options.threads <= k_max_threads,
-                           "ParallelOptions::threads",
-                           detail::concat("0 (the default) to ", k_max_threads), options.threads);
+  // Checked before the message is built: this runs for every parallel_for and workspace.
+  if (options.threads < 0 || options.threads > k_max_threads)
+    detail::require_argument(false, "ParallelOptions::threads",
+                             detail::concat("0 (the default) to ", k_max_threads), options.threads);
 #ifdef ATTNLENS_THREADS
   return options.threads > 0 ? options.threads : detail::default_thread_count();
 #else

@@ -77,18 +77,18 @@ class ThreadPool {
     if (!dispatch.owns_lock()) return false;
     team = std::min(team, 1 + grow(team - 1));
     check_crowding(team);
+    const auto count = static_cast<std::uint32_t>(items);
     const std::uint32_t generation = generation_ + 1;
     generation_ = generation;
     claim_.store(pack(generation, k_publishing));
     task_.store(task);
     context_.store(context);
-    items_.store(static_cast<std::uint32_t>(items));
+    items_.store(count);
     team_.store(team);
     done_.store(0);
     claim_.store(pack(generation, first_to_caller ? 1 : 0));
     wake_workers();
 
-    const auto count = static_cast<std::uint32_t>(items);
     if (first_to_caller) run_item(task, context, 0, count);
     claim_items(generation, task, context, count);
     wait_until_done(count);
